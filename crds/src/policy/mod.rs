@@ -1,0 +1,129 @@
+//! The `CommunicationPolicy` custom resource: what a platform team writes to govern the calls
+//! made **to** one or more Services.
+//!
+//! The Rust types here are the single source of truth for the API: the CRD YAML in the chart is
+//! generated from them (`crdgen`), their doc comments become the schema descriptions that
+//! `kubectl explain` prints, and [`crate::validate`] enforces the same rules the schema and its
+//! CEL expressions enforce at the API server.
+//!
+//! Optional fields stay optional in the stored object (`None` means "the documented default"),
+//! so a policy round-trips unchanged; [`crate::EffectivePolicy`] is the same policy with every
+//! default filled in, which is what sidecars enforce.
+
+mod breaker;
+mod bulkhead;
+pub mod retries;
+mod status;
+mod target;
+mod timeouts;
+
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+pub use self::{
+    breaker::{BreakerScope, CircuitBreaker, FailureCondition, FailureRate},
+    bulkhead::{Bulkhead, BulkheadLimits},
+    retries::{Backoff, GrpcCode, Retries, RetryBudget, RetryCondition, RetryOn},
+    status::{
+        CONDITION_ACCEPTED, CONDITION_CONFLICTED, CONDITION_READY, CommunicationPolicyStatus, ResolvedTarget,
+    },
+    target::{Source, TargetRef},
+    timeouts::Timeouts,
+};
+
+/// The API group of every Breakwater resource.
+pub const GROUP: &str = "breakwater.dev";
+/// The API version of `CommunicationPolicy`.
+pub const VERSION: &str = "v1alpha1";
+
+/// How calls to the target Services must behave: timeouts, retries, circuit breaking and
+/// bulkheads, enforced by the Breakwater sidecars of the callers (and, for `bulkhead.inbound`, of
+/// the target itself). At least one of `timeouts`, `retries`, `circuitBreaker` or `bulkhead` must
+/// be set. When several policies select the same Service, the one naming it in
+/// `targetRef.name` wins over one selecting it by label, then the oldest, then the first by name;
+/// the others report a `Conflicted` condition naming the winner.
+// The printer columns repeat `type_ = "string"`, which clippy mistakes for a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[kube(
+    group = "breakwater.dev",
+    version = "v1alpha1",
+    kind = "CommunicationPolicy",
+    plural = "communicationpolicies",
+    shortname = "cpol",
+    category = "breakwater",
+    namespaced,
+    status = "CommunicationPolicyStatus",
+    derive = "PartialEq",
+    doc = "CommunicationPolicy sets how calls to a Service behave when it is slow or failing: \
+           timeouts, retries with backoff and a budget, circuit breaking and bulkheads, enforced \
+           by the Breakwater sidecars. See https://breakwater.dev/docs/api.",
+    printcolumn(
+        name = "Target",
+        type_ = "string",
+        json_path = ".spec.targetRef.name",
+        description = "The Service this policy governs (empty when it selects by label)"
+    ),
+    printcolumn(
+        name = "Mode",
+        type_ = "string",
+        json_path = ".spec.mode",
+        description = "Enforce, or DryRun (report only)"
+    ),
+    printcolumn(
+        name = "Accepted",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Accepted\")].status",
+        description = "Whether the operator accepted the policy"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(validation = kube::core::Rule::new(
+    "has(self.timeouts) || has(self.retries) || has(self.circuitBreaker) || has(self.bulkhead)"
+).message("a policy must set at least one of timeouts, retries, circuitBreaker or bulkhead"))]
+#[serde(rename_all = "camelCase")]
+pub struct CommunicationPolicySpec {
+    /// The Service or Services, in this policy's namespace, whose callers this policy governs.
+    pub target_ref: TargetRef,
+
+    /// Which callers the policy applies to. A caller matches when it matches any entry. Omit to
+    /// apply the policy to every Breakwater-injected caller that can reach the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub sources: Option<Vec<Source>>,
+
+    /// Deadlines for connecting, for each attempt and for the whole call. Omit for the
+    /// defaults: connect `1s`, idle `5m`, no request or per-attempt limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<Timeouts>,
+
+    /// When and how failed calls are retried. Omit to never retry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<Retries>,
+
+    /// Stop sending calls to a failing endpoint (or Service) for a while, and fail fast instead.
+    /// Omit for no circuit breaking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreaker>,
+
+    /// Bound the calls in flight and waiting, in the callers (outbound) and in the target's own
+    /// sidecar (inbound). Omit for no bounds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bulkhead: Option<Bulkhead>,
+
+    /// `Enforce` applies the policy. `DryRun` computes and reports every decision (metrics,
+    /// trace events, logs) but refuses, cuts and retries nothing, so a policy can be rolled out
+    /// safely. Default: `Enforce`.
+    #[serde(default)]
+    pub mode: Mode,
+}
+
+/// Whether a policy's decisions take effect.
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Decisions take effect.
+    #[default]
+    Enforce,
+    /// Decisions are reported but never change a call's outcome.
+    DryRun,
+}

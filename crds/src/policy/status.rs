@@ -1,0 +1,61 @@
+//! `status`: what the operator made of a policy.
+//!
+//! Conditions use the standard `metav1.Condition` shape so `kubectl wait
+//! --for=condition=Accepted` and every dashboard that reads conditions work unchanged.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use serde::{Deserialize, Serialize};
+
+use crate::EffectivePolicy;
+
+/// Condition type: the policy is valid and the operator compiled it.
+pub const CONDITION_ACCEPTED: &str = "Accepted";
+/// Condition type: the compiled policy reached every sidecar that must enforce it.
+pub const CONDITION_READY: &str = "Ready";
+/// Condition type: another policy wins precedence for at least one target; the message names it.
+pub const CONDITION_CONFLICTED: &str = "Conflicted";
+
+/// The observed state of a `CommunicationPolicy`, written by the operator.
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CommunicationPolicyStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// `Accepted` (valid and compiled), `Ready` (delivered to every sidecar that enforces it) and
+    /// `Conflicted` (another policy wins for some target; the message names it), each with a
+    /// CamelCase reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// The Services this policy resolved to, and whether it is the one in force for each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<ResolvedTarget>,
+
+    /// How many sidecars run this policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecars: Option<u32>,
+
+    /// The policy as enforced, with every default filled in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effective: Option<EffectivePolicy>,
+}
+
+/// One Service a policy resolved to.
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedTarget {
+    /// The Service's name (in the policy's namespace).
+    pub name: String,
+
+    /// The Service ports the policy applies to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<i32>,
+
+    /// The policy in force for this Service when it is not this one (precedence: a policy
+    /// naming the Service beats a selector, then the oldest, then the first by name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub governed_by: Option<String>,
+}

@@ -1,0 +1,105 @@
+//! `spec.targetRef` and `spec.sources`: which calls a policy governs.
+//!
+//! `targetRef` follows Kubernetes policy attachment (Gateway API GEP-713, as in
+//! `BackendTLSPolicy`): a `group`/`kind`/`name` triple in the policy's own namespace. We add a
+//! label `selector` for governing several Services with one policy, because platform teams
+//! often want one rule for "every Service of tier=backend".
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::KubeSchema;
+use serde::{Deserialize, Serialize};
+
+/// The target Service(s): either one Service by `name`, or every Service whose labels match
+/// `selector`, in the policy's own namespace. Exactly one of `name` and `selector` is set.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[x_kube(validation = kube::core::Rule::new("has(self.name) != has(self.selector)")
+    .message("exactly one of targetRef.name and targetRef.selector must be set"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "!has(self.selector) || (has(self.selector.matchLabels) && size(self.selector.matchLabels) > 0) || (has(self.selector.matchExpressions) && size(self.selector.matchExpressions) > 0)")
+    .message("selector must not be empty (it would select every Service; name the Service instead)")
+    .field_path(".selector"))]
+#[serde(rename_all = "camelCase")]
+pub struct TargetRef {
+    /// API group of the target. Only the core group (`""`) is supported. Default: `""`.
+    #[serde(default)]
+    #[schemars(length(max = 0))]
+    pub group: String,
+
+    /// Kind of the target. Only `Service` is supported. Default: `Service`.
+    #[serde(default = "service_kind")]
+    #[schemars(regex(pattern = r"^Service$"))]
+    pub kind: String,
+
+    /// Name of the target Service, in the policy's namespace (a DNS-1035 label, at most 63
+    /// characters). Omit when `selector` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: Option<String>,
+
+    /// A label selector: the policy governs every Service in its namespace whose labels match.
+    /// An empty selector is refused (it would match every Service; name them instead). Omit
+    /// when `name` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+
+    /// Service ports (the `port` of the Service, not the target port) to which the policy
+    /// applies. Omit to apply to every port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), inner(range(min = 1, max = 65535)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub ports: Option<Vec<i32>>,
+}
+
+fn service_kind() -> String {
+    "Service".to_owned()
+}
+
+impl TargetRef {
+    /// Targets one Service by name.
+    pub fn service(name: impl Into<String>) -> Self {
+        Self {
+            group: String::new(),
+            kind: service_kind(),
+            name: Some(name.into()),
+            selector: None,
+            ports: None,
+        }
+    }
+
+    /// Whether this reference names its Service (which wins precedence over a selector).
+    pub fn is_by_name(&self) -> bool {
+        self.name.is_some()
+    }
+
+    /// Whether the policy applies to calls to `port` of a matching Service.
+    pub fn applies_to_port(&self, port: u16) -> bool {
+        match &self.ports {
+            None => true,
+            Some(ports) => ports.iter().any(|p| *p == i32::from(port)),
+        }
+    }
+}
+
+/// One group of callers. A caller matches when it matches every field that is set.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[x_kube(validation = kube::core::Rule::new("!(has(self.__namespace__) && has(self.namespaceSelector))")
+    .message("set at most one of namespace and namespaceSelector"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "has(self.__namespace__) || has(self.namespaceSelector) || has(self.podSelector)")
+    .message("a source must set namespace, namespaceSelector or podSelector"))]
+#[serde(rename_all = "camelCase")]
+pub struct Source {
+    /// The callers' namespace (a DNS-1123 label). Omit for any namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub namespace: Option<String>,
+
+    /// Callers in namespaces whose labels match. Omit for any namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+
+    /// Callers whose pod labels match (in the namespaces chosen above, or in any namespace).
+    /// Omit for every pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<LabelSelector>,
+}
