@@ -4,7 +4,11 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: help build test lint fmt fmt-check clippy crds crds-check unit
+.PHONY: help build test lint fmt fmt-check clippy crds crds-check unit deps
+
+# System tools the tests and the demo use, installed from Debian's packages when missing.
+# (command -> package)
+SYSTEM_TOOLS := ip:iproute2 iptables-restore:iptables curl:curl setpriv:util-linux
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -12,10 +16,21 @@ help: ## List the targets
 build: ## Build every crate and binary
 	$(CARGO) build --workspace --all-targets
 
-test: fmt-check clippy crds-check unit ## Everything CI runs: format check, clippy, generated-file check, all tests
+test: deps fmt-check clippy crds-check unit ## Everything CI runs: format check, clippy, generated-file check, all tests
 
 unit:
+	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
+
+deps: ## Install the system tools the tests need (iproute2, iptables, curl, util-linux) if missing
+	@missing=""; for pair in $(SYSTEM_TOOLS); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "need root to install$$missing" >&2; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
 
 lint: fmt-check clippy ## Format check and clippy with warnings as errors
 

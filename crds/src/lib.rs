@@ -20,6 +20,7 @@ mod effective;
 pub mod load;
 pub mod policy;
 pub mod precedence;
+pub mod selector;
 mod validate;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -1,5 +1,228 @@
-//! `breakwater-sidecar`: the data-plane proxy (built in the sidecar issue).
+//! `breakwater-sidecar`: arguments, tracing, signals and the drain bound; nothing else.
 
-fn main() {
-    println!("breakwater-sidecar {}", env!("CARGO_PKG_VERSION"));
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Context as _;
+use breakwater_sidecar::{
+    Sidecar,
+    config::Checked,
+    init::{self, Family, InitOptions, Outcome},
+};
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Breakwater's sidecar proxy: timeouts, retries, circuit breaking and bulkheads for every call
+/// a pod makes and receives, as its CommunicationPolicies say.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+
+    /// Log filter, e.g. `info` or `breakwater_sidecar=debug` (overrides $RUST_LOG).
+    #[arg(long, global = true, env = "BREAKWATER_LOG")]
+    log: Option<String>,
+
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value = "text", env = "BREAKWATER_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the proxy from a local file (local mode): CommunicationPolicy documents plus one
+    /// SidecarConfig document. The file is watched and reloaded; SIGHUP reloads it too; an
+    /// invalid file is reported and the running configuration kept.
+    Run {
+        /// The configuration file (multi-document YAML).
+        #[arg(long, short, env = "BREAKWATER_CONFIG")]
+        config: PathBuf,
+        /// How long SIGTERM waits for in-flight requests before cutting them.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, env = "BREAKWATER_GRACE_PERIOD")]
+        grace_period: Duration,
+        /// Do not watch the file (reload on SIGHUP only).
+        #[arg(long)]
+        no_watch: bool,
+    },
+    /// Check a configuration file with the same rules as the API server. Prints every problem
+    /// with its document and field path; exits 0 only when the file is valid. For CI pipelines.
+    Validate {
+        /// The file to check.
+        file: PathBuf,
+    },
+    /// Install the iptables rules that send the pod's traffic through the proxy (run in the
+    /// pod's init container, with NET_ADMIN and NET_RAW). Idempotent: a second run changes
+    /// nothing.
+    Init(InitArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct InitArgs {
+    /// UID the proxy runs as; its own connections are not redirected.
+    #[arg(long, default_value_t = 2102, env = "BREAKWATER_PROXY_UID")]
+    proxy_uid: u32,
+    /// Outbound listener port.
+    #[arg(long, default_value_t = 15001)]
+    outbound_port: u16,
+    /// Inbound listener port.
+    #[arg(long, default_value_t = 15006)]
+    inbound_port: u16,
+    /// Admin port (never redirected).
+    #[arg(long, default_value_t = 15000)]
+    admin_port: u16,
+    /// Inbound ports not redirected, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    skip_inbound_ports: Vec<u16>,
+    /// Outbound destination ports not redirected, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    skip_outbound_ports: Vec<u16>,
+    /// Outbound destination networks not redirected (CIDR), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    skip_outbound_cidrs: Vec<String>,
+    /// Do not redirect inbound traffic.
+    #[arg(long)]
+    no_inbound: bool,
+    /// IPv6 rules: `auto` (when ip6tables and IPv6 are present), `on`, `off`.
+    #[arg(long, value_enum, default_value = "auto")]
+    ipv6: Ipv6,
+    /// Print the rules instead of installing them.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Ipv6 {
+    Auto,
+    On,
+    Off,
+}
+
+fn init_tracing(args: &Args) {
+    let filter =
+        args.log.clone().or_else(|| std::env::var("RUST_LOG").ok()).unwrap_or_else(|| "info".to_owned());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into());
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_tracing(&args);
+    let result = match args.command {
+        Cmd::Run { config, grace_period, no_watch } => run(config, grace_period, no_watch),
+        Cmd::Validate { file } => return validate(&file),
+        Cmd::Init(a) => init(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn validate(file: &std::path::Path) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{}: cannot read: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    match breakwater_sidecar::config::check(&text) {
+        Ok(Checked::Sidecar(c)) => {
+            let policies: usize = c.services.iter().map(|s| s.policies.len()).sum();
+            println!(
+                "{}: valid ({} services, {} policy attachments)",
+                file.display(),
+                c.services.len(),
+                policies
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(Checked::Policies(n)) => {
+            println!("{}: valid ({n} policies)", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            for p in &e.problems {
+                println!("{}: {p}", file.display());
+            }
+            eprintln!("{}: {} problem(s)", file.display(), e.problems.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: PathBuf, grace: Duration, no_watch: bool) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let text = tokio::fs::read_to_string(&config)
+            .await
+            .with_context(|| format!("cannot read {}", config.display()))?;
+        let watch = (!no_watch).then(|| config.clone());
+        let sidecar = Sidecar::start(&text, watch).await?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            // Kubernetes stops the pod.
+            _ = term.recv() => tracing::info!("SIGTERM: draining"),
+            // Ctrl-C in local mode.
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: draining"),
+        }
+        let cut = sidecar.shutdown(grace).await;
+        if cut > 0 {
+            tracing::warn!(connections = cut, ?grace, "grace period over: cutting connections still open");
+        } else {
+            tracing::info!("drained");
+        }
+        Ok(())
+    })
+}
+
+fn init(a: InitArgs) -> anyhow::Result<()> {
+    let opts = InitOptions {
+        proxy_uid: a.proxy_uid,
+        outbound_port: a.outbound_port,
+        inbound_port: a.inbound_port,
+        skip_inbound_ports: a.skip_inbound_ports,
+        admin_port: a.admin_port,
+        skip_outbound_ports: a.skip_outbound_ports,
+        skip_outbound_cidrs: a.skip_outbound_cidrs,
+        inbound: !a.no_inbound,
+    };
+    opts.validate()?;
+    let v6 = match a.ipv6 {
+        Ipv6::On => true,
+        Ipv6::Off => false,
+        Ipv6::Auto => !a.dry_run && init::ipv6_available(),
+    };
+    let mut families = vec![Family::V4];
+    if v6 || (a.dry_run && a.ipv6 == Ipv6::On) {
+        families.push(Family::V6);
+    }
+    for family in families {
+        if a.dry_run {
+            println!("# {family:?}: iptables-restore --noflush input");
+            print!("{}", opts.restore_input(family, ""));
+            continue;
+        }
+        match init::apply(&opts, family)? {
+            Outcome::Unchanged => println!("{family:?}: rules already in place; nothing changed"),
+            Outcome::Applied => println!("{family:?}: rules installed"),
+        }
+    }
+    Ok(())
 }

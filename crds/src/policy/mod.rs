@@ -127,3 +127,41 @@ pub enum Mode {
     /// Decisions are reported but never change a call's outcome.
     DryRun,
 }
+
+impl CommunicationPolicySpec {
+    /// Whether the policy applies to calls from a caller with this identity: always when
+    /// `sources` is unset, else when any source matches.
+    pub fn selects_caller(
+        &self,
+        namespace: &str,
+        namespace_labels: &std::collections::BTreeMap<String, String>,
+        pod_labels: &std::collections::BTreeMap<String, String>,
+    ) -> bool {
+        self.sources
+            .as_ref()
+            .is_none_or(|s| s.iter().any(|s| s.matches(namespace, namespace_labels, pod_labels)))
+    }
+
+    /// Whether the policy selects a Service named `name` with `labels` (in the policy's own
+    /// namespace; the caller checks the namespace).
+    pub fn selects_service(&self, name: &str, labels: &std::collections::BTreeMap<String, String>) -> bool {
+        match (&self.target_ref.name, &self.target_ref.selector) {
+            (Some(n), _) => n == name,
+            (None, Some(sel)) => crate::selector::matches(sel, labels),
+            (None, None) => false,
+        }
+    }
+}
+
+impl CommunicationPolicy {
+    /// The namespace, or `default` when unset (local files may omit it, as `kubectl apply`
+    /// would default it).
+    pub fn namespace_or_default(&self) -> &str {
+        self.metadata.namespace.as_deref().unwrap_or("default")
+    }
+
+    /// `namespace/name`, for messages and status.
+    pub fn full_name(&self) -> String {
+        format!("{}/{}", self.namespace_or_default(), self.metadata.name.as_deref().unwrap_or_default())
+    }
+}

@@ -103,3 +103,18 @@ pub struct Source {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_selector: Option<LabelSelector>,
 }
+
+impl Source {
+    /// Whether a caller in `namespace` (with `namespace_labels`) whose pod has `pod_labels`
+    /// matches every field of this source that is set.
+    pub fn matches(
+        &self,
+        namespace: &str,
+        namespace_labels: &std::collections::BTreeMap<String, String>,
+        pod_labels: &std::collections::BTreeMap<String, String>,
+    ) -> bool {
+        self.namespace.as_deref().is_none_or(|ns| ns == namespace)
+            && self.namespace_selector.as_ref().is_none_or(|s| crate::selector::matches(s, namespace_labels))
+            && self.pod_selector.as_ref().is_none_or(|s| crate::selector::matches(s, pod_labels))
+    }
+}

@@ -1,0 +1,117 @@
+//! The current configuration, published atomically.
+//!
+//! The request path calls [`Store::load`] — an `ArcSwap` read, no lock — and keeps the
+//! snapshot it got for the whole request, so a reload mid-request never mixes two
+//! configurations. A reload compiles the new file completely before swapping; a file that
+//! fails validation is reported (log, `breakwater_config_reloads_total{result="failure"}`,
+//! `/config`) and never replaces the running configuration.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+
+use super::{Config, ConfigError};
+use crate::{metrics::Metrics, proxy::Routes};
+
+/// One published configuration.
+#[derive(Debug)]
+pub struct Published {
+    /// Increments with every successful reload, from 1.
+    pub version: u64,
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// The routing table and runtime state built from it.
+    pub routes: Routes,
+    /// The text it was compiled from (for change detection).
+    source_hash: u64,
+}
+
+/// The last reload failure, shown on `/config`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReloadError {
+    /// When it happened (Unix seconds).
+    pub at_unix: u64,
+    /// Every problem.
+    pub problems: Vec<String>,
+}
+
+/// The holder of the current configuration.
+#[derive(Debug)]
+pub struct Store {
+    current: ArcSwap<Published>,
+    last_error: ArcSwap<Option<ReloadError>>,
+    metrics: Arc<Metrics>,
+}
+
+fn hash(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+impl Store {
+    /// Compiles `text` into the first configuration.
+    pub fn new(text: &str, metrics: Arc<Metrics>) -> Result<Self, ConfigError> {
+        let config = super::compile(text)?;
+        let routes = Routes::build(&config, None, &metrics);
+        let published = Published { version: 1, config: Arc::new(config), routes, source_hash: hash(text) };
+        Ok(Self {
+            current: ArcSwap::from_pointee(published),
+            last_error: ArcSwap::from_pointee(None),
+            metrics,
+        })
+    }
+
+    /// The current configuration.
+    pub fn load(&self) -> Arc<Published> {
+        self.current.load_full()
+    }
+
+    /// The last reload error, if the last reload failed.
+    pub fn last_error(&self) -> Option<ReloadError> {
+        (**self.last_error.load()).clone()
+    }
+
+    /// Metrics shared with the request path.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Compiles `text` and publishes it if valid. An unchanged text is a no-op (`Ok(false)`).
+    /// On error the running configuration stays and the error is recorded.
+    pub fn reload(&self, text: &str) -> Result<bool, ConfigError> {
+        let current = self.current.load();
+        let h = hash(text);
+        if h == current.source_hash {
+            return Ok(false);
+        }
+        match super::compile(text) {
+            Ok(config) => {
+                let routes = Routes::build(&config, Some(&current.routes), &self.metrics);
+                let version = current.version + 1;
+                self.current.store(Arc::new(Published {
+                    version,
+                    config: Arc::new(config),
+                    routes,
+                    source_hash: h,
+                }));
+                self.last_error.store(Arc::new(None));
+                self.metrics.config_reload(true);
+                tracing::info!(version, "configuration reloaded");
+                Ok(true)
+            }
+            Err(e) => {
+                let at_unix = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                self.last_error.store(Arc::new(Some(ReloadError { at_unix, problems: e.problems.clone() })));
+                self.metrics.config_reload(false);
+                tracing::error!(problems = %e.problems.join("; "), "configuration rejected; keeping the running one");
+                Err(e)
+            }
+        }
+    }
+}

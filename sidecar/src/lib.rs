@@ -1,0 +1,127 @@
+//! `breakwater-sidecar`: the proxy that sits beside every application container and carries
+//! its calls, enforcing `CommunicationPolicy`: timeouts, retries with backoff and budgets,
+//! circuit breakers and bulkheads.
+//!
+//! `main.rs` only parses arguments, installs tracing, waits for signals and bounds the drain;
+//! everything else is here, so tests start a [`Sidecar`] in-process on `127.0.0.1:0`.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, rust_2018_idioms)]
+
+pub mod admin;
+pub mod config;
+pub mod drain;
+pub mod init;
+pub mod metrics;
+pub mod proxy;
+pub mod resilience;
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use tokio::{net::TcpListener, sync::oneshot};
+
+use crate::{config::Store, drain::Drain, metrics::Direction};
+
+/// A running sidecar.
+#[derive(Debug)]
+pub struct Sidecar {
+    /// The bound outbound listener.
+    pub outbound: SocketAddr,
+    /// The bound inbound listener, when an application is configured.
+    pub inbound: Option<SocketAddr>,
+    /// The bound admin listener.
+    pub admin: SocketAddr,
+    /// The configuration.
+    pub store: Arc<Store>,
+    drain: Drain,
+    stop_admin: Option<oneshot::Sender<()>>,
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} ({what})"))
+}
+
+impl Sidecar {
+    /// Compiles `config_text`, binds every listener and starts serving. With `watch`, the file
+    /// at that path is watched (and SIGHUP honoured) for reloads.
+    pub async fn start(config_text: &str, watch: Option<PathBuf>) -> anyhow::Result<Self> {
+        let metrics = Arc::new(metrics::Metrics::new());
+        let store = Arc::new(
+            Store::new(config_text, metrics).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?,
+        );
+        let listeners = store.load().config.listeners;
+        let drain = Drain::new();
+        let ready = Arc::new(AtomicBool::new(false));
+
+        let admin = bind(listeners.admin, "admin").await?;
+        let admin_addr = admin.local_addr()?;
+        let (stop_admin, admin_stopped) = oneshot::channel::<()>();
+        let state = admin::AdminState { store: store.clone(), ready: ready.clone(), drain: drain.clone() };
+        tokio::spawn(admin::serve(admin, state, async {
+            let _ = admin_stopped.await;
+        }));
+
+        let outbound = bind(listeners.outbound, "outbound").await?;
+        let outbound_addr = outbound.local_addr()?;
+        tokio::spawn(proxy::listener::serve(outbound, Direction::Outbound, store.clone(), drain.clone()));
+
+        let inbound_addr = match listeners.inbound {
+            Some(addr) => {
+                let inbound = bind(addr, "inbound").await?;
+                let a = inbound.local_addr()?;
+                tokio::spawn(proxy::listener::serve(
+                    inbound,
+                    Direction::Inbound,
+                    store.clone(),
+                    drain.clone(),
+                ));
+                Some(a)
+            }
+            None => None,
+        };
+
+        if let Some(path) = watch {
+            let (store, signal) = (store.clone(), drain.signal());
+            tokio::spawn(async move {
+                if let Err(e) = config::watch_file(path, store, signal).await {
+                    tracing::error!(error = %e, "cannot watch the configuration file; reload with SIGHUP only");
+                }
+            });
+        }
+        ready.store(true, Ordering::Release);
+        tracing::info!(outbound = %outbound_addr, inbound = ?inbound_addr, admin = %admin_addr, "sidecar ready");
+        Ok(Self {
+            outbound: outbound_addr,
+            inbound: inbound_addr,
+            admin: admin_addr,
+            store,
+            drain,
+            stop_admin: Some(stop_admin),
+        })
+    }
+
+    /// Starts draining: `/ready` turns 503, listeners stop accepting, connections finish.
+    pub fn start_drain(&self) {
+        self.drain.start();
+    }
+
+    /// Drains and waits up to `grace` for in-flight work. Returns how many connections were
+    /// still open at the deadline (and are cut).
+    pub async fn shutdown(mut self, grace: Duration) -> usize {
+        self.drain.start();
+        let cut = self.drain.wait(grace).await;
+        if let Some(stop) = self.stop_admin.take() {
+            let _ = stop.send(());
+        }
+        cut
+    }
+}

@@ -1,0 +1,374 @@
+//! Prometheus metrics, served as text on the admin listener's `/metrics`.
+//!
+//! Families are registered once; the request path holds pre-resolved handles
+//! ([`ServiceMetrics`]) so that counting a request is an atomic add, not a map lookup.
+
+use std::sync::Arc;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeLabelValue, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+/// Latency buckets, in seconds: fine below 10ms, where a proxy's own cost lives.
+const LATENCY_BUCKETS: [f64; 16] =
+    [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+/// Traffic direction.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Direction {
+    /// The application's calls out.
+    Outbound,
+    /// Calls in to the application.
+    Inbound,
+}
+
+impl Direction {
+    /// `outbound` or `inbound`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Outbound => "outbound",
+            Self::Inbound => "inbound",
+        }
+    }
+}
+
+impl EncodeLabelValue for Direction {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    service: String,
+    direction: Direction,
+    status_class: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceDirection {
+    service: String,
+    direction: Direction,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabel {
+    service: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabel {
+    direction: Direction,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceReason {
+    service: String,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceEndpoint {
+    service: String,
+    endpoint: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceTo {
+    service: String,
+    to: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceKind {
+    service: String,
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceDecision {
+    service: String,
+    decision: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+/// Every metric the sidecar exports.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<ServiceDirection, Histogram, fn() -> Histogram>,
+    connect_failures: Family<ServiceLabel, Counter>,
+    config_reloads: Family<ResultLabel, Counter>,
+    open_connections: Family<DirectionLabel, Gauge>,
+    retries: Family<ServiceReason, Counter>,
+    retries_skipped: Family<ServiceReason, Counter>,
+    retry_budget_exhausted: Family<ServiceLabel, Counter>,
+    breaker_state: Family<ServiceEndpoint, Gauge>,
+    breaker_transitions: Family<ServiceTo, Counter>,
+    bulkhead_rejected: Family<ServiceDirection, Counter>,
+    bulkhead_queue_wait: Family<ServiceDirection, Histogram, fn() -> Histogram>,
+    timeouts: Family<ServiceKind, Counter>,
+    dryrun_decisions: Family<ServiceDecision, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every family.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("breakwater");
+        let m = Self {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            connect_failures: Family::default(),
+            config_reloads: Family::default(),
+            open_connections: Family::default(),
+            retries: Family::default(),
+            retries_skipped: Family::default(),
+            retry_budget_exhausted: Family::default(),
+            breaker_state: Family::default(),
+            breaker_transitions: Family::default(),
+            bulkhead_rejected: Family::default(),
+            bulkhead_queue_wait: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            timeouts: Family::default(),
+            dryrun_decisions: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "requests",
+            "Requests handled, by service, direction and status class",
+            m.requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from a request's arrival to its response headers, in seconds",
+            m.duration.clone(),
+        );
+        registry.register(
+            "upstream_connect_failures",
+            "Connections to an upstream endpoint that could not be made (refused, unreachable, timed out)",
+            m.connect_failures.clone(),
+        );
+        registry.register("config_reloads", "Configuration reloads, by result", m.config_reloads.clone());
+        registry.register(
+            "open_connections",
+            "Client connections open, by direction",
+            m.open_connections.clone(),
+        );
+        registry.register(
+            "retries",
+            "Retries sent, by service and the reason for the retry",
+            m.retries.clone(),
+        );
+        registry.register(
+            "retries_skipped",
+            "Failed attempts not retried although the policy allowed it, by reason (body too large, retry depth, method, deadline)",
+            m.retries_skipped.clone(),
+        );
+        registry.register(
+            "retry_budget_exhausted",
+            "Retries refused because the retry budget was spent",
+            m.retry_budget_exhausted.clone(),
+        );
+        registry.register(
+            "breaker_state",
+            "Circuit breaker state: 0 closed, 1 half-open, 2 open",
+            m.breaker_state.clone(),
+        );
+        registry.register(
+            "breaker_transitions",
+            "Circuit breaker state changes, by the state entered",
+            m.breaker_transitions.clone(),
+        );
+        registry.register(
+            "bulkhead_rejected",
+            "Requests refused because the bulkhead and its queue were full or the queue wait expired",
+            m.bulkhead_rejected.clone(),
+        );
+        registry.register(
+            "bulkhead_queue_wait_seconds",
+            "Time requests waited in a bulkhead queue, in seconds",
+            m.bulkhead_queue_wait.clone(),
+        );
+        registry.register(
+            "timeouts",
+            "Deadlines that fired, by kind (request, per_try, connect)",
+            m.timeouts.clone(),
+        );
+        registry.register(
+            "dryrun_decisions",
+            "Decisions a DryRun policy would have enforced, by decision",
+            m.dryrun_decisions.clone(),
+        );
+        // Families whose every label is known up front start at zero, so dashboards and
+        // alerts see them before the first event.
+        for result in ["success", "failure"] {
+            let _ = m.config_reloads.get_or_create(&ResultLabel { result });
+        }
+        for direction in [Direction::Outbound, Direction::Inbound] {
+            let _ = m.open_connections.get_or_create(&DirectionLabel { direction });
+        }
+        Self { registry, ..m }
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+
+    /// Counts a configuration reload.
+    pub fn config_reload(&self, ok: bool) {
+        self.config_reloads
+            .get_or_create(&ResultLabel { result: if ok { "success" } else { "failure" } })
+            .inc();
+    }
+
+    /// The gauge of open client connections in `direction`.
+    pub fn open_connections(&self, direction: Direction) -> Gauge {
+        self.open_connections.get_or_create(&DirectionLabel { direction }).clone()
+    }
+
+    /// Handles for one service and direction.
+    pub fn service(self: &Arc<Self>, service: &str, direction: Direction) -> ServiceMetrics {
+        let status = |status_class| {
+            self.requests
+                .get_or_create(&RequestLabels { service: service.to_owned(), direction, status_class })
+                .clone()
+        };
+        ServiceMetrics {
+            service: service.to_owned(),
+            direction,
+            by_class: [status("1xx"), status("2xx"), status("3xx"), status("4xx"), status("5xx")],
+            duration: self
+                .duration
+                .get_or_create(&ServiceDirection { service: service.to_owned(), direction })
+                .clone(),
+            connect_failures: self
+                .connect_failures
+                .get_or_create(&ServiceLabel { service: service.to_owned() })
+                .clone(),
+            all: self.clone(),
+        }
+    }
+}
+
+/// Pre-resolved metric handles for one service and direction.
+#[derive(Clone)]
+pub struct ServiceMetrics {
+    service: String,
+    direction: Direction,
+    by_class: [Counter; 5],
+    duration: Histogram,
+    connect_failures: Counter,
+    all: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for ServiceMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceMetrics").field("service", &self.service).finish_non_exhaustive()
+    }
+}
+
+impl ServiceMetrics {
+    /// Counts a response with `status` that took `seconds` to its headers.
+    pub fn response(&self, status: u16, seconds: f64) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.by_class[class].inc();
+        self.duration.observe(seconds);
+    }
+
+    /// Counts a failed connection attempt.
+    pub fn connect_failure(&self) {
+        self.connect_failures.inc();
+    }
+
+    /// Counts a retry.
+    pub fn retry(&self, reason: &'static str) {
+        self.all.retries.get_or_create(&ServiceReason { service: self.service.clone(), reason }).inc();
+    }
+
+    /// Counts a retry that was not sent although the outcome was retryable.
+    pub fn retry_skipped(&self, reason: &'static str) {
+        self.all
+            .retries_skipped
+            .get_or_create(&ServiceReason { service: self.service.clone(), reason })
+            .inc();
+    }
+
+    /// Counts a retry refused by the budget.
+    pub fn budget_exhausted(&self) {
+        self.all.retry_budget_exhausted.get_or_create(&ServiceLabel { service: self.service.clone() }).inc();
+    }
+
+    /// Sets the breaker state gauge of `endpoint` (`*` for a service-wide breaker).
+    pub fn breaker_state(&self, endpoint: &str, state: i64) {
+        self.all
+            .breaker_state
+            .get_or_create(&ServiceEndpoint { service: self.service.clone(), endpoint: endpoint.to_owned() })
+            .set(state);
+    }
+
+    /// Counts a breaker transition into `to`.
+    pub fn breaker_transition(&self, to: &'static str) {
+        self.all.breaker_transitions.get_or_create(&ServiceTo { service: self.service.clone(), to }).inc();
+    }
+
+    /// Counts a bulkhead rejection.
+    pub fn bulkhead_rejected(&self) {
+        self.all
+            .bulkhead_rejected
+            .get_or_create(&ServiceDirection { service: self.service.clone(), direction: self.direction })
+            .inc();
+    }
+
+    /// Records a bulkhead queue wait.
+    pub fn bulkhead_waited(&self, seconds: f64) {
+        self.all
+            .bulkhead_queue_wait
+            .get_or_create(&ServiceDirection { service: self.service.clone(), direction: self.direction })
+            .observe(seconds);
+    }
+
+    /// Counts a deadline that fired.
+    pub fn timeout(&self, kind: &'static str) {
+        self.all.timeouts.get_or_create(&ServiceKind { service: self.service.clone(), kind }).inc();
+    }
+
+    /// Counts a decision a DryRun policy would have enforced.
+    pub fn dryrun(&self, decision: &'static str) {
+        self.all
+            .dryrun_decisions
+            .get_or_create(&ServiceDecision { service: self.service.clone(), decision })
+            .inc();
+    }
+
+    /// The service label.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+}

@@ -1,0 +1,327 @@
+//! HTTP/1.1 and HTTP/2 on a client connection: route each request, forward it, answer.
+//!
+//! hyper-util's `auto` server tells HTTP/1 from the h2 preface and keeps `Upgrade` working;
+//! the upstream side uses the same HTTP version as the caller (h2 in, h2 out — which is what
+//! gRPC needs), through per-endpoint pooled clients.
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+
+use http::{HeaderMap, HeaderValue, Request, Response, Uri, Version, header, uri::Authority};
+use http_body_util::BodyExt;
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
+use tokio::{io::AsyncRead, io::AsyncWrite, time::Instant};
+
+use super::{
+    body::ProxyBody,
+    error::{Refusal, is_grpc},
+    routes::{Endpoint, Routes, Target},
+};
+use crate::{
+    config::{ProxyLimits, Store},
+    drain::Signal,
+    metrics::Direction,
+};
+
+/// What a connection knows about itself.
+#[derive(Debug, Clone)]
+pub struct ConnContext {
+    /// Outbound or inbound listener.
+    pub direction: Direction,
+    /// The destination the client meant (transparent mode), if iptables redirected it.
+    pub orig_dst: Option<SocketAddr>,
+    /// The configuration.
+    pub store: Arc<Store>,
+}
+
+/// Serves HTTP on `io` until the client closes or draining finishes the connection.
+pub async fn serve<I>(io: I, ctx: ConnContext, limits: ProxyLimits, mut drain: Signal)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let ctx = Arc::new(ctx);
+    let svc = service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(handle(req, &ctx).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(limits.max_headers)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(1024)
+        .keep_alive_interval(Some(std::time::Duration::from_secs(60)));
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        // The client closed, or the connection failed (malformed input, header timeout...).
+        r = conn.as_mut() => r,
+        // Draining: finish in-flight requests, close idle keep-alive at once.
+        _ = drain.draining() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "client connection ended with an error");
+    }
+}
+
+async fn handle(req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyBody> {
+    let start = Instant::now();
+    let published = ctx.store.load();
+    let routes = &published.routes;
+    let grpc = is_grpc(&req);
+    match ctx.direction {
+        Direction::Outbound => match route_outbound(routes, &req, ctx.orig_dst) {
+            Ok(Dest::Target(target, _port)) => forward_to_target(target, req, grpc, start).await,
+            Ok(Dest::Passthrough(addr)) => {
+                let endpoint = routes.passthrough.endpoint(addr);
+                let metrics = routes.passthrough.metrics(Direction::Outbound);
+                let resp = match forward_once(&endpoint, req.map(box_incoming)).await {
+                    Ok(resp) => resp.map(box_incoming),
+                    Err(e) => e.refusal().response(grpc, &e.to_string()),
+                };
+                metrics.response(resp.status().as_u16(), start.elapsed().as_secs_f64());
+                resp
+            }
+            Err(why) => {
+                tracing::debug!(uri = %req.uri(), "no route");
+                let resp = Refusal::NoRoute.response(grpc, &why);
+                routes.passthrough.metrics(Direction::Outbound).response(404, start.elapsed().as_secs_f64());
+                resp
+            }
+        },
+        Direction::Inbound => match &routes.inbound {
+            Some(inbound) => {
+                // Redirected to another local port than the configured app: forward there.
+                match ctx.orig_dst.filter(|d| d.port() != inbound.app.port()) {
+                    Some(dst) => {
+                        let local = SocketAddr::new(inbound.app.ip(), dst.port());
+                        let endpoint = routes.passthrough.endpoint(local);
+                        let resp = match forward_once(&endpoint, req.map(box_incoming)).await {
+                            Ok(resp) => resp.map(box_incoming),
+                            Err(e) => e.refusal().response(grpc, &e.to_string()),
+                        };
+                        let m = routes.passthrough.metrics(Direction::Inbound);
+                        m.response(resp.status().as_u16(), start.elapsed().as_secs_f64());
+                        resp
+                    }
+                    None => forward_to_target(&inbound.target, req, grpc, start).await,
+                }
+            }
+            None => Refusal::NoRoute.response(grpc, "this sidecar has no inbound application configured"),
+        },
+    }
+}
+
+/// Where an outbound request goes.
+enum Dest<'a> {
+    /// A known Service (and the port called, when known).
+    Target(&'a Arc<Target>, Option<u16>),
+    /// An unknown original destination: forwarded as it is.
+    Passthrough(SocketAddr),
+}
+
+fn route_outbound<'a>(
+    routes: &'a Routes,
+    req: &Request<Incoming>,
+    orig_dst: Option<SocketAddr>,
+) -> Result<Dest<'a>, String> {
+    if let Some(dst) = orig_dst {
+        return Ok(match routes.by_addr(&dst) {
+            Some(route) => Dest::Target(route.target(Some(dst.port())), Some(dst.port())),
+            None => Dest::Passthrough(dst),
+        });
+    }
+    let authority = authority(req)
+        .ok_or_else(|| "the request names no host (no Host header or absolute URI)".to_owned())?;
+    let port = authority.port_u16();
+    let route = routes
+        .by_host(authority.host())
+        .ok_or_else(|| format!("no Service is configured for host {:?}", authority.host()))?;
+    if !route.accepts_port(port) {
+        return Err(format!("Service {} has no port {}", route.key, port.unwrap_or_default()));
+    }
+    Ok(Dest::Target(route.target(port), port))
+}
+
+/// The request's authority: the URI's (absolute form, HTTP/2) or the `Host` header's.
+fn authority<B>(req: &Request<B>) -> Option<Authority> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.clone());
+    }
+    req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).and_then(|h| h.parse().ok())
+}
+
+fn box_incoming(body: Incoming) -> ProxyBody {
+    body.map_err(Into::into).boxed_unsync()
+}
+
+async fn forward_to_target(
+    target: &Arc<Target>,
+    req: Request<Incoming>,
+    grpc: bool,
+    start: Instant,
+) -> Response<ProxyBody> {
+    let resp = super::forward::call(target, req.map(box_incoming), grpc).await;
+    target.metrics.response(resp.status().as_u16(), start.elapsed().as_secs_f64());
+    resp
+}
+
+/// Why one attempt to an endpoint failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AttemptError {
+    /// No connection could be made.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    /// The upstream answered something that is not HTTP.
+    #[error("{addr} answered invalid HTTP: {source}")]
+    Protocol {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    /// The connection or stream was closed or reset before a response.
+    #[error("{addr} reset the request: {source}")]
+    Reset {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+}
+
+impl AttemptError {
+    /// The answer a caller gets for it.
+    pub fn refusal(&self) -> Refusal {
+        match self {
+            Self::Connect { .. } => Refusal::ConnectFailed,
+            Self::Protocol { .. } => Refusal::UpstreamProtocol,
+            Self::Reset { .. } => Refusal::UpstreamReset,
+        }
+    }
+
+    fn classify(addr: SocketAddr, e: hyper_util::client::legacy::Error) -> Self {
+        if e.is_connect() {
+            return Self::Connect { addr, source: e };
+        }
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            if let Some(h) = s.downcast_ref::<hyper::Error>()
+                && (h.is_parse() || h.is_parse_status() || h.is_parse_too_large())
+            {
+                return Self::Protocol { addr, source: e };
+            }
+            source = s.source();
+        }
+        Self::Reset { addr, source: e }
+    }
+}
+
+/// Sends one request to `endpoint` and returns its response headers. Handles `Upgrade`
+/// (WebSocket and the like): after a `101`, bytes are copied both ways until either side closes.
+pub async fn forward_once(
+    endpoint: &Arc<Endpoint>,
+    mut req: Request<ProxyBody>,
+) -> Result<Response<Incoming>, AttemptError> {
+    let _in_flight = endpoint.start();
+    let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+    prepare_request(&mut req, upgrade.is_some());
+    let client =
+        if req.version() == Version::HTTP_2 { &endpoint.clients.http2 } else { &endpoint.clients.http1 };
+    let mut resp = client.request(req).await.map_err(|e| AttemptError::classify(endpoint.addr, e))?;
+    strip_hop_by_hop(resp.headers_mut(), upgrade.is_some());
+    if let Some(downstream) = upgrade
+        && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
+    {
+        let upstream = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            match tokio::try_join!(downstream, upstream) {
+                Ok((down, up)) => {
+                    let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                        tracing::debug!(error = %e, "upgraded connection ended");
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+            }
+        });
+    }
+    Ok(resp)
+}
+
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Gives the request an absolute URI (what the client needs) while keeping its authority, and
+/// removes hop-by-hop headers.
+fn prepare_request(req: &mut Request<ProxyBody>, upgrade: bool) {
+    if req.uri().scheme().is_none() || req.uri().authority().is_none() {
+        let host = authority(req).map(|a| a.to_string()).unwrap_or_else(|| "localhost".to_owned());
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        if let Ok(uri) = Uri::try_from(format!("http://{host}{path}")) {
+            *req.uri_mut() = uri;
+        }
+    }
+    if req.version() == Version::HTTP_10 {
+        *req.version_mut() = Version::HTTP_11;
+    }
+    strip_hop_by_hop(req.headers_mut(), upgrade);
+}
+
+/// Removes headers that belong to one connection only (RFC 9110 §7.6.1), keeping the upgrade
+/// handshake when one is under way and `te: trailers` (gRPC needs it).
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let listed: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !(t.is_empty() || (upgrade && t == "upgrade")))
+        .collect();
+    for name in listed {
+        headers.remove(name.as_str());
+    }
+    for name in ["keep-alive", "proxy-connection", "proxy-authorization", "transfer-encoding"] {
+        headers.remove(name);
+    }
+    if headers.get(header::TE).is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers")) {
+        headers.remove(header::TE);
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+}

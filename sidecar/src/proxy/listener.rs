@@ -1,0 +1,70 @@
+//! Accept loops: one per listener, each connection in its own task, tracked by the drain.
+
+use std::{sync::Arc, time::Duration};
+
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::net::TcpListener;
+
+use super::{
+    detect::{Protocol, detect},
+    http::{self, ConnContext},
+    orig_dst, tcp,
+};
+use crate::{config::Store, drain::Drain, metrics::Direction};
+
+/// Accepts connections on `listener` until draining starts, then stops accepting (the
+/// listener is dropped). Each connection is detected and served in a task the drain tracks.
+pub async fn serve(listener: TcpListener, direction: Direction, store: Arc<Store>, drain: Drain) {
+    let mut signal = drain.signal();
+    let gauge = store.metrics().open_connections(direction);
+    loop {
+        let (stream, peer) = tokio::select! {
+            // Draining: stop accepting; in-flight connections finish on their own.
+            _ = signal.draining() => break,
+            // A client connected.
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Usually out of file descriptors: back off instead of spinning.
+                    tracing::warn!(error = %e, ?direction, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let orig_dst = orig_dst::original_dst(&stream);
+        let ctx = ConnContext { direction, orig_dst, store: store.clone() };
+        let limits = store.load().routes.limits;
+        let conn_signal = drain.signal();
+        let guard = GaugeGuard::new(gauge.clone());
+        drain.spawn(async move {
+            let _guard = guard;
+            match detect(stream, limits.detect_timeout).await {
+                Ok((Protocol::Http1 | Protocol::Http2, io)) => {
+                    http::serve(io, ctx, limits, conn_signal).await
+                }
+                Ok((Protocol::Opaque, io)) => tcp::forward(io, ctx, conn_signal).await,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "connection failed before a protocol was detected")
+                }
+            }
+        });
+    }
+    tracing::info!(?direction, "listener closed");
+}
+
+struct GaugeGuard(Gauge);
+
+impl GaugeGuard {
+    fn new(g: Gauge) -> Self {
+        g.inc();
+        Self(g)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

@@ -1,0 +1,19 @@
+//! The proxy: listeners, original destinations, protocol detection, HTTP and TCP forwarding,
+//! upstream pools and balancing.
+
+pub mod balance;
+pub mod body;
+pub mod client;
+pub mod detect;
+pub mod error;
+mod forward;
+pub mod http;
+pub mod listener;
+pub mod orig_dst;
+pub mod routes;
+pub mod tcp;
+
+pub use self::{
+    error::{ERROR_HEADER, Refusal},
+    routes::Routes,
+};

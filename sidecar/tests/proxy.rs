@@ -1,0 +1,302 @@
+//! The proxy core through real sockets on loopback: protocols, routing, errors, timeouts,
+//! bad input.
+
+mod support;
+
+use std::time::Duration;
+
+use breakwater_fault::{FaultServer, Faults, GarbageServer, TcpEchoServer};
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn fault(name: &str) -> FaultServer {
+    FaultServer::bind("127.0.0.1:0", Faults { name: name.into(), ..Default::default() })
+        .await
+        .expect("fault server")
+}
+
+#[tokio::test]
+async fn routes_by_absolute_uri_with_every_name_form() {
+    let up = fault("payments-1").await;
+    let sc = start(&sidecar_yaml(&service("payments", &[up.addr()]), None, "")).await;
+    for host in
+        ["payments", "payments.shop", "payments.shop.svc", "payments.shop.svc.cluster.local", "PAYMENTS.shop"]
+    {
+        let got = get(sc.outbound, &format!("http://{host}/hello")).await;
+        assert_eq!(got.status, 200, "{host}: {got:?}");
+        assert_eq!(got.header("x-served-by"), Some("payments-1"), "{host}");
+    }
+    assert_eq!(up.stats().requests(), 5);
+}
+
+#[tokio::test]
+async fn routes_by_host_header_and_keeps_it() {
+    let up = fault("payments-1").await;
+    let sc = start(&sidecar_yaml(&service("payments", &[up.addr()]), None, "")).await;
+    let req =
+        Request::get("/echo").header("host", "payments.shop:80").body(Full::new(Bytes::new())).expect("req");
+    let got = http1(sc.outbound, req).await;
+    assert_eq!(got.status, 200);
+    let echo: serde_json::Value = serde_json::from_slice(&got.body).expect("json");
+    assert_eq!(echo["headers"]["host"], "payments.shop:80", "the upstream sees the caller's Host");
+}
+
+#[tokio::test]
+async fn unknown_host_gets_404_no_route() {
+    let up = fault("p").await;
+    let sc = start(&sidecar_yaml(&service("payments", &[up.addr()]), None, "")).await;
+    let got = get(sc.outbound, "http://inventory/").await;
+    assert_eq!(got.status, 404);
+    assert_eq!(got.header("breakwater-error"), Some("no-route"));
+    let got = grpc(sc.outbound, "http://inventory/pkg.Svc/Call").await;
+    assert_eq!(got.status, 200, "gRPC errors are trailers-only responses");
+    assert_eq!(got.header("grpc-status"), Some("12"));
+    assert_eq!(got.header("breakwater-error"), Some("no-route"));
+}
+
+#[tokio::test]
+async fn keep_alive_reuses_the_client_connection_and_chunked_bodies_pass() {
+    let up = fault("p").await;
+    let sc = start(&sidecar_yaml(&service("payments", &[up.addr()]), None, "")).await;
+    let mut s = tokio::net::TcpStream::connect(sc.outbound).await.expect("connect");
+    let req = b"POST http://payments/echo HTTP/1.1\r\nHost: payments\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    let mut buf = vec![0u8; 4096];
+    for _ in 0..3 {
+        s.write_all(req).await.expect("write");
+        let n = tokio::time::timeout(PATIENCE, s.read(&mut buf)).await.expect("read in time").expect("read");
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.contains("\"bodyLen\":5"), "the chunked body arrived whole: {text}");
+    }
+    assert_eq!(
+        up.stats().connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one pooled upstream connection"
+    );
+}
+
+#[tokio::test]
+async fn http2_and_grpc_trailers_are_preserved() {
+    let up =
+        FaultServer::bind("127.0.0.1:0", Faults { grpc_status: 14, ..Default::default() }).await.expect("up");
+    let sc = start(&sidecar_yaml(&service("inventory", &[up.addr()]), None, "")).await;
+    let got = grpc(sc.outbound, "http://inventory.shop/inventory.v1.Inventory/Get").await;
+    assert_eq!(got.status, 200);
+    let trailers = got.trailers.expect("gRPC trailers arrive");
+    assert_eq!(trailers.get("grpc-status").and_then(|v| v.to_str().ok()), Some("14"));
+    let seen = up.stats().seen().await;
+    assert_eq!(seen[0].version, "HTTP/2.0", "h2 in, h2 out");
+    assert_eq!(seen[0].headers.get("te").map(String::as_str), Some("trailers"));
+}
+
+#[tokio::test]
+async fn websocket_upgrade_is_passed_through_after_101() {
+    let up = fault("ws").await;
+    let sc = start(&sidecar_yaml(&service("chat", &[up.addr()]), None, "")).await;
+    let mut s = tokio::net::TcpStream::connect(sc.outbound).await.expect("connect");
+    s.write_all(
+        b"GET http://chat/socket HTTP/1.1\r\nHost: chat\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(PATIENCE, s.read(&mut buf)).await.expect("read in time").expect("read");
+    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("upgrade: websocket"), "{head}");
+    s.write_all(b"\x81\x05hello").await.expect("write frame");
+    let mut echo = [0u8; 7];
+    tokio::time::timeout(PATIENCE, s.read_exact(&mut echo)).await.expect("echo in time").expect("echo");
+    assert_eq!(&echo, b"\x81\x05hello", "bytes flow both ways after the upgrade");
+}
+
+#[tokio::test]
+async fn opaque_tcp_passes_through_inbound() {
+    let app = TcpEchoServer::bind("127.0.0.1:0", None).await.expect("echo");
+    let sc = start(&sidecar_yaml("  []\n", Some(app.addr()), "")).await;
+    let inbound = sc.inbound.expect("inbound listener");
+    let mut s = tokio::net::TcpStream::connect(inbound).await.expect("connect");
+    // A TLS ClientHello-like first byte: not HTTP.
+    s.write_all(b"\x16\x03\x01binary payload").await.expect("write");
+    let mut buf = [0u8; 17];
+    tokio::time::timeout(PATIENCE, s.read_exact(&mut buf)).await.expect("in time").expect("read");
+    assert_eq!(&buf, b"\x16\x03\x01binary payload");
+}
+
+#[tokio::test]
+async fn server_first_protocols_are_not_waited_on_forever() {
+    let app = TcpEchoServer::bind("127.0.0.1:0", Some(b"220 smtp ready\r\n")).await.expect("echo");
+    let extra = "proxy: {detectTimeout: 200ms}\n";
+    let sc = start(&sidecar_yaml("  []\n", Some(app.addr()), extra)).await;
+    let mut s = tokio::net::TcpStream::connect(sc.inbound.expect("inbound")).await.expect("connect");
+    let mut buf = [0u8; 16];
+    tokio::time::timeout(PATIENCE, s.read_exact(&mut buf)).await.expect("greeting in time").expect("read");
+    assert_eq!(&buf, b"220 smtp ready\r\n");
+}
+
+#[tokio::test]
+async fn inbound_http_is_forwarded_to_the_app() {
+    let app = fault("app").await;
+    let sc = start(&sidecar_yaml("  []\n", Some(app.addr()), "")).await;
+    let req = Request::get("/x").header("host", "payments").body(Full::new(Bytes::new())).expect("req");
+    let got = http1(sc.inbound.expect("inbound"), req).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.header("x-served-by"), Some("app"));
+    assert_eq!(
+        metric(
+            &sc,
+            "breakwater_requests_total{service=\"payments.shop\",direction=\"inbound\",status_class=\"2xx\"}"
+        )
+        .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn refused_connection_gets_502_connect_failed() {
+    let dead = closed_port().await;
+    let sc = start(&sidecar_yaml(&service("payments", &[dead]), None, "")).await;
+    let got = get(sc.outbound, "http://payments/").await;
+    assert_eq!(got.status, 502);
+    assert_eq!(got.header("breakwater-error"), Some("connect-failed"));
+    assert!(
+        metric(&sc, "breakwater_upstream_connect_failures_total{service=\"payments.shop\"}").await >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn connect_timeout_gets_502_connect_failed_in_time() {
+    // A listener whose accept queue is full: the kernel drops further SYNs, so connect hangs.
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let full = sock.listen(0).expect("listen");
+    let addr = full.local_addr().expect("addr");
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        if let Ok(Ok(s)) =
+            tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(addr)).await
+        {
+            fillers.push(s);
+        }
+    }
+    let yaml = sidecar_yaml(&service("slowconn", &[addr]), None, "")
+        + &policy("p", "slowconn", "  timeouts: {connect: 300ms}\n");
+    let sc = start(&yaml).await;
+    let started = tokio::time::Instant::now();
+    let got = get(sc.outbound, "http://slowconn/").await;
+    assert_eq!(got.status, 502, "{got:?}");
+    assert_eq!(got.header("breakwater-error"), Some("connect-failed"));
+    assert!(started.elapsed() < Duration::from_secs(5), "the connect timeout bounded the wait");
+    drop(full);
+}
+
+#[tokio::test]
+async fn request_timeout_gets_504() {
+    let up = fault("slow").await;
+    let yaml = sidecar_yaml(&service("payments", &[up.addr()]), None, "")
+        + &policy("p", "payments", "  timeouts: {request: 200ms}\n");
+    let sc = start(&yaml).await;
+    let got = get(sc.outbound, "http://payments/?delay=5s").await;
+    assert_eq!(got.status, 504);
+    assert_eq!(got.header("breakwater-error"), Some("timeout"));
+    let got = grpc(sc.outbound, "http://payments/svc/Slow?delay=5s").await;
+    assert_eq!(got.header("grpc-status"), Some("4"), "gRPC gets DEADLINE_EXCEEDED");
+    assert!(
+        metric(&sc, "breakwater_timeouts_total{service=\"payments.shop\",kind=\"request\"}").await >= 2.0
+    );
+}
+
+#[tokio::test]
+async fn garbage_from_upstream_gets_502_upstream_protocol() {
+    let up = GarbageServer::bind("127.0.0.1:0").await.expect("garbage");
+    let sc = start(&sidecar_yaml(&service("weird", &[up.addr()]), None, "")).await;
+    let got = get(sc.outbound, "http://weird/").await;
+    assert_eq!(got.status, 502);
+    assert_eq!(got.header("breakwater-error"), Some("upstream-protocol"));
+}
+
+#[tokio::test]
+async fn upstream_reset_gets_502_upstream_reset() {
+    let up = fault("p").await;
+    let sc = start(&sidecar_yaml(&service("payments", &[up.addr()]), None, "")).await;
+    let got = get(sc.outbound, "http://payments/?reset=1").await;
+    assert_eq!(got.status, 502);
+    assert_eq!(got.header("breakwater-error"), Some("upstream-reset"));
+}
+
+#[tokio::test]
+async fn malformed_requests_get_400_and_the_proxy_keeps_serving() {
+    let up = fault("p").await;
+    let sc = start(&sidecar_yaml(&service("payments", &[up.addr()]), None, "")).await;
+    let bad = raw(sc.outbound, b"GET / HTTP/1.1\r\nHost: payments\r\nNo colon here\r\n\r\n").await;
+    assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
+    let many: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let bad =
+        raw(sc.outbound, format!("GET http://payments/ HTTP/1.1\r\nHost: payments\r\n{many}\r\n").as_bytes())
+            .await;
+    assert!(bad.starts_with("HTTP/1.1 431"), "too many headers: {bad}");
+    let huge = "a".repeat(100_000);
+    let bad = raw(
+        sc.outbound,
+        format!("GET http://payments/ HTTP/1.1\r\nHost: payments\r\nX-Big: {huge}\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert!(bad.starts_with("HTTP/1.1 431"), "headers too large: {}", &bad[..bad.len().min(80)]);
+    let bad =
+        raw(sc.outbound, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x01\x09\x00\x00\x00\x00\x00garbage")
+            .await;
+    assert!(!bad.contains("200"), "a broken h2 stream gets no answer");
+    assert_eq!(get(sc.outbound, "http://payments/").await.status, 200, "still serving");
+}
+
+#[tokio::test]
+async fn slow_header_senders_are_cut_off() {
+    let up = fault("p").await;
+    let extra = "proxy: {headerReadTimeout: 300ms}\n";
+    let sc = start(&sidecar_yaml(&service("payments", &[up.addr()]), None, extra)).await;
+    let mut s = tokio::net::TcpStream::connect(sc.outbound).await.expect("connect");
+    s.write_all(b"GET http://payments/ HTTP/1.1\r\nHost: pay").await.expect("write");
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, s.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "the proxy closed the connection of a client that stopped mid-headers");
+    assert_eq!(get(sc.outbound, "http://payments/").await.status, 200, "still serving");
+}
+
+#[tokio::test]
+async fn admin_reports_liveness_readiness_metrics_and_config() {
+    let up = fault("p").await;
+    let yaml = sidecar_yaml(&service("payments", &[up.addr()]), None, "")
+        + &policy("p", "payments", "  timeouts: {request: 2s}\n  retries: {attempts: 2}\n");
+    let sc = start(&yaml).await;
+    assert_eq!(admin(&sc, "/live").await.status, 200);
+    assert_eq!(admin(&sc, "/ready").await.status, 200);
+    get(sc.outbound, "http://payments/").await;
+    let metrics = admin(&sc, "/metrics").await.text();
+    for family in [
+        "breakwater_requests_total",
+        "breakwater_request_duration_seconds_bucket",
+        "breakwater_upstream_connect_failures_total",
+        "breakwater_config_reloads_total",
+        "breakwater_open_connections",
+    ] {
+        assert!(metrics.contains(family), "missing {family} in:\n{metrics}");
+    }
+    assert_eq!(
+        metric(
+            &sc,
+            "breakwater_requests_total{service=\"payments.shop\",direction=\"outbound\",status_class=\"2xx\"}"
+        )
+        .await,
+        1.0
+    );
+    let config: serde_json::Value = serde_json::from_slice(&admin(&sc, "/config").await.body).expect("json");
+    assert_eq!(config["version"], 1);
+    let svc = &config["config"]["services"][0];
+    assert_eq!(svc["policies"][0]["name"], "shop/p");
+    assert_eq!(svc["policies"][0]["effective"]["timeouts"]["request"], "2s");
+    assert_eq!(svc["policies"][0]["effective"]["retries"]["attempts"], 2);
+}
