@@ -11,12 +11,12 @@ export CARGO_TERM_COLOR ?= never
 SYSTEM_TOOLS := ip:iproute2 iptables-restore:iptables curl:curl setpriv:util-linux
 
 help: ## List the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 build: ## Build every crate and binary
 	$(CARGO) build --workspace --all-targets
 
-test: deps fmt-check clippy crds-check unit ## Everything CI runs: format check, clippy, generated-file check, all tests
+test: deps k8s-bins fmt-check clippy crds-check unit ## Everything CI runs: format check, clippy, generated-file check, all tests
 
 unit:
 	$(CARGO) build --workspace --bins
@@ -48,3 +48,14 @@ crds: ## Regenerate the CRD in the chart from the Rust types
 
 crds-check:
 	$(CARGO) run -q -p breakwater-crds --bin crdgen -- --check
+
+# Tests against a real control plane (e2e/): etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler and helm, built from their Go modules once into $BREAKWATER_CACHE (~/.cache/breakwater).
+.PHONY: k8s-bins e2e
+
+k8s-bins: ## Build etcd, kube-apiserver, controller-manager, scheduler and helm from Go modules (cached; needs go)
+	@bash e2e/gobuild/build.sh
+
+e2e: deps k8s-bins ## Only the tests against a real control plane (e2e/)
+	$(CARGO) build --workspace --bins
+	$(CARGO) test -p breakwater-e2e

@@ -1,0 +1,107 @@
+//! Container images → binaries of this workspace: the harness's "image pull".
+//!
+//! A small, explicit table. An image that is not in it is an error reported on the Pod (as
+//! `ErrImagePull`), never a guess: a test that deploys something the harness cannot run must fail
+//! and say so.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use crate::bins::workspace_root;
+
+/// Maps image repositories to executables; see the module docs.
+#[derive(Debug, Clone)]
+pub struct ImageTable {
+    /// Repository (no registry, tag or digest needed; matched as a `/`-bounded suffix) → binary.
+    images: BTreeMap<String, PathBuf>,
+}
+
+impl ImageTable {
+    /// The workspace's images, mapped to `target/debug/` (or `$CARGO_TARGET_DIR/debug/`):
+    ///
+    /// | image | binary |
+    /// |---|---|
+    /// | `breakwater/fault-server` | `breakwater-fault` |
+    /// | `breakwater/sidecar` | `breakwater-sidecar` |
+    /// | `breakwater/operator` | `breakwater-operator` |
+    /// | `breakwater/e2e-client` | `breakwater-e2e-client` (this crate: GETs a URL, prints answers) |
+    pub fn workspace() -> Self {
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace_root().join("target"))
+            .join("debug");
+        let mut table = ImageTable { images: BTreeMap::new() };
+        for (image, binary) in [
+            ("breakwater/fault-server", "breakwater-fault"),
+            ("breakwater/sidecar", "breakwater-sidecar"),
+            ("breakwater/operator", "breakwater-operator"),
+            ("breakwater/e2e-client", "breakwater-e2e-client"),
+        ] {
+            table.images.insert(image.to_owned(), target.join(binary));
+        }
+        table
+    }
+
+    /// Adds or replaces a mapping.
+    pub fn with(mut self, repository: &str, binary: impl Into<PathBuf>) -> Self {
+        self.images.insert(repository.to_owned(), binary.into());
+        self
+    }
+
+    /// The binary for `image` (`[registry/]repository[:tag][@digest]`), or why there is none.
+    pub fn resolve(&self, image: &str) -> Result<&Path, String> {
+        let repository = repository(image);
+        let found = self.images.iter().find(|(key, _)| {
+            repository == key.as_str()
+                || repository.strip_suffix(key.as_str()).is_some_and(|prefix| prefix.ends_with('/'))
+        });
+        match found {
+            None => Err(format!(
+                "image {image:?} is not in the e2e image table (known: {})",
+                self.images.keys().cloned().collect::<Vec<_>>().join(", ")
+            )),
+            Some((_, path)) if !path.is_file() => Err(format!(
+                "image {image:?} runs {}, which is not built; run `cargo build --workspace --bins`",
+                path.display()
+            )),
+            Some((_, path)) => Ok(path),
+        }
+    }
+}
+
+/// `ghcr.io/x/breakwater/sidecar:0.1@sha256:..` → `ghcr.io/x/breakwater/sidecar`.
+fn repository(image: &str) -> &str {
+    let image = image.split('@').next().unwrap_or(image);
+    match image.rfind(':') {
+        // A colon after the last slash is a tag; before it, a registry port.
+        Some(colon) if !image[colon..].contains('/') => &image[..colon],
+        _ => image,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repository_drops_tag_and_digest_but_keeps_registry_port() {
+        assert_eq!(repository("breakwater/sidecar:0.1.0"), "breakwater/sidecar");
+        assert_eq!(repository("localhost:5000/breakwater/sidecar"), "localhost:5000/breakwater/sidecar");
+        assert_eq!(
+            repository("ghcr.io/b/breakwater/fault-server:1@sha256:abc"),
+            "ghcr.io/b/breakwater/fault-server"
+        );
+    }
+
+    #[test]
+    fn unknown_images_are_errors_and_suffixes_match_on_path_boundaries() {
+        let table = ImageTable { images: BTreeMap::new() }.with("breakwater/sh", "/bin/sh");
+        assert_eq!(table.resolve("docker.io/breakwater/sh:latest"), Ok(Path::new("/bin/sh")));
+        assert!(table.resolve("notbreakwater/sh").is_err_and(|e| e.contains("not in the e2e image table")));
+        assert!(table.resolve("nginx:1.27").is_err());
+        let missing = ImageTable { images: BTreeMap::new() }.with("breakwater/x", "/nonexistent/x");
+        assert!(missing.resolve("breakwater/x").is_err_and(|e| e.contains("not built")));
+    }
+}

@@ -1,0 +1,230 @@
+//! The harness's kubelet and kube-proxy: a Deployment of the workspace's fault server behind a
+//! Service, reached from another pod through the Service's cluster IP.
+
+use std::{collections::BTreeSet, net::Ipv4Addr, path::Path, time::Duration};
+
+use breakwater_e2e::{TestCluster, wait};
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{Node, Pod, Service},
+    discovery::v1::EndpointSlice,
+};
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, ListParams, PostParams},
+};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn deployment_behind_a_service_answers_another_pod_on_the_cluster_ip() -> anyhow::Result<()> {
+    let cluster = TestCluster::shared().await?;
+    let runner = cluster.pod_runner().await?;
+    let ns = cluster.namespace("pods").await?;
+    let client = cluster.client()?;
+
+    let node = Api::<Node>::all(client.clone()).get(runner.node_name()).await?;
+    let ready = node.status.and_then(|s| s.conditions).unwrap_or_default();
+    assert!(ready.iter().any(|c| c.type_ == "Ready" && c.status == "True"), "{ready:?}");
+
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "fault"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "fault"}},
+            "template": {
+                "metadata": {"labels": {"app": "fault"}},
+                "spec": {"containers": [{
+                    "name": "fault",
+                    "image": "breakwater/fault-server:dev",
+                    "args": ["--listen", "0.0.0.0:8080"],
+                    "ports": [{"name": "http", "containerPort": 8080}],
+                    "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
+                }]},
+            },
+        },
+    }))?;
+    let service: Service = serde_json::from_value(json!({
+        "metadata": {"name": "fault"},
+        "spec": {"selector": {"app": "fault"}, "ports": [{"name": "web", "port": 80, "targetPort": "http"}]},
+    }))?;
+    Api::<Deployment>::namespaced(client.clone(), &ns).create(&PostParams::default(), &deployment).await?;
+    let service =
+        Api::<Service>::namespaced(client.clone(), &ns).create(&PostParams::default(), &service).await?;
+    let cluster_ip: Ipv4Addr = service.spec.and_then(|s| s.cluster_ip).unwrap_or_default().parse()?;
+    let service_range = cluster.network().service_cidr();
+    assert_eq!(
+        cluster_ip.octets()[..3],
+        [198, 19, cluster.network().index()],
+        "{cluster_ip} in {service_range}"
+    );
+
+    // The controller-manager makes a ReplicaSet and Pods, the scheduler binds them to our Node,
+    // the runner starts them and reports them Ready once the probe passes.
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
+    wait::until_ok("2 ready replicas", TIMEOUT, || {
+        let deployments = deployments.clone();
+        async move {
+            let d = deployments.get("fault").await.map_err(|e| e.to_string())?;
+            let ready = d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
+            if ready == 2 { Ok(()) } else { Err(format!("{:?}", d.status)) }
+        }
+    })
+    .await?;
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    let fault_pods = pods.list(&ListParams::default().labels("app=fault")).await?.items;
+    let names: BTreeSet<String> = fault_pods.iter().map(|p| p.name_any()).collect();
+    let mut pod_ips = BTreeSet::new();
+    for pod in &fault_pods {
+        let spec = pod.spec.as_ref().expect("pods have a spec");
+        assert_eq!(spec.node_name.as_deref(), Some(runner.node_name()), "scheduled to the runner's node");
+        let ip: Ipv4Addr = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap_or_default().parse()?;
+        assert_eq!(ip.octets()[..3], [198, 18, cluster.network().index()], "pod IP {ip}");
+        pod_ips.insert(ip.to_string());
+    }
+
+    // The EndpointSlice controller follows the Service and lists both pods.
+    let slices = Api::<EndpointSlice>::namespaced(client.clone(), &ns);
+    wait::until_ok("EndpointSlice with both pods", TIMEOUT, || {
+        let slices = slices.clone();
+        let pod_ips = pod_ips.clone();
+        async move {
+            let list = slices.list(&ListParams::default().labels("kubernetes.io/service-name=fault")).await;
+            let addresses: BTreeSet<String> = list
+                .map_err(|e| e.to_string())?
+                .items
+                .into_iter()
+                .flat_map(|s| s.endpoints.into_iter().flatten())
+                .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+                .flat_map(|e| e.addresses)
+                .collect();
+            if addresses == pod_ips { Ok(()) } else { Err(format!("{addresses:?}")) }
+        }
+    })
+    .await?;
+
+    // From the host, through the cluster IP (nat OUTPUT): both replicas answer eventually.
+    let seen = std::cell::RefCell::new(BTreeSet::new());
+    wait::until_ok("both replicas answering on the cluster IP from the host", TIMEOUT, || {
+        let answer = get(cluster_ip, 80);
+        let (seen, names) = (&seen, &names);
+        async move {
+            let body = answer.await.map_err(|e| e.to_string())?;
+            let mut seen = seen.borrow_mut();
+            seen.insert(body.split_whitespace().next().unwrap_or_default().to_owned());
+            if names.is_subset(&seen) { Ok(()) } else { Err(format!("seen {seen:?}")) }
+        }
+    })
+    .await?;
+
+    // From another pod, through the cluster IP (nat PREROUTING on the bridge).
+    let client_pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "caller"},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "client",
+                "image": "breakwater/e2e-client:dev",
+                "args": ["http://$(FAULT_SERVICE_HOST):$(FAULT_SERVICE_PORT)/", "20"],
+            }],
+        },
+    }))?;
+    pods.create(&PostParams::default(), &client_pod).await?;
+    wait::until_ok("the caller pod to succeed", TIMEOUT, || {
+        let pods = pods.clone();
+        async move {
+            let pod = pods.get("caller").await.map_err(|e| e.to_string())?;
+            match pod.status.as_ref().and_then(|s| s.phase.as_deref()) {
+                Some("Succeeded") => Ok(()),
+                Some("Failed") => Ok(()),
+                other => Err(format!("phase {other:?}")),
+            }
+        }
+    })
+    .await?;
+    let logs = runner.logs(&ns, "caller", "client")?;
+    let answered: BTreeSet<&str> = logs
+        .lines()
+        .filter_map(|line| line.strip_prefix("200 "))
+        .filter_map(|body| body.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        logs.lines().filter(|l| l.starts_with("200 ")).count(),
+        20,
+        "every call answered 200:\n{logs}"
+    );
+    assert_eq!(
+        answered,
+        names.iter().map(String::as_str).collect(),
+        "both replicas served the caller:\n{logs}"
+    );
+    let phase = pods.get("caller").await?.status.and_then(|s| s.phase);
+    assert_eq!(phase.as_deref(), Some("Succeeded"));
+
+    // Deleting a pod stops its processes and removes its network namespace, then the object.
+    let netns = runner.netns(&ns, "caller").expect("the caller ran in a namespace");
+    pods.delete("caller", &DeleteParams::default()).await?;
+    wait::until_ok("the caller pod to be gone", TIMEOUT, || {
+        let pods = pods.clone();
+        async move {
+            match pods.get_opt("caller").await {
+                Ok(None) => Ok(()),
+                other => Err(format!("{:?}", other.map(|p| p.map(|p| p.metadata.deletion_timestamp)))),
+            }
+        }
+    })
+    .await?;
+    // A finished pod's object goes at once (terminal phase); its namespace follows.
+    wait::until_ok(format!("network namespace {netns} to be removed"), TIMEOUT, || {
+        let gone = !Path::new("/run/netns").join(&netns).exists();
+        async move { if gone { Ok(()) } else { Err("still there".to_owned()) } }
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_image_outside_the_table_is_reported_on_the_pod() -> anyhow::Result<()> {
+    let cluster = TestCluster::shared().await?;
+    cluster.pod_runner().await?;
+    let ns = cluster.namespace("images").await?;
+    let pods = Api::<Pod>::namespaced(cluster.client()?, &ns);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "nginx"},
+        "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]},
+    }))?;
+    pods.create(&PostParams::default(), &pod).await?;
+    let waiting = wait::until_ok("an ErrImagePull status", TIMEOUT, || {
+        let pods = pods.clone();
+        async move {
+            let pod = pods.get("nginx").await.map_err(|e| e.to_string())?;
+            let state = pod
+                .status
+                .and_then(|s| s.container_statuses)
+                .and_then(|c| c.into_iter().next())
+                .and_then(|c| c.state)
+                .and_then(|s| s.waiting);
+            state.filter(|w| w.reason.is_some()).ok_or_else(|| "no waiting reason yet".to_owned())
+        }
+    })
+    .await?;
+    assert_eq!(waiting.reason.as_deref(), Some("ErrImagePull"));
+    assert!(waiting.message.unwrap_or_default().contains("not in the e2e image table"));
+    Ok(())
+}
+
+/// GET / on `ip:port` from the host; the body.
+async fn get(ip: Ipv4Addr, port: u16) -> std::io::Result<String> {
+    let connect = tokio::net::TcpStream::connect((ip, port));
+    let mut stream = tokio::time::timeout(Duration::from_secs(2), connect).await??;
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: fault\r\nConnection: close\r\n\r\n").await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(std::io::Error::other(format!("unexpected answer: {head}")));
+    }
+    Ok(body.to_owned())
+}
