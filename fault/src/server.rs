@@ -291,12 +291,16 @@ async fn handle(
         None => 200,
     };
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    if status.is_server_error() {
+    if status.is_server_error() && !is_grpc {
         stats.failures.fetch_add(1, Ordering::SeqCst);
     }
 
     if is_grpc {
-        let code = q.get("grpc_status").and_then(|s| s.parse().ok()).unwrap_or(faults.grpc_status);
+        // Failing requests (first N, or the failure fraction) answer UNAVAILABLE unless a
+        // code was configured.
+        let failing = first || fail_roll < faults.fail_rate;
+        let default = if failing && faults.grpc_status == 0 { 14 } else { faults.grpc_status };
+        let code = q.get("grpc_status").and_then(|s| s.parse().ok()).unwrap_or(default);
         if code != 0 {
             stats.failures.fetch_add(1, Ordering::SeqCst);
         }

@@ -9,3 +9,183 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Every body the proxy sends, to clients and to upstreams: boxed so that a proxied body, a
 /// replayable one and one Breakwater wrote itself share a type.
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+use std::{
+    any::Any,
+    collections::VecDeque,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+
+/// A body that keeps something alive (a bulkhead slot, an in-flight mark) until the body ends
+/// or is dropped — what "the call is over" means for a streamed response.
+pub struct Guarded {
+    inner: ProxyBody,
+    guards: Vec<Box<dyn Any + Send>>,
+}
+
+impl Guarded {
+    /// Wraps `inner`, holding `guard`.
+    pub fn wrap(inner: ProxyBody, guard: Box<dyn Any + Send>) -> ProxyBody {
+        Self { inner, guards: vec![guard] }.boxed_unsync()
+    }
+}
+
+impl Body for Guarded {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            // The body ended: release now rather than when the connection drops it.
+            self.guards.clear();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Frames already read, followed by the rest of a body.
+pub struct Chain {
+    head: VecDeque<Frame<Bytes>>,
+    rest: Option<ProxyBody>,
+}
+
+impl Chain {
+    /// `head`, then `rest`.
+    pub fn wrap(head: VecDeque<Frame<Bytes>>, rest: Option<ProxyBody>) -> ProxyBody {
+        Self { head, rest }.boxed_unsync()
+    }
+}
+
+impl Body for Chain {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(f) = self.head.pop_front() {
+            return Poll::Ready(Some(Ok(f)));
+        }
+        match self.rest.as_mut() {
+            Some(rest) => Pin::new(rest).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.head.is_empty() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+    }
+}
+
+/// A body read up to a limit: whole (so it can be sent again) or not.
+pub enum Buffered {
+    /// Read to the end: data frames and trailers.
+    Whole(Vec<Frame<Bytes>>),
+    /// Too big, too slow, or failed: what was read, then the rest (sendable once).
+    Partial(VecDeque<Frame<Bytes>>, ProxyBody),
+}
+
+impl Buffered {
+    /// A fresh body for one attempt.
+    pub fn body(&self) -> Option<ProxyBody> {
+        match self {
+            Self::Whole(frames) => Some(Chain::wrap(frames.iter().filter_map(clone_frame).collect(), None)),
+            Self::Partial(..) => None,
+        }
+    }
+}
+
+fn clone_frame(f: &Frame<Bytes>) -> Option<Frame<Bytes>> {
+    if let Some(d) = f.data_ref() {
+        return Some(Frame::data(d.clone()));
+    }
+    f.trailers_ref().map(|t| Frame::trailers(t.clone()))
+}
+
+/// Reads `body` while it keeps coming: up to `cap` bytes, waiting at most `idle` for each
+/// frame. A body that ends within both bounds is [`Buffered::Whole`].
+///
+/// The idle bound keeps a streaming body (a gRPC bidi stream, a slow upload) from being held
+/// back: it is then forwarded as a stream, and simply not replayable.
+pub async fn buffer(mut body: ProxyBody, cap: usize, idle: std::time::Duration) -> Buffered {
+    let mut frames = Vec::new();
+    let mut size = 0usize;
+    loop {
+        if body.is_end_stream() {
+            return Buffered::Whole(frames);
+        }
+        match tokio::time::timeout(idle, body.frame()).await {
+            Ok(None) => return Buffered::Whole(frames),
+            Ok(Some(Ok(frame))) => {
+                size += frame.data_ref().map_or(0, Bytes::len);
+                frames.push(frame);
+                if size > cap {
+                    return Buffered::Partial(frames.into(), body);
+                }
+            }
+            Ok(Some(Err(e))) => {
+                let failed =
+                    http_body_util::StreamBody::new(futures_util::stream::once(async move { Err(e) }));
+                return Buffered::Partial(frames.into(), failed.boxed_unsync());
+            }
+            // The sender paused: stream the rest.
+            Err(_idle) => return Buffered::Partial(frames.into(), body),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http_body_util::{BodyExt, Full};
+
+    use super::*;
+
+    fn full(n: usize) -> ProxyBody {
+        Full::new(Bytes::from(vec![b'x'; n])).map_err(|never| match never {}).boxed_unsync()
+    }
+
+    #[tokio::test]
+    async fn small_bodies_are_kept_whole_and_replay_identically() {
+        let b = buffer(full(100), 1024, Duration::from_secs(1)).await;
+        let first = b.body().expect("replayable").collect().await.expect("body").to_bytes();
+        let second = b.body().expect("replayable").collect().await.expect("body").to_bytes();
+        assert_eq!(first.len(), 100);
+        assert_eq!(first, second);
+    }
+
+    #[tokio::test]
+    async fn bodies_over_the_cap_stream_once_and_lose_nothing() {
+        let b = buffer(full(5000), 1024, Duration::from_secs(1)).await;
+        assert!(b.body().is_none(), "not replayable");
+        let Buffered::Partial(head, rest) = b else { panic!("partial") };
+        let all = Chain::wrap(head, Some(rest)).collect().await.expect("body").to_bytes();
+        assert_eq!(all.len(), 5000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_paused_stream_is_not_waited_on() {
+        let (mut tx, body) = http_body_util::channel::Channel::<Bytes, BoxError>::new(4);
+        tx.send_data(Bytes::from_static(b"first")).await.expect("send");
+        let b = buffer(body.boxed_unsync(), 1024, Duration::from_millis(20)).await;
+        assert!(matches!(b, Buffered::Partial(ref head, _) if head.len() == 1));
+    }
+}

@@ -22,7 +22,12 @@ use hyper_util::{
     },
     rt::{TokioExecutor, TokioIo, TokioTimer},
 };
-use tokio::net::TcpStream;
+use std::sync::Arc;
+
+use tokio::{
+    net::TcpStream,
+    sync::{OwnedSemaphorePermit, Semaphore},
+};
 use tower::Service;
 
 use super::body::ProxyBody;
@@ -39,33 +44,45 @@ pub struct PoolSettings {
     pub idle_timeout: Duration,
 }
 
-/// Dials one fixed address, ignoring the URI it is given.
+/// Dials one fixed address, ignoring the URI it is given; with a connection limit, each
+/// connection holds a permit until it closes (`maxConnections`).
 #[derive(Debug, Clone)]
 pub struct FixedConnector {
     addr: SocketAddr,
     uri: Uri,
     inner: HttpConnector,
+    limit: Option<Arc<Semaphore>>,
+    connect_timeout: Duration,
 }
 
+/// Every connection allowed by `maxConnections` is open.
+#[derive(Debug, thiserror::Error)]
+#[error("maxConnections reached: no connection freed within the connect timeout")]
+pub struct ConnectionLimitReached;
+
 impl FixedConnector {
-    fn new(addr: SocketAddr, settings: PoolSettings) -> Self {
+    fn new(addr: SocketAddr, settings: PoolSettings, limit: Option<Arc<Semaphore>>) -> Self {
         let mut inner = HttpConnector::new();
         inner.set_connect_timeout(Some(settings.connect_timeout));
         inner.set_nodelay(true);
         inner.set_keepalive(Some(Duration::from_secs(60)));
         inner.enforce_http(true);
         let uri = Uri::try_from(format!("http://{addr}")).expect("a socket address is a valid authority");
-        Self { addr, uri, inner }
+        Self { addr, uri, inner, limit, connect_timeout: settings.connect_timeout }
     }
 }
 
-/// A connection made by [`FixedConnector`].
+/// A connection made by [`FixedConnector`] (and its slot under the connection limit).
 #[derive(Debug)]
-pub struct EndpointConn(TokioIo<TcpStream>);
+pub struct EndpointConn {
+    io: TokioIo<TcpStream>,
+    /// Released when hyper drops the connection.
+    _slot: Option<OwnedSemaphorePermit>,
+}
 
 impl Connection for EndpointConn {
     fn connected(&self) -> Connected {
-        self.0.connected()
+        self.io.connected()
     }
 }
 
@@ -75,25 +92,25 @@ impl hyper::rt::Read for EndpointConn {
         cx: &mut Context<'_>,
         buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
     }
 }
 
 impl hyper::rt::Write for EndpointConn {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
+        self.io.is_write_vectored()
     }
 
     fn poll_write_vectored(
@@ -101,7 +118,7 @@ impl hyper::rt::Write for EndpointConn {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
     }
 }
 
@@ -116,7 +133,20 @@ impl Service<Uri> for FixedConnector {
 
     fn call(&mut self, _dst: Uri) -> Self::Future {
         let fut = self.inner.call(self.uri.clone());
-        Box::pin(async move { Ok(EndpointConn(fut.await?)) })
+        let (limit, wait) = (self.limit.clone(), self.connect_timeout);
+        Box::pin(async move {
+            let permit = match limit {
+                // While we wait, hyper's pool may hand the request an idle connection instead.
+                Some(l) => Some(
+                    tokio::time::timeout(wait, l.acquire_owned())
+                        .await
+                        .map_err(|_| ConnectionLimitReached)?
+                        .map_err(|_| ConnectionLimitReached)?,
+                ),
+                None => None,
+            };
+            Ok(EndpointConn { io: fut.await?, _slot: permit })
+        })
     }
 }
 
@@ -138,8 +168,8 @@ pub struct EndpointClients {
 
 impl EndpointClients {
     /// Builds both clients for `addr`.
-    pub fn new(addr: SocketAddr, settings: PoolSettings) -> Self {
-        let connector = FixedConnector::new(addr, settings);
+    pub fn new(addr: SocketAddr, settings: PoolSettings, limit: Option<Arc<Semaphore>>) -> Self {
+        let connector = FixedConnector::new(addr, settings, limit);
         let mut b1 = Client::builder(TokioExecutor::new());
         b1.pool_idle_timeout(settings.idle_timeout).pool_timer(TokioTimer::new()).pool_max_idle_per_host(256);
         let http1 = b1.build(connector.clone());

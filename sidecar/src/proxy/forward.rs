@@ -1,44 +1,485 @@
-//! Forwarding one request to a Service under its policy.
+//! Forwarding one HTTP request to a Service under its policy: the resilience layers composed
+//! in the order of the design —
+//!
+//! ```text
+//! Timeout(request) ─▶ Retry(policy, budget) ─▶ CircuitBreaker(scope Service) ─▶ Bulkhead
+//!   ─▶ Attempt: pick endpoint (skip tried and open ones) ─▶ per-try deadline ─▶ pooled client
+//! ```
+//!
+//! and the HTTP-specific parts the generic layers ask for: replayable request bodies, the
+//! classification of responses (status, `grpc-status` in headers *or trailers*,
+//! `Retry-After`), and Breakwater's own answers when a layer refuses.
 
-use std::sync::Arc;
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
 
-use http::{Request, Response};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version, header};
+use http_body::Frame;
 use http_body_util::BodyExt;
+use tokio::time::Instant;
+use tower::{Service, ServiceBuilder, ServiceExt};
 
 use super::{
     balance,
-    body::ProxyBody,
-    error::Refusal,
+    body::{BoxError, Buffered, Chain, Guarded, ProxyBody},
+    error::{ERROR_HEADER, Refusal},
     http::{AttemptError, forward_once},
     routes::Target,
 };
+use crate::resilience::{
+    breaker::{CircuitBreakerLayer, CircuitOpen},
+    bulkhead::{AttachPermit, BulkheadFull, BulkheadLayer, Permit},
+    outcome::{Failure, Outcome},
+    retry::{RetryPolicy, RetryRequest, RetryResponse},
+    timeout::{Elapsed, TimeoutLayer, attempt_deadline},
+};
 
-/// Forwards `req` to `target`'s endpoints and returns the response, or Breakwater's own
-/// answer saying why there is none.
+/// Set on a retried request: how many sidecars along the call chain retried it.
+pub const RETRY_DEPTH_HEADER: &str = "breakwater-retry-depth";
+/// The header that makes any method retryable when the policy honours it.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// How long body buffering waits for the next frame before streaming instead. Long enough for
+/// a client without TCP_NODELAY, whose second write Nagle holds until the delayed ACK (40ms on
+/// Linux, up to 200ms elsewhere); short enough that a paused stream is not held back for long.
+const BUFFER_IDLE: Duration = Duration::from_millis(250);
+/// Largest response body read to find gRPC trailers before deciding on a retry.
+const GRPC_TRAILER_BUFFER: usize = 64 * 1024;
+
+/// A request as the resilience layers see it: parts that can be sent again, and a body that
+/// can be replayed when it was small enough.
+pub struct HttpRequest {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    /// The whole body, when it was small enough to keep for replay.
+    replay: Option<Arc<Vec<Frame<Bytes>>>>,
+    /// The streaming body of a non-replayable request, taken by the first attempt.
+    stream: Option<ProxyBody>,
+    /// The caller's request extensions (hyper's upgrade handle among them), for the first
+    /// attempt only.
+    extensions: Option<http::Extensions>,
+    attempt: u32,
+    idempotent: bool,
+    depth: u32,
+    grpc: bool,
+    deadline: Option<Instant>,
+    /// Endpoints tried by earlier attempts (bit i = endpoint i), shared by every copy.
+    tried: Arc<AtomicU64>,
+}
+
+impl HttpRequest {
+    fn into_http(mut self) -> Option<Request<ProxyBody>> {
+        let body = match &self.replay {
+            Some(frames) => Chain::wrap(frames.iter().filter_map(clone_frame).collect(), None),
+            None => self.stream.take()?,
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers;
+        if let Some(ext) = self.extensions.take() {
+            *req.extensions_mut() = ext;
+        }
+        Some(req)
+    }
+}
+
+impl RetryRequest for HttpRequest {
+    fn clone_for_retry(&self) -> Self {
+        Self {
+            method: self.method.clone(),
+            uri: self.uri.clone(),
+            version: self.version,
+            headers: self.headers.clone(),
+            replay: self.replay.clone(),
+            stream: None,
+            extensions: None,
+            attempt: self.attempt,
+            idempotent: self.idempotent,
+            depth: self.depth,
+            grpc: self.grpc,
+            deadline: self.deadline,
+            tried: self.tried.clone(),
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        self.replay.is_some()
+    }
+
+    fn idempotent(&self) -> bool {
+        self.idempotent
+    }
+
+    fn depth(&self) -> u32 {
+        self.depth
+    }
+
+    fn prepare_retry(&mut self, attempt: u32) {
+        self.attempt = attempt;
+        self.headers.insert(RETRY_DEPTH_HEADER, HeaderValue::from(self.depth + 1));
+    }
+}
+
+/// A response with its classification.
+pub struct HttpResponse {
+    inner: Response<ProxyBody>,
+    outcome: Outcome,
+}
+
+impl RetryResponse for HttpResponse {
+    fn outcome(&self) -> Outcome {
+        self.outcome
+    }
+
+    fn mark_budget_exhausted(&mut self) {
+        self.inner.headers_mut().insert(ERROR_HEADER, HeaderValue::from_static("retry-budget-exhausted"));
+    }
+}
+
+impl AttachPermit for HttpResponse {
+    fn attach_permit(self, permit: Permit) -> Self {
+        let (parts, body) = self.inner.into_parts();
+        Self {
+            inner: Response::from_parts(parts, Guarded::wrap(body, Box::new(permit))),
+            outcome: self.outcome,
+        }
+    }
+}
+
+/// A per-try deadline passed.
+#[derive(Debug, thiserror::Error)]
+#[error("attempt {attempt} got no response within its deadline")]
+pub struct PerTryElapsed {
+    attempt: u32,
+}
+
+/// Every endpoint was refused by its (per-endpoint) breaker.
+fn all_open() -> BoxError {
+    CircuitOpen.into()
+}
+
+fn is_caused_by<E: std::error::Error + 'static>(e: &BoxError) -> Option<&E> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
+    while let Some(err) = cur {
+        if let Some(found) = err.downcast_ref::<E>() {
+            return Some(found);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// How a failed attempt looks to the retry policy.
+fn classify_error(e: &BoxError) -> Outcome {
+    if let Some(a) = is_caused_by::<AttemptError>(e) {
+        return Outcome::failed(match a {
+            AttemptError::Connect { .. } => Failure::Connect,
+            AttemptError::Reset { source, .. } => Failure::Reset { unprocessed: refused_stream(source) },
+            AttemptError::Protocol { .. } => Failure::Status(502),
+            AttemptError::NoEndpoints => Failure::Connect,
+            // Our own limit: not a failure of the target, and not retried.
+            AttemptError::ConnectionLimit { .. } => return Outcome::SUCCESS,
+        });
+    }
+    if is_caused_by::<PerTryElapsed>(e).is_some() {
+        return Outcome::failed(Failure::Timeout);
+    }
+    // Refusals by our own layers (open breaker, full bulkhead) are not retried.
+    Outcome::SUCCESS
+}
+
+/// Whether the upstream refused an HTTP/2 stream without processing it (REFUSED_STREAM), which
+/// makes a retry safe for any method.
+fn refused_stream(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = cur {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Forwards `req` to `target` and returns the response, or Breakwater's own answer saying why
+/// there is none.
 pub async fn call(target: &Arc<Target>, req: Request<ProxyBody>, grpc: bool) -> Response<ProxyBody> {
-    let Some((_, endpoint)) = balance::pick(&target.endpoints, |_| true) else {
-        return Refusal::ConnectFailed.response(grpc, "the Service has no endpoints");
-    };
-    let endpoint = endpoint.clone();
-    let attempt = forward_once(&endpoint, req);
-    let result = match target.request_timeout {
-        Some(limit) => match tokio::time::timeout(limit, attempt).await {
-            Ok(r) => r,
-            Err(_) => {
-                target.metrics.timeout("request");
-                return Refusal::Timeout.response(grpc, &format!("no response within {limit:?}"));
+    let res = &target.resilience;
+    let deadline = target.request_timeout.map(|d| Instant::now() + d);
+    let (parts, body) = req.into_parts();
+
+    let retry = res.retry.as_ref().filter(|(s, _)| s.attempts > 1);
+    let retries = target.effective().and_then(|e| e.retries.as_ref());
+    // Keep the body for replay only when a retry may need it.
+    let (replay, stream) = match (retry, retries) {
+        (Some(_), Some(r)) => {
+            match super::body::buffer(body, r.max_replay_body_bytes as usize, BUFFER_IDLE).await {
+                Buffered::Whole(frames) => (Some(Arc::new(frames)), None),
+                Buffered::Partial(head, rest) => (None, Some(Chain::wrap(head, Some(rest)))),
             }
-        },
-        None => attempt.await,
+        }
+        _ => (None, Some(body)),
+    };
+    let idempotent = retries.is_some_and(|r| {
+        r.is_retryable_method(parts.method.as_str())
+            || (r.honor_idempotency_key && parts.headers.contains_key(IDEMPOTENCY_KEY))
+    });
+    let depth = parts
+        .headers
+        .get(RETRY_DEPTH_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let request = HttpRequest {
+        method: parts.method,
+        uri: parts.uri,
+        version: parts.version,
+        headers: parts.headers,
+        replay,
+        stream,
+        extensions: Some(parts.extensions),
+        attempt: 1,
+        idempotent,
+        depth,
+        grpc,
+        deadline,
+        tried: Arc::new(AtomicU64::new(0)),
+    };
+
+    let attempt = AttemptService { target: target.clone() };
+    let observer = res.observer.clone();
+    let enforce = res.enforce;
+    let breaker_layer = match &res.breakers {
+        Some(crate::resilience::Breakers::Service(b)) => {
+            let fail_on = res.fail_on.clone();
+            let would = observer.clone();
+            Some(CircuitBreakerLayer::<HttpResponse>::new(
+                b.clone(),
+                Arc::new(move |r: &Result<HttpResponse, BoxError>| {
+                    let outcome = match r {
+                        Ok(resp) => resp.outcome,
+                        Err(e) => classify_error(e),
+                    };
+                    outcome.failure.is_some_and(|f| f.counts_for_breaker(&fail_on))
+                }),
+                enforce,
+                Arc::new(move || would.metrics.dryrun("circuit-open")),
+            ))
+        }
+        _ => None,
+    };
+    let bulkhead_layer =
+        res.bulkhead.as_ref().map(|b| BulkheadLayer::new(b.clone(), enforce, observer.clone()));
+    let inner =
+        ServiceBuilder::new().option_layer(breaker_layer).option_layer(bulkhead_layer).service(attempt);
+
+    let timeout = TimeoutLayer::new(target.request_timeout, enforce, observer.clone());
+    let result = match retry {
+        Some((settings, budget)) => {
+            let o: Arc<dyn crate::resilience::retry::RetryObserver> = observer.clone();
+            let policy =
+                RetryPolicy::for_call(settings.clone(), budget.clone(), o, classify_error, enforce, deadline);
+            let svc = ServiceBuilder::new()
+                .layer(timeout)
+                .layer(tower::retry::RetryLayer::new(policy))
+                .service(inner);
+            svc.oneshot(request).await
+        }
+        None => ServiceBuilder::new().layer(timeout).service(inner).oneshot(request).await,
     };
     match result {
-        Ok(resp) => resp.map(|b| b.map_err(Into::into).boxed_unsync()),
+        Ok(resp) => resp.inner,
+        Err(e) => refusal_for(target, &e, grpc),
+    }
+}
+
+fn clone_frame(f: &Frame<Bytes>) -> Option<Frame<Bytes>> {
+    if let Some(d) = f.data_ref() {
+        return Some(Frame::data(d.clone()));
+    }
+    f.trailers_ref().map(|t| Frame::trailers(t.clone()))
+}
+
+fn refusal_for(target: &Target, e: &BoxError, grpc: bool) -> Response<ProxyBody> {
+    let refusal = if is_caused_by::<Elapsed>(e).is_some() || is_caused_by::<PerTryElapsed>(e).is_some() {
+        Refusal::Timeout
+    } else if is_caused_by::<CircuitOpen>(e).is_some() {
+        Refusal::CircuitOpen
+    } else if is_caused_by::<BulkheadFull>(e).is_some() {
+        Refusal::BulkheadFull
+    } else if let Some(a) = is_caused_by::<AttemptError>(e) {
+        a.refusal()
+    } else {
+        Refusal::UpstreamReset
+    };
+    tracing::debug!(service = %target.service, error = %e, refusal = %refusal, "call refused or failed");
+    refusal.response(grpc, &e.to_string())
+}
+
+/// One attempt: choose an endpoint, apply its breaker and the per-try deadline, send.
+#[derive(Clone)]
+struct AttemptService {
+    target: Arc<Target>,
+}
+
+impl Service<HttpRequest> for AttemptService {
+    type Response = HttpResponse;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: HttpRequest) -> Self::Future {
+        let target = self.target.clone();
+        Box::pin(async move { attempt(&target, req).await })
+    }
+}
+
+async fn attempt(target: &Arc<Target>, req: HttpRequest) -> Result<HttpResponse, BoxError> {
+    let res = &target.resilience;
+    let tried = req.tried.load(Ordering::Relaxed);
+    let n = target.endpoints.len();
+    let all_tried = n > 0 && (0..n.min(64)).all(|i| tried & (1 << i) != 0);
+    let not_tried = |i: usize| all_tried || i >= 64 || tried & (1 << i) == 0;
+    let breaker_ok = |i: usize| res.endpoint_breaker(i).is_none_or(|b| b.would_admit());
+
+    let mut choice = balance::pick(&target.endpoints, |i| not_tried(i) && breaker_ok(i));
+    if choice.is_none() && !target.endpoints.is_empty() {
+        // Every untried endpoint is open.
+        if res.enforce {
+            return Err(all_open());
+        }
+        res.observer.metrics.dryrun("circuit-open");
+        choice = balance::pick(&target.endpoints, not_tried);
+    }
+    let Some((index, endpoint)) = choice else {
+        return Err(AttemptError::NoEndpoints.into());
+    };
+    let endpoint = endpoint.clone();
+    if index < 64 {
+        req.tried.fetch_or(1 << index, Ordering::Relaxed);
+    }
+    let permit = match res.endpoint_breaker(index) {
+        Some(b) if res.enforce => Some(b.try_admit().map_err(BoxError::from)?),
+        Some(b) => Some(b.admit_anyway()),
+        None => None,
+    };
+
+    let attempts = res.retry.as_ref().map_or(1, |(s, _)| s.attempts);
+    let per_try = target.per_try_timeout;
+    let this_attempt = req.attempt;
+    let until = attempt_deadline(Instant::now(), per_try, req.deadline, this_attempt, attempts)
+        // The whole-call deadline is enforced by the Timeout layer; here only perTry matters.
+        .filter(|_| per_try.is_some());
+    let grpc = req.grpc;
+    let inspect_trailers =
+        grpc && (res.retry.as_ref().is_some_and(|(s, _)| !s.grpc_codes.is_empty()) || res.breakers.is_some());
+    let Some(http) = req.into_http() else {
+        // A streamed body was already sent once: nothing to send.
+        return Err(AttemptError::NoEndpoints.into());
+    };
+
+    let send = async {
+        let resp = forward_once(&endpoint, http).await.map_err(BoxError::from)?;
+        let resp = resp.map(|b| b.map_err(BoxError::from).boxed_unsync());
+        Ok::<_, BoxError>(if inspect_trailers { read_grpc_trailers(resp).await } else { resp })
+    };
+    let result = match until {
+        Some(until) if res.enforce => match tokio::time::timeout_at(until, send).await {
+            Ok(r) => r,
+            Err(_) => {
+                target.metrics.timeout("per_try");
+                Err(PerTryElapsed { attempt: this_attempt }.into())
+            }
+        },
+        Some(until) => {
+            tokio::pin!(send);
+            tokio::select! {
+                r = &mut send => r,
+                _ = tokio::time::sleep_until(until) => {
+                    target.metrics.dryrun("per-try-timeout");
+                    send.await
+                }
+            }
+        }
+        None => send.await,
+    };
+
+    let outcome = match &result {
+        Ok(resp) => classify_response(resp, target),
         Err(e) => {
-            if matches!(e, AttemptError::Connect { .. }) {
+            if is_caused_by::<AttemptError>(e).is_some_and(|a| matches!(a, AttemptError::Connect { .. })) {
                 target.metrics.connect_failure();
             }
-            tracing::debug!(service = %target.service, error = %e, "attempt failed");
-            e.refusal().response(grpc, &e.to_string())
+            classify_error(e)
         }
+    };
+    if let Some(p) = permit {
+        p.record(outcome.failure.is_some_and(|f| f.counts_for_breaker(&res.fail_on)));
+    }
+    result.map(|inner| HttpResponse { inner, outcome })
+}
+
+/// Classifies a response: failure statuses, gRPC status (headers or trailers), `Retry-After`.
+fn classify_response(resp: &Response<ProxyBody>, target: &Target) -> Outcome {
+    let status = resp.status().as_u16();
+    let retry_statuses =
+        target.resilience.retry.as_ref().map(|(s, _)| s.statuses.as_slice()).unwrap_or_default();
+    let grpc_status = resp
+        .headers()
+        .get("grpc-status")
+        .or_else(|| resp.extensions().get::<GrpcTrailerStatus>().map(|t| &t.0))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u8>().ok());
+    let failure = if status >= 500 || retry_statuses.contains(&status) {
+        Some(Failure::Status(status))
+    } else {
+        grpc_status.filter(|c| *c != 0).map(Failure::Grpc)
+    };
+    let retry_after = resp
+        .headers()
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    Outcome { failure, retry_after }
+}
+
+/// The `grpc-status` found in a response's trailers, when they were read before answering.
+#[derive(Clone)]
+struct GrpcTrailerStatus(HeaderValue);
+
+/// Reads a gRPC response body (up to a small bound, while it keeps coming) so that a status in
+/// the trailers can decide a retry — unary gRPC puts the status there. A streaming response is
+/// passed on as a stream.
+async fn read_grpc_trailers(resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    if resp.headers().contains_key("grpc-status") {
+        return resp; // trailers-only response: the status is in the headers
+    }
+    let (mut parts, body) = resp.into_parts();
+    match super::body::buffer(body, GRPC_TRAILER_BUFFER, BUFFER_IDLE).await {
+        Buffered::Whole(frames) => {
+            if let Some(status) =
+                frames.iter().filter_map(Frame::trailers_ref).find_map(|t| t.get("grpc-status"))
+            {
+                parts.extensions.insert(GrpcTrailerStatus(status.clone()));
+            }
+            Response::from_parts(parts, Chain::wrap(frames.into(), None))
+        }
+        Buffered::Partial(head, rest) => Response::from_parts(parts, Chain::wrap(head, Some(rest))),
     }
 }

@@ -200,6 +200,15 @@ pub enum AttemptError {
         #[source]
         source: hyper_util::client::legacy::Error,
     },
+    /// Every connection `maxConnections` allows is busy.
+    #[error("{addr}: every connection maxConnections allows is busy")]
+    ConnectionLimit {
+        /// The endpoint.
+        addr: SocketAddr,
+    },
+    /// The target has no endpoint to send to.
+    #[error("the Service has no endpoints")]
+    NoEndpoints,
     /// The connection or stream was closed or reset before a response.
     #[error("{addr} reset the request: {source}")]
     Reset {
@@ -215,13 +224,21 @@ impl AttemptError {
     /// The answer a caller gets for it.
     pub fn refusal(&self) -> Refusal {
         match self {
-            Self::Connect { .. } => Refusal::ConnectFailed,
+            Self::Connect { .. } | Self::NoEndpoints => Refusal::ConnectFailed,
+            Self::ConnectionLimit { .. } => Refusal::BulkheadFull,
             Self::Protocol { .. } => Refusal::UpstreamProtocol,
             Self::Reset { .. } => Refusal::UpstreamReset,
         }
     }
 
     fn classify(addr: SocketAddr, e: hyper_util::client::legacy::Error) -> Self {
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            if s.downcast_ref::<super::client::ConnectionLimitReached>().is_some() {
+                return Self::ConnectionLimit { addr };
+            }
+            source = s.source();
+        }
         if e.is_connect() {
             return Self::Connect { addr, source: e };
         }

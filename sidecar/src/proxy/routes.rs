@@ -37,14 +37,14 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    fn new(addr: SocketAddr, settings: PoolSettings) -> Self {
-        Self { addr, clients: EndpointClients::new(addr, settings), in_flight: AtomicUsize::new(0) }
+    fn new(addr: SocketAddr, settings: PoolSettings, limit: Option<Arc<tokio::sync::Semaphore>>) -> Self {
+        Self { addr, clients: EndpointClients::new(addr, settings, limit), in_flight: AtomicUsize::new(0) }
     }
 
     /// An endpoint outside any table, for unit tests.
     #[cfg(test)]
     pub fn new_for_test(addr: SocketAddr, settings: PoolSettings) -> Self {
-        Self::new(addr, settings)
+        Self::new(addr, settings, None)
     }
 
     /// Marks a request in flight until the guard drops.
@@ -99,23 +99,28 @@ impl Target {
             connect_timeout: effective.map_or(DEFAULT_CONNECT_TIMEOUT, |e| e.timeouts.connect),
             idle_timeout: effective.map_or(DEFAULT_IDLE_TIMEOUT, |e| e.timeouts.idle),
         };
+        let service_metrics = metrics.service(&service.to_string(), direction);
+        let resilience =
+            Resilience::build(effective, direction, endpoints, prev.map(|p| &p.resilience), &service_metrics);
+        let limit = resilience.connections.as_ref().map(|c| c.permits.clone());
+        let same_limit = |p: &Target| match (&p.resilience.connections, &resilience.connections) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(&a.permits, &b.permits),
+            _ => false,
+        };
         // Reuse warm endpoints (pools, load) when their pool settings are unchanged.
         let reusable: HashMap<SocketAddr, &Arc<Endpoint>> = prev
-            .filter(|p| p.pool == pool)
+            .filter(|p| p.pool == pool && same_limit(p))
             .map(|p| p.endpoints.iter().map(|e| (e.addr, e)).collect())
             .unwrap_or_default();
         let endpoints: Vec<Arc<Endpoint>> = endpoints
             .iter()
-            .map(|a| reusable.get(a).map_or_else(|| Arc::new(Endpoint::new(*a, pool)), |e| Arc::clone(e)))
+            .map(|a| {
+                reusable
+                    .get(a)
+                    .map_or_else(|| Arc::new(Endpoint::new(*a, pool, limit.clone())), |e| Arc::clone(e))
+            })
             .collect();
-        let service_metrics = metrics.service(&service.to_string(), direction);
-        let resilience = Resilience::build(
-            effective,
-            direction,
-            &endpoints.iter().map(|e| e.addr).collect::<Vec<_>>(),
-            prev.map(|p| &p.resilience),
-            &service_metrics,
-        );
         Arc::new(Self {
             service: service.clone(),
             policy: policy.cloned(),
@@ -253,7 +258,7 @@ impl Passthrough {
         }
         let settings =
             PoolSettings { connect_timeout: DEFAULT_CONNECT_TIMEOUT, idle_timeout: DEFAULT_IDLE_TIMEOUT };
-        let fresh = Arc::new(Endpoint::new(addr, settings));
+        let fresh = Arc::new(Endpoint::new(addr, settings, None));
         if self.endpoints.load().len() >= 1024 {
             return fresh;
         }

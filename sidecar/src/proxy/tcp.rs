@@ -1,13 +1,15 @@
 //! Opaque TCP: bytes copied both ways, to an endpoint of the Service that owns the original
 //! destination, to the original destination itself when no Service does, or (inbound) to the
-//! application.
+//! application. Policies apply what makes sense without requests: the connect timeout, the
+//! circuit breaker (on connect failures) and `maxConnections` as the bulkhead.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use breakwater_crds::DEFAULT_CONNECT_TIMEOUT;
+use breakwater_crds::{DEFAULT_CONNECT_TIMEOUT, FailureCondition};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpStream,
+    sync::OwnedSemaphorePermit,
 };
 
 use super::{balance, http::ConnContext, routes::Target};
@@ -22,8 +24,11 @@ where
     let routes = &published.routes;
     let upstream = match (ctx.direction, ctx.orig_dst) {
         (Direction::Outbound, Some(dst)) => match routes.by_addr(&dst) {
-            Some(route) => connect_target(route.target(Some(dst.port()))).await,
-            None => connect(dst, DEFAULT_CONNECT_TIMEOUT).await.map_err(|e| format!("{dst}: {e}")),
+            Some(route) => connect_target(route.target(Some(dst.port())), None).await,
+            None => connect(dst, DEFAULT_CONNECT_TIMEOUT)
+                .await
+                .map(|s| (s, None))
+                .map_err(|e| format!("{dst}: {e}")),
         },
         (Direction::Outbound, None) => {
             tracing::debug!("opaque TCP in explicit proxy mode has no destination; closing");
@@ -32,33 +37,85 @@ where
         (Direction::Inbound, dst) => match &routes.inbound {
             Some(inbound) => {
                 let port = dst.map_or(inbound.app.port(), |d| d.port());
-                let addr = SocketAddr::new(inbound.app.ip(), port);
-                let timeout = inbound.target.pool.connect_timeout;
-                connect(addr, timeout).await.map_err(|e| format!("{addr}: {e}"))
+                connect_target(&inbound.target, Some(SocketAddr::new(inbound.app.ip(), port))).await
             }
             None => return,
         },
     };
     match upstream {
-        Ok(mut up) => {
+        Ok((mut up, _slot)) => {
             if let Err(e) = tokio::io::copy_bidirectional(&mut io, &mut up).await {
                 tracing::debug!(error = %e, "TCP connection ended");
             }
         }
-        Err(e) => tracing::debug!(error = %e, "TCP connect failed; closing the client connection"),
+        Err(e) => {
+            tracing::debug!(error = %e, "TCP connection refused or failed; closing the client connection")
+        }
     }
 }
 
-async fn connect_target(target: &Arc<Target>) -> Result<TcpStream, String> {
-    let Some((_, endpoint)) = balance::pick(&target.endpoints, |_| true) else {
-        return Err(format!("{} has no endpoints", target.service));
+/// Connects to one of `target`'s endpoints (or to `fixed`), under its connection limit and
+/// breakers. The returned slot must live as long as the connection.
+async fn connect_target(
+    target: &Arc<Target>,
+    fixed: Option<SocketAddr>,
+) -> Result<(TcpStream, Option<OwnedSemaphorePermit>), String> {
+    let res = &target.resilience;
+    let slot = match &res.connections {
+        Some(limit) => match limit.permits.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) if res.enforce => {
+                target.metrics.bulkhead_rejected();
+                return Err(format!("{}: maxConnections ({}) reached", target.service, limit.max));
+            }
+            Err(_) => {
+                target.metrics.dryrun("bulkhead-full");
+                None
+            }
+        },
+        None => None,
     };
-    let addr = endpoint.addr;
-    let _in_flight = endpoint.start();
-    connect(addr, target.pool.connect_timeout).await.map_err(|e| {
-        target.metrics.connect_failure();
-        format!("{addr}: {e}")
-    })
+    let (index, addr) = match fixed {
+        Some(a) => (None, a),
+        None => {
+            let open = |i: usize| res.endpoint_breaker(i).is_none_or(|b| b.would_admit());
+            let choice = balance::pick(&target.endpoints, open).or_else(|| {
+                if res.enforce {
+                    None
+                } else {
+                    target.metrics.dryrun("circuit-open");
+                    balance::pick(&target.endpoints, |_| true)
+                }
+            });
+            let Some((i, e)) = choice else {
+                return Err(format!(
+                    "{}: no endpoint available (circuit open or none configured)",
+                    target.service
+                ));
+            };
+            (Some(i), e.addr)
+        }
+    };
+    let breaker = index.and_then(|i| res.endpoint_breaker(i)).or(match &res.breakers {
+        Some(crate::resilience::Breakers::Service(b)) => Some(b),
+        _ => None,
+    });
+    let permit = match breaker {
+        Some(b) if res.enforce => Some(b.try_admit().map_err(|e| format!("{}: {e}", target.service))?),
+        Some(b) => Some(b.admit_anyway()),
+        None => None,
+    };
+    let result = connect(addr, target.pool.connect_timeout).await;
+    if let Some(p) = permit {
+        p.record(result.is_err() && res.fail_on.contains(&FailureCondition::ConnectFailure));
+    }
+    match result {
+        Ok(s) => Ok((s, slot)),
+        Err(e) => {
+            target.metrics.connect_failure();
+            Err(format!("{addr}: {e}"))
+        }
+    }
 }
 
 async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {

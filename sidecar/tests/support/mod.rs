@@ -106,7 +106,9 @@ pub async fn get(proxy: SocketAddr, url: &str) -> Got {
 /// One HTTP/2 (prior knowledge) request over a fresh connection to `proxy`.
 pub async fn http2(proxy: SocketAddr, req: Request<Full<Bytes>>) -> Got {
     tokio::time::timeout(PATIENCE, async {
-        let io = TokioIo::new(TcpStream::connect(proxy).await.expect("connect to the proxy"));
+        let stream = TcpStream::connect(proxy).await.expect("connect to the proxy");
+        stream.set_nodelay(true).expect("nodelay");
+        let io = TokioIo::new(stream);
         let (mut send, conn) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.expect("h2 handshake");
         tokio::spawn(conn);

@@ -1,0 +1,104 @@
+//! `CircuitBreakerLayer`: one breaker in front of a whole service (scope `Service`). Scope
+//! `Endpoint` uses [`super::Breaker`] directly in the balancer, so that an open endpoint leaves
+//! the set instead of failing the call.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use tower::{Layer, Service};
+
+use super::{Breaker, CircuitOpen};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Decides whether a call's result counts as a failure for the breaker.
+pub type FailureClassifier<Res> = Arc<dyn Fn(&Result<Res, BoxError>) -> bool + Send + Sync>;
+
+/// Wraps a service with a breaker.
+pub struct CircuitBreakerLayer<Res> {
+    breaker: Breaker,
+    classify: FailureClassifier<Res>,
+    enforce: bool,
+    on_would_reject: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl<Res> Clone for CircuitBreakerLayer<Res> {
+    fn clone(&self) -> Self {
+        Self {
+            breaker: self.breaker.clone(),
+            classify: self.classify.clone(),
+            enforce: self.enforce,
+            on_would_reject: self.on_would_reject.clone(),
+        }
+    }
+}
+
+impl<Res> CircuitBreakerLayer<Res> {
+    /// With `enforce` false (DryRun), an open breaker admits the call and calls
+    /// `on_would_reject` instead.
+    pub fn new(
+        breaker: Breaker,
+        classify: FailureClassifier<Res>,
+        enforce: bool,
+        on_would_reject: Arc<dyn Fn() + Send + Sync>,
+    ) -> Self {
+        Self { breaker, classify, enforce, on_would_reject }
+    }
+}
+
+impl<S, Res> Layer<S> for CircuitBreakerLayer<Res> {
+    type Service = CircuitBreakerService<S, Res>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CircuitBreakerService { inner, layer: self.clone() }
+    }
+}
+
+/// A service behind a breaker.
+pub struct CircuitBreakerService<S, Res> {
+    inner: S,
+    layer: CircuitBreakerLayer<Res>,
+}
+
+impl<S: Clone, Res> Clone for CircuitBreakerService<S, Res> {
+    fn clone(&self) -> Self {
+        Self { inner: self.inner.clone(), layer: self.layer.clone() }
+    }
+}
+
+impl<S, Req, Res> Service<Req> for CircuitBreakerService<S, Res>
+where
+    S: Service<Req, Response = Res, Error = BoxError>,
+    S::Future: Send + 'static,
+    Res: Send + 'static,
+{
+    type Response = Res;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Res, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let permit = match self.layer.breaker.try_admit() {
+            Ok(p) => p,
+            Err(CircuitOpen) if self.layer.enforce => return Box::pin(async { Err(CircuitOpen.into()) }),
+            Err(CircuitOpen) => {
+                (self.layer.on_would_reject)();
+                self.layer.breaker.admit_anyway()
+            }
+        };
+        let classify = self.layer.classify.clone();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let result = fut.await;
+            permit.record(classify(&result));
+            result
+        })
+    }
+}

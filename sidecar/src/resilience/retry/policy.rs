@@ -1,0 +1,171 @@
+//! The retry policy for tower's `Retry`.
+
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
+
+use breakwater_crds::RetryCondition;
+use tokio::time::Instant;
+
+use super::Backoff;
+use crate::resilience::{budget::RetryBudget, outcome::Outcome};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Retry settings of one policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Most attempts, the first included.
+    pub attempts: u32,
+    /// Retried failure classes.
+    pub conditions: Vec<RetryCondition>,
+    /// Retried HTTP statuses.
+    pub statuses: Vec<u16>,
+    /// Retried gRPC codes.
+    pub grpc_codes: Vec<u8>,
+    /// Backoff between attempts.
+    pub backoff: Backoff,
+    /// Incoming retry depth at or above which we do not retry.
+    pub max_depth: u32,
+}
+
+/// What the policy needs from a request (implemented by the protocol layer).
+pub trait RetryRequest: Sized {
+    /// A copy for the next attempt. It may be marked not [replayable](Self::replayable) (its
+    /// body was too large to keep), in which case it is never sent.
+    fn clone_for_retry(&self) -> Self;
+    /// Whether this copy can be sent.
+    fn replayable(&self) -> bool;
+    /// Whether sending it twice is safe (idempotent method, listed method, or an
+    /// `Idempotency-Key`).
+    fn idempotent(&self) -> bool;
+    /// How many retrying sidecars this call already went through.
+    fn depth(&self) -> u32;
+    /// Prepares the copy as attempt `attempt` (1-based), e.g. marks it as a retry.
+    fn prepare_retry(&mut self, attempt: u32);
+}
+
+/// What the policy needs from a response.
+pub trait RetryResponse {
+    /// How the attempt went.
+    fn outcome(&self) -> Outcome;
+    /// Marks the response as returned because the retry budget was spent.
+    fn mark_budget_exhausted(&mut self);
+}
+
+/// Told about every retry decision.
+pub trait RetryObserver: Send + Sync {
+    /// A retry is scheduled: `attempt` is the attempt about to be made.
+    fn retrying(&self, reason: &'static str, attempt: u32, backoff: Duration);
+    /// A retryable failure was not retried for `why` (`method`, `retry-depth`,
+    /// `body-too-large`, `deadline`).
+    fn skipped(&self, why: &'static str);
+    /// The budget refused a retry.
+    fn budget_exhausted(&self);
+    /// DryRun: this is what would have happened (`retry` or `retry-budget-exhausted`).
+    fn would(&self, decision: &'static str, reason: &'static str);
+}
+
+/// The retry policy of one call (create one per call with [`RetryPolicy::for_call`]).
+#[derive(Clone)]
+pub struct RetryPolicy {
+    settings: Arc<Settings>,
+    budget: Arc<RetryBudget>,
+    observer: Arc<dyn RetryObserver>,
+    classify_error: fn(&BoxError) -> Outcome,
+    enforce: bool,
+    deadline: Option<Instant>,
+    /// Attempts made so far.
+    attempt: u32,
+}
+
+impl RetryPolicy {
+    /// The policy for one call: records the call in the budget. `deadline` is the call's
+    /// overall deadline, if any.
+    pub fn for_call(
+        settings: Arc<Settings>,
+        budget: Arc<RetryBudget>,
+        observer: Arc<dyn RetryObserver>,
+        classify_error: fn(&BoxError) -> Outcome,
+        enforce: bool,
+        deadline: Option<Instant>,
+    ) -> Self {
+        budget.deposit();
+        Self { settings, budget, observer, classify_error, enforce, deadline, attempt: 1 }
+    }
+
+    fn decide<Req: RetryRequest, Res: RetryResponse>(
+        &mut self,
+        req: &mut Req,
+        result: &mut Result<Res, BoxError>,
+    ) -> Option<Duration> {
+        let outcome = match result {
+            Ok(r) => r.outcome(),
+            Err(e) => (self.classify_error)(e),
+        };
+        let failure = outcome.failure?;
+        let s = &self.settings;
+        if !failure.matches_retry(&s.conditions, &s.statuses, &s.grpc_codes) {
+            return None;
+        }
+        if self.attempt >= s.attempts {
+            return None;
+        }
+        let skip = |why| {
+            self.observer.skipped(why);
+            None
+        };
+        if failure.may_have_been_processed() && !req.idempotent() {
+            return skip("method");
+        }
+        if req.depth() >= s.max_depth {
+            return skip("retry-depth");
+        }
+        if !req.replayable() {
+            return skip("body-too-large");
+        }
+        let backoff = s.backoff.delay(self.attempt, outcome.retry_after, &mut rand::rng());
+        if self.deadline.is_some_and(|d| Instant::now() + backoff >= d) {
+            return skip("deadline");
+        }
+        let reason = failure.reason();
+        if !self.budget.withdraw() {
+            if !self.enforce {
+                self.observer.would("retry-budget-exhausted", reason);
+                return None;
+            }
+            self.observer.budget_exhausted();
+            if let Ok(resp) = result {
+                resp.mark_budget_exhausted();
+            }
+            return None;
+        }
+        if !self.enforce {
+            self.observer.would("retry", reason);
+            return None;
+        }
+        self.attempt += 1;
+        self.observer.retrying(reason, self.attempt, backoff);
+        req.prepare_retry(self.attempt);
+        Some(backoff)
+    }
+}
+
+impl<Req, Res> tower::retry::Policy<Req, Res, BoxError> for RetryPolicy
+where
+    Req: RetryRequest,
+    Res: RetryResponse,
+{
+    type Future = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+    fn retry(&mut self, req: &mut Req, result: &mut Result<Res, BoxError>) -> Option<Self::Future> {
+        let backoff = self.decide(req, result)?;
+        Some(Box::pin(tokio::time::sleep(backoff)))
+    }
+
+    fn clone_request(&mut self, req: &Req) -> Option<Req> {
+        // Without retries configured there is nothing to keep.
+        (self.settings.attempts > 1).then(|| req.clone_for_retry())
+    }
+}
+
+#[cfg(test)]
+mod tests;
