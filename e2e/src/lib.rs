@@ -28,6 +28,7 @@ mod error;
 pub mod helm;
 pub mod kubelet;
 pub mod network;
+pub mod objects;
 pub mod pki;
 pub mod process;
 pub mod reaper;

@@ -1,0 +1,440 @@
+//! The Helm chart: `helm lint`, `helm template` with default and custom values, the values schema,
+//! and a full install / upgrade / uninstall against the real API server, with the operator's RBAC
+//! checked by SubjectAccessReview and impersonation.
+
+use std::{path::Path, time::Duration};
+
+use breakwater_e2e::{
+    Helm, TestCluster,
+    helm::chart_dir,
+    objects::{self, describe, manifests},
+    wait,
+};
+use k8s_openapi::{
+    api::{
+        admissionregistration::v1::MutatingWebhookConfiguration,
+        authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec},
+        core::v1::Secret,
+    },
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
+use kube::{
+    Api, Client,
+    api::{ListParams, PostParams},
+};
+use serde_json::Value;
+
+const RELEASE: &str = "bw";
+const NAMESPACE: &str = "breakwater-system";
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn chart() -> String {
+    chart_dir().display().to_string()
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    objects.iter().filter(|o| o["kind"] == kind).collect()
+}
+
+fn one<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
+    let found = find(objects, kind);
+    assert_eq!(found.len(), 1, "exactly one {kind}, got {}", found.len());
+    found[0]
+}
+
+#[tokio::test]
+async fn chart_passes_helm_lint_strict_with_default_and_custom_values() -> anyhow::Result<()> {
+    let helm = Helm::offline()?;
+    let out = helm.run(["lint", "--strict", &chart()]).await?;
+    assert!(out.contains("0 chart(s) failed"), "{out}");
+    let values = helm.scratch().join("custom.yaml");
+    std::fs::write(&values, CUSTOM_VALUES)?;
+    let out = helm.run(["lint", "--strict", &chart(), "-f", &values.display().to_string()]).await?;
+    assert!(out.contains("0 chart(s) failed"), "{out}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn default_values_render_hardened_and_labelled_objects() -> anyhow::Result<()> {
+    let helm = Helm::offline()?;
+    let out = helm.run(["template", RELEASE, &chart(), "--namespace", NAMESPACE]).await?;
+    let objects = manifests(&out)?;
+    let mut kinds: Vec<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ConfigMap",
+            "CustomResourceDefinition",
+            "Deployment",
+            "MutatingWebhookConfiguration",
+            "PodDisruptionBudget",
+            "Role",
+            "RoleBinding",
+            "Service",
+            "ServiceAccount",
+        ]
+    );
+    for o in &objects {
+        let labels = &o["metadata"]["labels"];
+        for key in ["name", "instance", "version", "managed-by", "part-of"] {
+            let key = format!("app.kubernetes.io/{key}");
+            assert!(labels[&key].is_string(), "{} lacks label {key}", describe(o));
+        }
+        assert_eq!(labels["app.kubernetes.io/instance"], RELEASE);
+    }
+
+    let deployment = one(&objects, "Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    let container = &pod["containers"][0];
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(container["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(container["securityContext"]["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert_eq!(container["image"], "ghcr.io/breakwater-dev/breakwater/operator:0.1.0");
+    assert!(container["resources"]["limits"]["memory"].is_string(), "memory limit set");
+    assert_eq!(
+        deployment["spec"]["selector"]["matchLabels"],
+        one(&objects, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"]
+    );
+
+    let webhook = one(&objects, "MutatingWebhookConfiguration");
+    for hook in webhook["webhooks"].as_array().expect("webhooks is a list") {
+        assert!(hook["timeoutSeconds"].as_i64().is_some_and(|t| (1..=10).contains(&t)), "{hook}");
+        assert_eq!(hook["failurePolicy"], "Ignore");
+        assert_eq!(hook["clientConfig"]["service"]["namespace"], NAMESPACE);
+        let excluded = excluded_namespaces(hook);
+        for ns in ["kube-system", NAMESPACE] {
+            assert!(excluded.contains(&ns.to_owned()), "{} must never see {ns}: {hook}", hook["name"]);
+        }
+        assert!(hook["objectSelector"]["matchExpressions"].is_array(), "scoped by object selector: {hook}");
+    }
+
+    // Least privilege: no wildcard, no Secrets cluster-wide, nothing but reads outside status,
+    // events and its own webhook configuration.
+    let cluster_role = one(&objects, "ClusterRole");
+    for rule in cluster_role["rules"].as_array().expect("rules") {
+        let list = |k: &str| -> Vec<String> {
+            rule[k].as_array().into_iter().flatten().filter_map(|v| v.as_str()).map(str::to_owned).collect()
+        };
+        let (resources, verbs) = (list("resources"), list("verbs"));
+        assert!(!resources.iter().chain(&verbs).any(|s| s == "*"), "no wildcards: {rule}");
+        assert!(!resources.iter().any(|r| r == "secrets"), "no Secrets cluster-wide: {rule}");
+        let writes = verbs.iter().any(|v| !matches!(v.as_str(), "get" | "list" | "watch"));
+        if writes {
+            let allowed = resources.iter().all(|r| {
+                matches!(r.as_str(), "communicationpolicies/status" | "events")
+                    || (r == "mutatingwebhookconfigurations" && !list("resourceNames").is_empty())
+            });
+            assert!(allowed, "unexpected write access: {rule}");
+        }
+    }
+    Ok(())
+}
+
+const CUSTOM_VALUES: &str = "\
+crds: {install: false}
+imageRegistry: registry.example/bw
+operator:
+  replicas: 3
+  image: {tag: 1.2.3}
+  podDisruptionBudget: {enabled: false}
+webhook:
+  failurePolicy: Fail
+  timeoutSeconds: 3
+  excludeNamespaces: [legacy]
+sidecar:
+  image: {repository: custom/sidecar, tag: 1.2.3}
+  logLevel: debug
+  ports: {outbound: 16001}
+  resources:
+    requests: {cpu: 20m, memory: 48Mi}
+";
+
+#[tokio::test]
+async fn custom_values_reach_the_objects_they_configure() -> anyhow::Result<()> {
+    let helm = Helm::offline()?;
+    let values = helm.scratch().join("custom.yaml");
+    std::fs::write(&values, CUSTOM_VALUES)?;
+    let out = helm
+        .run(["template", RELEASE, &chart(), "--namespace", NAMESPACE, "-f", &values.display().to_string()])
+        .await?;
+    let objects = manifests(&out)?;
+    assert!(find(&objects, "CustomResourceDefinition").is_empty(), "crds.install=false");
+    assert!(find(&objects, "PodDisruptionBudget").is_empty(), "podDisruptionBudget.enabled=false");
+    let deployment = one(&objects, "Deployment");
+    assert_eq!(deployment["spec"]["replicas"], 3);
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["containers"][0]["image"],
+        "registry.example/bw/breakwater/operator:1.2.3"
+    );
+    for hook in one(&objects, "MutatingWebhookConfiguration")["webhooks"].as_array().expect("webhooks") {
+        assert_eq!(hook["failurePolicy"], "Fail");
+        assert_eq!(hook["timeoutSeconds"], 3);
+        assert!(excluded_namespaces(hook).contains(&"legacy".to_owned()), "{hook}");
+    }
+    let config =
+        one(&objects, "ConfigMap")["data"]["sidecar.yaml"].as_str().expect("sidecar.yaml").to_owned();
+    let sidecar = manifests(&config)?.into_iter().next().expect("one document");
+    assert_eq!(sidecar["image"], "registry.example/bw/custom/sidecar:1.2.3");
+    assert_eq!(sidecar["logLevel"], "debug");
+    assert_eq!(sidecar["ports"]["outbound"], 16001);
+    assert_eq!(sidecar["ports"]["inbound"], 15006, "unset keys keep their defaults");
+    assert_eq!(sidecar["resources"]["requests"]["memory"], "48Mi");
+    Ok(())
+}
+
+#[tokio::test]
+async fn values_schema_rejects_bad_values_naming_the_key() -> anyhow::Result<()> {
+    let helm = Helm::offline()?;
+    let cases = [
+        ("webhook:\n  timeoutSeconds: 30\n", "timeoutSeconds"),
+        ("webhook:\n  failurePolicy: Maybe\n", "failurePolicy"),
+        ("operator:\n  replicaz: 2\n", "replicaz"),
+        ("sidecar:\n  ports: {admin: 70000}\n", "admin"),
+        ("operator:\n  logLevel: verbose\n", "logLevel"),
+        ("webhook:\n  excludeNamespaces: [Kube_System]\n", "excludeNamespaces"),
+    ];
+    for (i, (values, key)) in cases.iter().enumerate() {
+        let file = helm.scratch().join(format!("bad-{i}.yaml"));
+        std::fs::write(&file, values)?;
+        let out = helm.output(["template", RELEASE, &chart(), "-f", &file.display().to_string()]).await?;
+        assert!(!out.success, "accepted bad values:\n{values}");
+        assert!(out.stderr.contains("schema"), "{}", out.stderr);
+        assert!(out.stderr.contains(key), "message names {key}: {}", out.stderr);
+    }
+    Ok(())
+}
+
+fn excluded_namespaces(hook: &Value) -> Vec<String> {
+    hook["namespaceSelector"]["matchExpressions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["key"] == "kubernetes.io/metadata.name" && e["operator"] == "NotIn")
+        .flat_map(|e| e["values"].as_array().cloned().unwrap_or_default())
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Install, check, upgrade, uninstall: one test, because the CRD and the cluster-scoped RBAC and
+/// webhook objects exist once per cluster.
+#[tokio::test]
+async fn chart_installs_upgrades_and_uninstalls_on_a_real_api_server() -> anyhow::Result<()> {
+    let cluster = TestCluster::shared().await?;
+    let client = cluster.client()?;
+    let helm = Helm::for_cluster(cluster)?;
+
+    let notes =
+        helm.run(["install", RELEASE, &chart(), "--namespace", NAMESPACE, "--create-namespace"]).await?;
+    assert!(notes.contains("breakwater.dev/inject=enabled"), "NOTES explain injection:\n{notes}");
+    let manifest = helm.run(["get", "manifest", RELEASE, "--namespace", NAMESPACE]).await?;
+    let installed = manifests(&manifest)?;
+    assert_eq!(installed.len(), 11, "every object of the chart");
+    for object in &installed {
+        let live = objects::get(&client, object, NAMESPACE).await?;
+        assert!(live.is_some(), "{} exists after helm install", describe(object));
+    }
+    let crds = Api::<CustomResourceDefinition>::all(client.clone());
+    wait_established(&crds).await?;
+
+    check_operator_rbac(cluster, &client).await?;
+
+    // Upgrade with a changed CRD (a new short name) and a changed value: both are applied.
+    let before = crds.get("communicationpolicies.breakwater.dev").await?;
+    let changed = helm.scratch().join("chart");
+    copy_dir(&chart_dir(), &changed)?;
+    let crd_file = changed.join("templates/crds/communicationpolicies.yaml");
+    let text = std::fs::read_to_string(&crd_file)?;
+    let patched =
+        text.replacen("    shortNames:\n    - cpol\n", "    shortNames:\n    - cpol\n    - bwpol\n", 1);
+    assert_ne!(text, patched, "the CRD template lists shortNames as expected");
+    std::fs::write(&crd_file, patched)?;
+    helm.run([
+        "upgrade",
+        RELEASE,
+        &changed.display().to_string(),
+        "--namespace",
+        NAMESPACE,
+        "--set",
+        "webhook.timeoutSeconds=7",
+    ])
+    .await?;
+    let after = crds.get("communicationpolicies.breakwater.dev").await?;
+    let short = after.spec.names.short_names.clone().unwrap_or_default();
+    assert!(short.contains(&"bwpol".to_owned()), "upgraded CRD serves the new short name: {short:?}");
+    assert_ne!(before.metadata.resource_version, after.metadata.resource_version);
+    let hooks =
+        Api::<MutatingWebhookConfiguration>::all(client.clone()).get("bw-breakwater-injector").await?;
+    assert!(hooks.webhooks.unwrap_or_default().iter().all(|w| w.timeout_seconds == Some(7)));
+
+    // Uninstall: everything goes except the CRD, kept by default (crds.keep).
+    helm.run(["uninstall", RELEASE, "--namespace", NAMESPACE, "--wait"]).await?;
+    for object in &installed {
+        let live = objects::get(&client, object, NAMESPACE).await?;
+        if object["kind"] == "CustomResourceDefinition" {
+            let kept = live.expect("the CRD is kept on uninstall");
+            assert_eq!(kept.metadata.annotations.unwrap_or_default()["helm.sh/resource-policy"], "keep");
+        } else {
+            assert!(live.is_none(), "{} removed by helm uninstall", describe(object));
+        }
+    }
+
+    // With crds.keep=false the release adopts the kept CRD and removes it on uninstall.
+    helm.run(["install", RELEASE, &chart(), "--namespace", NAMESPACE, "--set", "crds.keep=false"]).await?;
+    wait_established(&crds).await?;
+    helm.run(["uninstall", RELEASE, "--namespace", NAMESPACE, "--wait"]).await?;
+    wait::until_ok("the CRD to be deleted", TIMEOUT, || {
+        let crds = crds.clone();
+        async move {
+            match crds.get_opt("communicationpolicies.breakwater.dev").await {
+                Ok(None) => Ok(()),
+                other => Err(format!("{:?}", other.map(|c| c.map(|c| c.metadata.deletion_timestamp)))),
+            }
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+async fn wait_established(crds: &Api<CustomResourceDefinition>) -> anyhow::Result<()> {
+    wait::until_ok("the CRD to be Established", TIMEOUT, || {
+        let crds = crds.clone();
+        async move {
+            let crd = crds.get("communicationpolicies.breakwater.dev").await.map_err(|e| e.to_string())?;
+            let conditions = crd.status.and_then(|s| s.conditions).unwrap_or_default();
+            let established = conditions.iter().any(|c| c.type_ == "Established" && c.status == "True");
+            if established { Ok(()) } else { Err(format!("{conditions:?}")) }
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+/// What the operator's ServiceAccount may and may not do, asked of the API server's authorizer.
+async fn check_operator_rbac(cluster: &TestCluster, client: &Client) -> anyhow::Result<()> {
+    let sa = "bw-breakwater";
+    // (verb, group, resource, namespace, name, allowed)
+    let cases: &[(&str, &str, &str, &str, &str, bool)] = &[
+        ("list", "breakwater.dev", "communicationpolicies", "", "", true),
+        ("watch", "breakwater.dev", "communicationpolicies", "", "", true),
+        ("patch", "breakwater.dev", "communicationpolicies/status", "shop", "p", true),
+        ("list", "", "services", "", "", true),
+        ("watch", "discovery.k8s.io", "endpointslices", "", "", true),
+        ("list", "", "pods", "", "", true),
+        ("list", "", "namespaces", "", "", true),
+        ("create", "", "events", "shop", "", true),
+        ("create", "events.k8s.io", "events", "shop", "", true),
+        (
+            "patch",
+            "admissionregistration.k8s.io",
+            "mutatingwebhookconfigurations",
+            "",
+            "bw-breakwater-injector",
+            true,
+        ),
+        ("create", "coordination.k8s.io", "leases", NAMESPACE, "", true),
+        ("update", "coordination.k8s.io", "leases", NAMESPACE, "bw-breakwater-operator", true),
+        ("get", "", "secrets", NAMESPACE, "bw-breakwater-webhook-tls", true),
+        // Denied: Secrets anywhere else, or any other in its namespace.
+        ("list", "", "secrets", "", "", false),
+        ("get", "", "secrets", "", "", false),
+        ("list", "", "secrets", NAMESPACE, "", false),
+        ("get", "", "secrets", NAMESPACE, "other", false),
+        ("get", "", "secrets", "kube-system", "bw-breakwater-webhook-tls", false),
+        // Denied: writing policies, workloads, other webhooks, CRDs, RBAC.
+        ("create", "breakwater.dev", "communicationpolicies", "shop", "", false),
+        ("update", "breakwater.dev", "communicationpolicies", "shop", "p", false),
+        ("delete", "breakwater.dev", "communicationpolicies", "shop", "p", false),
+        ("create", "", "pods", "shop", "", false),
+        ("delete", "", "pods", "shop", "p", false),
+        ("patch", "", "services", "shop", "s", false),
+        ("patch", "admissionregistration.k8s.io", "mutatingwebhookconfigurations", "", "someone-else", false),
+        (
+            "delete",
+            "admissionregistration.k8s.io",
+            "mutatingwebhookconfigurations",
+            "",
+            "bw-breakwater-injector",
+            false,
+        ),
+        (
+            "update",
+            "apiextensions.k8s.io",
+            "customresourcedefinitions",
+            "",
+            "communicationpolicies.breakwater.dev",
+            false,
+        ),
+        ("create", "rbac.authorization.k8s.io", "clusterrolebindings", "", "", false),
+        ("update", "coordination.k8s.io", "leases", "kube-system", "bw-breakwater-operator", false),
+        ("update", "coordination.k8s.io", "leases", NAMESPACE, "someone-else", false),
+        ("get", "", "configmaps", "kube-system", "", false),
+    ];
+    let reviews = Api::<SubjectAccessReview>::all(client.clone());
+    let mut wrong = Vec::new();
+    for &(verb, group, resource, namespace, name, expected) in cases {
+        let (resource, subresource) =
+            resource.split_once('/').map_or((resource, None), |(r, s)| (r, Some(s)));
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: Some(format!("system:serviceaccount:{NAMESPACE}:{sa}")),
+                groups: Some(vec![
+                    "system:serviceaccounts".into(),
+                    format!("system:serviceaccounts:{NAMESPACE}"),
+                    "system:authenticated".into(),
+                ]),
+                resource_attributes: Some(ResourceAttributes {
+                    verb: Some(verb.into()),
+                    group: Some(group.into()),
+                    resource: Some(resource.into()),
+                    subresource: subresource.map(Into::into),
+                    namespace: (!namespace.is_empty()).then(|| namespace.into()),
+                    name: (!name.is_empty()).then(|| name.into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let result = reviews.create(&PostParams::default(), &review).await?;
+        let allowed = result.status.map(|s| s.allowed).unwrap_or(false);
+        if allowed != expected {
+            wrong
+                .push(format!("{verb} {group}/{resource} ns={namespace:?} name={name:?}: allowed={allowed}"));
+        }
+    }
+    assert!(wrong.is_empty(), "RBAC differs from what the operator needs:\n{}", wrong.join("\n"));
+
+    // The same through the API itself, impersonating the ServiceAccount.
+    let as_operator = cluster.client_as_service_account(NAMESPACE, sa)?;
+    let secrets = Api::<Secret>::all(as_operator.clone()).list(&ListParams::default()).await;
+    assert!(matches!(&secrets, Err(kube::Error::Api(s)) if s.code == 403), "{secrets:?}");
+    let policies = kube::discovery::pinned_kind(
+        &as_operator,
+        &kube::api::GroupVersionKind::gvk("breakwater.dev", "v1alpha1", "CommunicationPolicy"),
+    )
+    .await?;
+    let listed = Api::<kube::api::DynamicObject>::all_with(as_operator, &policies.0)
+        .list(&ListParams::default())
+        .await;
+    assert!(listed.is_ok(), "the operator lists policies cluster-wide: {listed:?}");
+    Ok(())
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}
