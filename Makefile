@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: help build test lint fmt fmt-check clippy crds crds-check unit deps
+.PHONY: help build test lint fmt fmt-check clippy crds crds-check unit deps demo
 
 # System tools the tests and the demo use, installed from Debian's packages when missing.
 # (command -> package)
@@ -12,6 +12,10 @@ SYSTEM_TOOLS := ip:iproute2 iptables-restore:iptables curl:curl setpriv:util-lin
 
 help: ## List the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+demo: ## Run Breakwater locally: flaky services, a sidecar, the same load with the policy off and on
+	$(CARGO) build --release -p breakwater-sidecar -p breakwater-fault -p breakwater-demo
+	./target/release/breakwater-demo --config examples/local/demo.yaml
 
 build: ## Build every crate and binary
 	$(CARGO) build --workspace --all-targets

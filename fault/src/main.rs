@@ -48,6 +48,9 @@ struct Args {
     /// Body size of normal answers, in bytes.
     #[arg(long, env = "FAULT_BODY_BYTES")]
     body_bytes: Option<usize>,
+    /// Requests handled at once (a worker pool); the rest queue. Default: unlimited.
+    #[arg(long, env = "FAULT_WORKERS")]
+    workers: Option<usize>,
 }
 
 #[tokio::main]
@@ -71,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
         delay: args.delay,
         grpc_status: args.grpc_status,
         body_bytes: args.body_bytes,
+        workers: args.workers,
     };
     let mut servers = Vec::new();
     for addr in &args.listen {

@@ -55,6 +55,9 @@ pub struct Faults {
     pub grpc_status: u32,
     /// Body size of a normal answer (default: a short text).
     pub body_bytes: Option<usize>,
+    /// Requests handled at once, like a server's worker pool; the rest queue (and so get
+    /// slower under load, as real servers do). `None`: unlimited.
+    pub workers: Option<usize>,
 }
 
 /// Counters, shared with whoever started the server.
@@ -156,6 +159,7 @@ async fn accept_loop(
     mut stop: watch::Receiver<()>,
 ) {
     let fail_counter = Arc::new(AtomicU64::new(0));
+    let workers = faults.workers.map(|n| Arc::new(tokio::sync::Semaphore::new(n.max(1))));
     loop {
         let (stream, _) = tokio::select! {
             // The owner dropped the server: stop accepting.
@@ -169,9 +173,14 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         stats.connections.fetch_add(1, Ordering::Relaxed);
         let (faults, stats, fail_counter) = (faults.clone(), stats.clone(), fail_counter.clone());
+        let workers = workers.clone();
         let mut stop = stop.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(req, faults.clone(), stats.clone(), fail_counter.clone()));
+            let svc = service_fn(move |req| {
+                let (faults, stats, fail_counter, workers) =
+                    (faults.clone(), stats.clone(), fail_counter.clone(), workers.clone());
+                serve_one(req, faults, stats, fail_counter, workers)
+            });
             let builder = auto::Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
             tokio::select! {
@@ -182,6 +191,21 @@ async fn accept_loop(
             }
         });
     }
+}
+
+/// One request, after waiting for a worker when the server has a worker pool.
+async fn serve_one(
+    req: Request<Incoming>,
+    faults: Arc<Faults>,
+    stats: Arc<Stats>,
+    fail_counter: Arc<AtomicU64>,
+    workers: Option<Arc<tokio::sync::Semaphore>>,
+) -> Result<Response<ResBody>, BoxError> {
+    let _worker = match workers {
+        Some(w) => w.acquire_owned().await.ok(),
+        None => None,
+    };
+    handle(req, faults, stats, fail_counter).await
 }
 
 struct InFlight(Arc<Stats>);

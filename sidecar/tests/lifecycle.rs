@@ -132,3 +132,16 @@ async fn sigterm_drains_and_exits_zero() {
     let status = tokio::task::spawn_blocking(move || child.wait()).await.expect("join").expect("wait");
     assert!(status.success(), "exit 0 after draining, got {status}");
 }
+
+#[test]
+fn every_local_example_is_a_valid_sidecar_config() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/local");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("examples/local") {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path).expect("read");
+        breakwater_sidecar::config::compile(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        n += 1;
+    }
+    assert!(n >= 1);
+}

@@ -357,15 +357,25 @@ async fn attempt(target: &Arc<Target>, req: HttpRequest) -> Result<HttpResponse,
     let not_tried = |i: usize| all_tried || i >= 64 || tried & (1 << i) == 0;
     let breaker_ok = |i: usize| res.endpoint_breaker(i).is_none_or(|b| b.would_admit());
 
-    let mut choice = balance::pick(&target.endpoints, |i| not_tried(i) && breaker_ok(i));
-    if choice.is_none() && !target.endpoints.is_empty() {
-        // Every untried endpoint is open.
-        if res.enforce {
+    // Prefer an endpoint this call has not tried whose breaker admits; else one already tried
+    // (a retry to the same pod beats no retry); else every breaker is open.
+    let choice = if res.enforce {
+        let c = balance::pick(&target.endpoints, |i| not_tried(i) && breaker_ok(i))
+            .or_else(|| balance::pick(&target.endpoints, breaker_ok));
+        if c.is_none() && !target.endpoints.is_empty() {
             return Err(all_open());
         }
-        res.observer.metrics.dryrun("circuit-open");
-        choice = balance::pick(&target.endpoints, not_tried);
-    }
+        c
+    } else {
+        // DryRun: breakers must not change where calls go.
+        let c = balance::pick(&target.endpoints, not_tried);
+        if let Some((i, _)) = c
+            && !breaker_ok(i)
+        {
+            res.observer.metrics.dryrun("circuit-open");
+        }
+        c
+    };
     let Some((index, endpoint)) = choice else {
         return Err(AttemptError::NoEndpoints.into());
     };
