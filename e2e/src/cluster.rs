@@ -340,9 +340,10 @@ impl TestCluster {
                 let config = self.config.clone();
                 let network = Arc::clone(&self.network);
                 let pods_dir = self.dir.join("pods");
+                let mount_record = self.dir.join("mountpoints");
                 let images = ImageTable::workspace();
                 background()
-                    .spawn(PodRunner::start(config, network, images, pods_dir))
+                    .spawn(PodRunner::start(config, network, images, pods_dir, mount_record))
                     .await
                     .map_err(|e| Error::Other(format!("starting the pod runner panicked: {e}")))?
             })
@@ -496,7 +497,15 @@ async fn forward(listen: SocketAddr, port: u16) {
         }
     };
     loop {
-        let Ok((mut inbound, _)) = listener.accept().await else { continue };
+        let mut inbound = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accepting on the bridge address failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         tokio::spawn(async move {
             if let Ok(mut outbound) = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await {
                 let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;

@@ -108,3 +108,99 @@ async fn deleted_namespaces_are_finalized() -> anyhow::Result<()> {
     .await?;
     Ok(())
 }
+
+/// Set by [`a_killed_test_binary_leaves_nothing_behind`] for its child.
+const HELPER_ENV: &str = "BREAKWATER_E2E_REAPER_HELPER";
+
+/// Not a test on its own: the child process of [`a_killed_test_binary_leaves_nothing_behind`].
+/// Starts a cluster with a running pod, prints what it made, and waits to be killed.
+#[tokio::test]
+#[ignore = "run by a_killed_test_binary_leaves_nothing_behind"]
+async fn reaper_helper_holds_a_cluster_until_killed() -> anyhow::Result<()> {
+    if std::env::var_os(HELPER_ENV).is_none() {
+        return Ok(());
+    }
+    let cluster = TestCluster::start().await?;
+    let runner = cluster.pod_runner().await?;
+    let ns = cluster.namespace("reaper").await?;
+    let pods = Api::<Pod>::namespaced(cluster.client()?, &ns);
+    let pod = serde_json::from_value(json!({
+        "metadata": {"name": "fault"},
+        "spec": {"containers": [{"name": "fault", "image": "breakwater/fault-server", "args": ["--listen", "0.0.0.0:8080"]}]},
+    }))?;
+    pods.create(&PostParams::default(), &pod).await?;
+    let netns = wait::until("the pod to run", Duration::from_secs(60), || {
+        let pods = pods.clone();
+        let netns = runner.netns(&ns, "fault");
+        async move {
+            let running = pods.get("fault").await?.status.and_then(|s| s.phase).as_deref() == Some("Running");
+            Ok::<_, kube::Error>(netns.filter(|_| running))
+        }
+    })
+    .await?;
+    println!("READY {} bwe2e{} {netns}", cluster.dir().display(), cluster.network().index());
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_killed_test_binary_leaves_nothing_behind() -> anyhow::Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["--ignored", "--exact", "reaper_helper_holds_a_cluster_until_killed", "--nocapture"])
+        .env(HELPER_ENV, "1")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(rest) = line.strip_prefix("READY ") {
+                return anyhow::Ok(rest.to_owned());
+            }
+        }
+        anyhow::bail!("the helper exited before it was ready")
+    })
+    .await??;
+    let parts: Vec<&str> = ready.split_whitespace().collect();
+    let [dir, bridge, netns] = parts[..] else { anyhow::bail!("unexpected READY line {ready:?}") };
+    let paths = [
+        std::path::PathBuf::from(dir),
+        format!("/sys/class/net/{bridge}").into(),
+        format!("/run/netns/{netns}").into(),
+    ];
+    assert!(paths.iter().all(|p| p.exists()), "the helper made {paths:?}");
+
+    child.kill().await?; // SIGKILL: no destructor runs, only the reaper can clean up.
+    wait::until_ok("the reaper to remove the cluster", Duration::from_secs(60), || {
+        let left: Vec<String> =
+            paths.iter().filter(|p| p.exists()).map(|p| p.display().to_string()).collect();
+        let processes = processes_mentioning(dir);
+        async move {
+            if left.is_empty() && processes.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("left: {left:?}, processes: {processes:?}"))
+            }
+        }
+    })
+    .await?;
+    let chains = std::process::Command::new("iptables").args(["-w", "-t", "nat", "-S"]).output()?;
+    let chain = format!("BWE2E{}-", bridge.trim_start_matches("bwe2e"));
+    assert!(!String::from_utf8_lossy(&chains.stdout).contains(&chain), "iptables chains {chain}* removed");
+    Ok(())
+}
+
+/// Pids whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+        .collect()
+}

@@ -127,7 +127,7 @@ async fn deployment_behind_a_service_answers_another_pod_on_the_cluster_ip() -> 
             "containers": [{
                 "name": "client",
                 "image": "breakwater/e2e-client:dev",
-                "args": ["http://$(FAULT_SERVICE_HOST):$(FAULT_SERVICE_PORT)/", "20"],
+                "args": ["get", "http://$(FAULT_SERVICE_HOST):$(FAULT_SERVICE_PORT)/", "20"],
             }],
         },
     }))?;
@@ -182,6 +182,67 @@ async fn deployment_behind_a_service_answers_another_pod_on_the_cluster_ip() -> 
         async move { if gone { Ok(()) } else { Err("still there".to_owned()) } }
     })
     .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn pods_get_their_service_account_volume_and_reach_the_api_server() -> anyhow::Result<()> {
+    let cluster = TestCluster::shared().await?;
+    let runner = cluster.pod_runner().await?;
+    let ns = cluster.namespace("incluster").await?;
+    let pods = Api::<Pod>::namespaced(cluster.client()?, &ns);
+    let sa = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "reader"},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {"name": "files", "image": "breakwater/e2e-client",
+                 "args": ["cat", format!("{sa}/namespace"), format!("{sa}/ca.crt")]},
+                {"name": "token", "image": "breakwater/e2e-client", "args": ["size", format!("{sa}/token")]},
+                {"name": "api", "image": "breakwater/e2e-client",
+                 "args": ["connect", "$(KUBERNETES_SERVICE_HOST):$(KUBERNETES_SERVICE_PORT)"]},
+            ],
+        },
+    }))?;
+    let created = pods.create(&PostParams::default(), &pod).await?;
+    // The ServiceAccount admission plugin added the projected token volume to every container.
+    let mounts: Vec<String> = created
+        .spec
+        .iter()
+        .flat_map(|s| &s.containers)
+        .flat_map(|c| c.volume_mounts.iter().flatten())
+        .map(|m| m.mount_path.clone())
+        .collect();
+    assert_eq!(mounts, [sa, sa, sa], "admission injected the kube-api-access volume");
+    let phase = wait::until_ok("the reader pod to finish", TIMEOUT, || {
+        let pods = pods.clone();
+        async move {
+            let pod = pods.get("reader").await.map_err(|e| e.to_string())?;
+            match pod.status.and_then(|s| s.phase) {
+                Some(p) if p == "Succeeded" || p == "Failed" => Ok(p),
+                other => Err(format!("phase {other:?}")),
+            }
+        }
+    })
+    .await?;
+    let files = runner.logs(&ns, "reader", "files")?;
+    let token = runner.logs(&ns, "reader", "token")?;
+    let api = runner.logs(&ns, "reader", "api")?;
+    assert_eq!(phase, "Succeeded", "files:\n{files}\ntoken:\n{token}\napi:\n{api}");
+    assert!(files.starts_with(ns.name()), "the namespace file: {files}");
+    assert!(files.contains("BEGIN CERTIFICATE"), "ca.crt from kube-root-ca.crt: {files}");
+    let size: usize = token.split_whitespace().nth(1).unwrap_or_default().parse()?;
+    assert!(size > 100, "a bound token was written: {token}");
+    let kubernetes = Api::<Service>::namespaced(cluster.client()?, "default").get("kubernetes").await?;
+    let ip = kubernetes.spec.and_then(|s| s.cluster_ip).unwrap_or_default();
+    assert_eq!(
+        api.trim(),
+        format!("connected {ip}:443"),
+        "the kubernetes Service is wired to the API server"
+    );
+    // The mount stayed inside the pod: the host has no token at that path.
+    assert!(!Path::new(sa).join("token").exists(), "nothing mounted on the host");
     Ok(())
 }
 

@@ -1,8 +1,12 @@
-//! `breakwater-e2e-client URL [COUNT]`: a tiny HTTP/1.1 client for pods in e2e tests (image
-//! `breakwater/e2e-client`). GETs `URL` COUNT times (default 1) on fresh connections and prints
-//! one line per answer, `<status> <first line of the body>`. Connection failures are retried for
-//! up to 10 s (the Service rules may trail the pod by a moment); any non-2xx answer or a final
-//! connection failure exits 1.
+//! `breakwater-e2e-client`: what a test pod runs (image `breakwater/e2e-client`).
+//!
+//! - `get URL [COUNT]`: GETs `URL` COUNT times (default 1) on fresh HTTP/1.1 connections and
+//!   prints one line per answer, `<status> <first line of the body>`; any non-2xx answer or a
+//!   connection failure exits 1.
+//! - `connect HOST:PORT`: opens a TCP connection and prints `connected HOST:PORT`.
+//! - `cat FILE...`: prints files; `size FILE...`: prints `FILE <bytes>` (for secrets).
+//!
+//! Connection failures are retried for up to 10 s: the Service rules may trail the pod by a moment.
 
 #![forbid(unsafe_code)]
 
@@ -16,13 +20,46 @@ use std::{
 const RETRY_FOR: Duration = Duration::from_secs(10);
 const RETRY_EVERY: Duration = Duration::from_millis(100);
 
+const USAGE: &str =
+    "usage: breakwater-e2e-client get URL [COUNT] | connect HOST:PORT | cat FILE... | size FILE...";
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(url) = args.first() else {
-        eprintln!("usage: breakwater-e2e-client http://HOST:PORT/PATH [COUNT]");
-        return ExitCode::from(2);
-    };
-    let count: usize = args.get(1).and_then(|c| c.parse().ok()).unwrap_or(1);
+    match args.first().map(String::as_str) {
+        Some("get") if args.len() >= 2 => get_command(&args[1], args.get(2)),
+        Some("connect") if args.len() == 2 => match connect(&args[1]) {
+            Ok(_) => {
+                println!("connected {}", args[1]);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                println!("error {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(cmd @ ("cat" | "size")) if args.len() >= 2 => {
+            let mut ok = true;
+            for file in &args[1..] {
+                match std::fs::read(file) {
+                    Ok(bytes) if cmd == "cat" => print!("{}", String::from_utf8_lossy(&bytes)),
+                    Ok(bytes) => println!("{file} {}", bytes.len()),
+                    Err(e) => {
+                        println!("error {file}: {e}");
+                        ok = false;
+                    }
+                }
+            }
+            if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn get_command(url: &str, count: Option<&String>) -> ExitCode {
+    let count: usize = count.and_then(|c| c.parse().ok()).unwrap_or(1);
     let Some((host, path)) = url.strip_prefix("http://").map(|rest| match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),

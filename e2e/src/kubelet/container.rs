@@ -21,7 +21,10 @@ use tokio::{
     process::{Child, Command},
 };
 
-use super::images::ImageTable;
+use super::{
+    images::ImageTable,
+    volumes::{self, Mount},
+};
 
 /// What is needed to start a container, resolved once when the pod starts.
 #[derive(Debug, Clone)]
@@ -34,6 +37,8 @@ pub(crate) struct Launch {
     pub working_dir: Option<String>,
     pub readiness: Option<Probe>,
     pub ports: BTreeMap<String, u16>,
+    /// Bind mounts made in the container's mount namespace before it starts.
+    pub mounts: Vec<Mount>,
 }
 
 impl Launch {
@@ -45,6 +50,7 @@ impl Launch {
         container: &Container,
         images: &ImageTable,
         base_env: &[(String, String)],
+        volumes: &BTreeMap<String, PathBuf>,
     ) -> Result<Launch, (&'static str, String)> {
         let image = container.image.clone().unwrap_or_default();
         let binary = images.resolve(&image).map_err(|e| ("ErrImagePull", e))?.to_path_buf();
@@ -82,6 +88,7 @@ impl Launch {
             .flatten()
             .filter_map(|p| Some((p.name.clone()?, u16::try_from(p.container_port).ok()?)))
             .collect();
+        let mounts = volumes::mounts(container, volumes).map_err(|e| ("CreateContainerConfigError", e))?;
         Ok(Launch {
             name: container.name.clone(),
             image,
@@ -91,16 +98,22 @@ impl Launch {
             working_dir: container.working_dir.clone(),
             readiness: container.readiness_probe.clone(),
             ports,
+            mounts,
         })
     }
 
-    /// Starts the process inside `netns`, with stdout and stderr appended to `log`.
+    /// Starts the process inside `netns` (and, with volume mounts, through a shell that makes
+    /// them in the private mount namespace `ip netns exec` creates, then `exec`s the binary, so
+    /// the pid is the container's), with stdout and stderr appended to `log`.
     pub fn spawn(&self, netns: &str, log: &Path, default_dir: &Path) -> std::io::Result<Child> {
         let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
         let err = out.try_clone()?;
         let mut command = Command::new("ip");
+        command.args(["netns", "exec", netns]);
+        if !self.mounts.is_empty() {
+            command.args(["sh", "-c", &volumes::mount_script(&self.mounts), "breakwater-e2e-mount"]);
+        }
         command
-            .args(["netns", "exec", netns])
             .arg(&self.binary)
             .args(&self.args)
             .env_clear()
@@ -208,7 +221,7 @@ async fn env_value(
 }
 
 /// The downward API fields the kubelet resolves for `fieldRef`.
-fn field_value(pod: &Pod, path: &str) -> Option<String> {
+pub(crate) fn field_value(pod: &Pod, path: &str) -> Option<String> {
     let spec = pod.spec.as_ref();
     let status = pod.status.as_ref();
     let label_or_annotation = |prefix: &str, map: &BTreeMap<String, String>| {

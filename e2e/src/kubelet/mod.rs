@@ -11,6 +11,7 @@ mod container;
 mod images;
 mod pod;
 mod services;
+mod volumes;
 
 use std::{
     collections::HashMap,
@@ -69,6 +70,7 @@ impl PodRunner {
         network: Arc<HostNetwork>,
         images: ImageTable,
         pods_dir: PathBuf,
+        mount_record: PathBuf,
     ) -> Result<PodRunner> {
         let client = Client::try_from(config).map_err(Error::kube("building the kubelet's client"))?;
         let node = format!("e2e-node-{}", network.index());
@@ -86,6 +88,7 @@ impl PodRunner {
             pods_dir: pods_dir.clone(),
             slots: Default::default(),
             seq: AtomicU32::new(0),
+            mount_points: volumes::MountPoints::new(mount_record),
         });
         let tasks = vec![
             tokio::spawn(heartbeat(

@@ -29,7 +29,11 @@ use kube::{
 use serde_json::{Value, json};
 use tokio::{process::Child, sync::watch, time::Instant};
 
-use super::{container::Launch, images::ImageTable};
+use super::{
+    container::Launch,
+    images::ImageTable,
+    volumes::{self, MountPoints},
+};
 use crate::network::{HostNetwork, PodNetns};
 
 /// How often containers are checked for exits and probed while not ready.
@@ -58,6 +62,7 @@ pub(crate) struct Ctx {
     /// Pod address slots (the last octet) in use.
     pub slots: tokio::sync::Mutex<std::collections::BTreeSet<u8>>,
     pub seq: AtomicU32,
+    pub mount_points: MountPoints,
 }
 
 impl Ctx {
@@ -146,6 +151,8 @@ struct Worker {
     phase: &'static str,
     /// Reason and message for container waiting states before launch (image errors).
     failure: Option<(String, &'static str, String)>,
+    /// Mount points referenced in `ctx.mount_points`, released at teardown.
+    mount_points: Vec<PathBuf>,
 }
 
 impl Worker {
@@ -166,6 +173,7 @@ impl Worker {
             conditions: BTreeMap::new(),
             phase: "Pending",
             failure: None,
+            mount_points: Vec::new(),
         }
     }
 
@@ -193,6 +201,14 @@ impl Worker {
         status.host_ip = Some(self.ctx.network.gateway().to_string());
 
         self.resolve().await;
+        if self.failure.is_none() {
+            let mounts: Vec<_> =
+                self.init.iter().chain(&self.containers).flat_map(|r| r.launch.mounts.clone()).collect();
+            match self.ctx.mount_points.acquire(&mounts).await {
+                Ok(held) => self.mount_points = held,
+                Err(e) => self.failure = Some(("*".into(), "CreateContainerConfigError", e)),
+            }
+        }
         self.set_condition("PodScheduled", true);
         self.set_condition("PodReadyToStartContainers", true);
         self.set_condition("Initialized", false);
@@ -215,6 +231,7 @@ impl Worker {
                 let code = tokio::select! {
                     // Stop requested while an init container runs.
                     _ = stop.changed() => return Ok(()),
+                    // The init container finished.
                     code = wait_exit(&mut self.init[i]) => code,
                 };
                 self.publish().await;
@@ -228,7 +245,9 @@ impl Worker {
                 }
                 let backoff = backoff(self.init[i].restarts);
                 tokio::select! {
+                    // Stop requested during the restart backoff.
                     _ = stop.changed() => return Ok(()),
+                    // Backoff over: run the init container again.
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 self.init[i].restarts += 1;
@@ -275,10 +294,18 @@ impl Worker {
                 return;
             }
         };
+        let volumes = match volumes::materialize(&self.ctx.client, &self.pod, &self.dir).await {
+            Ok(volumes) => volumes,
+            Err(e) => {
+                self.failure = Some(("*".into(), "CreateContainerConfigError", e));
+                return;
+            }
+        };
         let spec = self.pod.spec.clone().unwrap_or_default();
         for (init, list) in [(true, spec.init_containers.unwrap_or_default()), (false, spec.containers)] {
             for c in &list {
-                match Launch::resolve(&self.ctx.client, &self.pod, c, &self.ctx.images, &base).await {
+                match Launch::resolve(&self.ctx.client, &self.pod, c, &self.ctx.images, &base, &volumes).await
+                {
                     Ok(launch) => {
                         let r = Running::new(launch);
                         if init { self.init.push(r) } else { self.containers.push(r) }
@@ -296,6 +323,7 @@ impl Worker {
                             working_dir: None,
                             readiness: None,
                             ports: BTreeMap::new(),
+                            mounts: Vec::new(),
                         });
                         r.waiting = Some((reason, message));
                         if init { self.init.push(r) } else { self.containers.push(r) }
@@ -507,6 +535,8 @@ impl Worker {
         if let Some(slot) = self.slot.take() {
             self.ctx.release_slot(slot).await;
         }
+        let held = std::mem::take(&mut self.mount_points);
+        self.ctx.mount_points.release(held).await;
     }
 
     /// Deletes the Pod object now that nothing runs (what the kubelet does after a graceful stop).

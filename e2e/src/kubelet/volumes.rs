@@ -1,0 +1,360 @@
+//! Volumes, the kubelet's way: each volume becomes a directory under the pod's directory, filled
+//! from the API (ConfigMaps, Secrets, a bound ServiceAccount token, downward API fields), and each
+//! `volumeMount` a bind mount inside the container's private mount namespace.
+//!
+//! This is what lets a pod read `/var/run/secrets/kubernetes.io/serviceaccount/{token,ca.crt,
+//! namespace}` — the projected volume the ServiceAccount admission plugin adds to every pod — and
+//! so talk to the API server with in-cluster configuration. `ip netns exec` already gives each
+//! container its own mount namespace (mounts there never reach the host); a mount point missing on
+//! the host is created, counted by [`MountPoints`] and removed when its last pod stops.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use k8s_openapi::{
+    ByteString,
+    api::{
+        authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec},
+        core::v1::{ConfigMap, KeyToPath, Pod, Secret, ServiceAccount, Volume},
+    },
+};
+use kube::{Api, Client, ResourceExt, api::PostParams};
+
+/// A bind mount for one container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Mount {
+    /// The directory or file on the host (in the pod's directory).
+    pub source: PathBuf,
+    /// Where the container sees it.
+    pub target: PathBuf,
+    pub read_only: bool,
+}
+
+/// Fills `<dir>/volumes/<name>` for every volume of `pod`; returns name → directory.
+pub(crate) async fn materialize(
+    client: &Client,
+    pod: &Pod,
+    dir: &Path,
+) -> Result<BTreeMap<String, PathBuf>, String> {
+    let mut out = BTreeMap::new();
+    let namespace = pod.namespace().unwrap_or_default();
+    for volume in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+        let path = dir.join("volumes").join(&volume.name);
+        std::fs::create_dir_all(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+        fill(client, pod, &namespace, volume, &path)
+            .await
+            .map_err(|e| format!("volume {}: {e}", volume.name))?;
+        out.insert(volume.name.clone(), path);
+    }
+    Ok(out)
+}
+
+async fn fill(
+    client: &Client,
+    pod: &Pod,
+    namespace: &str,
+    volume: &Volume,
+    path: &Path,
+) -> Result<(), String> {
+    if volume.empty_dir.is_some() {
+        return Ok(());
+    }
+    if let Some(cm) = &volume.config_map {
+        return config_map(client, namespace, &cm.name, cm.items.as_deref(), cm.optional, path).await;
+    }
+    if let Some(secret) = &volume.secret {
+        let name = secret.secret_name.as_deref().unwrap_or_default();
+        return self::secret(client, namespace, name, secret.items.as_deref(), secret.optional, path).await;
+    }
+    if let Some(downward) = &volume.downward_api {
+        for item in downward.items.iter().flatten() {
+            downward_file(pod, item.field_ref.as_ref().map(|f| f.field_path.as_str()), &item.path, path)?;
+        }
+        return Ok(());
+    }
+    if let Some(projected) = &volume.projected {
+        for source in projected.sources.iter().flatten() {
+            if let Some(token) = &source.service_account_token {
+                let audience = token.audience.clone();
+                let value =
+                    service_account_token(client, pod, namespace, audience, token.expiration_seconds).await?;
+                write(path, &token.path, value.as_bytes())?;
+            } else if let Some(cm) = &source.config_map {
+                config_map(client, namespace, &cm.name, cm.items.as_deref(), cm.optional, path).await?;
+            } else if let Some(secret) = &source.secret {
+                self::secret(client, namespace, &secret.name, secret.items.as_deref(), secret.optional, path)
+                    .await?;
+            } else if let Some(downward) = &source.downward_api {
+                for item in downward.items.iter().flatten() {
+                    downward_file(
+                        pod,
+                        item.field_ref.as_ref().map(|f| f.field_path.as_str()),
+                        &item.path,
+                        path,
+                    )?;
+                }
+            } else {
+                return Err("this projected source is not supported by the e2e kubelet".into());
+            }
+        }
+        return Ok(());
+    }
+    Err("this volume type is not supported by the e2e kubelet (emptyDir, configMap, secret, downwardAPI, projected are)"
+        .into())
+}
+
+/// A token for the pod's ServiceAccount, bound to the pod (what the kubelet requests).
+async fn service_account_token(
+    client: &Client,
+    pod: &Pod,
+    namespace: &str,
+    audience: Option<String>,
+    expiration_seconds: Option<i64>,
+) -> Result<String, String> {
+    let sa =
+        pod.spec.as_ref().and_then(|s| s.service_account_name.clone()).unwrap_or_else(|| "default".into());
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            audiences: audience.map(|a| vec![a]),
+            expiration_seconds,
+            bound_object_ref: Some(BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: Some(pod.name_any()),
+                uid: pod.metadata.uid.clone(),
+            }),
+            ..TokenRequestSpec::default()
+        }),
+        ..TokenRequest::default()
+    };
+    let response = Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .create_token_request(&sa, &PostParams::default(), &request)
+        .await
+        .map_err(|e| format!("requesting a token for ServiceAccount {sa}: {e}"))?;
+    response.status.and_then(|s| s.token).ok_or_else(|| "the TokenRequest came back without a token".into())
+}
+
+async fn config_map(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    items: Option<&[KeyToPath]>,
+    optional: Option<bool>,
+    path: &Path,
+) -> Result<(), String> {
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .map_err(|e| format!("reading ConfigMap {name}: {e}"))?;
+    let Some(cm) = cm else {
+        return if optional == Some(true) { Ok(()) } else { Err(format!("ConfigMap {name} not found")) };
+    };
+    let mut data: BTreeMap<String, Vec<u8>> =
+        cm.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
+    data.extend(cm.binary_data.unwrap_or_default().into_iter().map(|(k, ByteString(v))| (k, v)));
+    write_keys(path, data, items)
+}
+
+async fn secret(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    items: Option<&[KeyToPath]>,
+    optional: Option<bool>,
+    path: &Path,
+) -> Result<(), String> {
+    let secret = Api::<Secret>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .map_err(|e| format!("reading Secret {name}: {e}"))?;
+    let Some(secret) = secret else {
+        return if optional == Some(true) { Ok(()) } else { Err(format!("Secret {name} not found")) };
+    };
+    let data = secret.data.unwrap_or_default().into_iter().map(|(k, ByteString(v))| (k, v)).collect();
+    write_keys(path, data, items)
+}
+
+fn write_keys(
+    dir: &Path,
+    data: BTreeMap<String, Vec<u8>>,
+    items: Option<&[KeyToPath]>,
+) -> Result<(), String> {
+    match items {
+        Some(items) => {
+            for item in items {
+                let value = data.get(&item.key).ok_or_else(|| format!("no key {}", item.key))?;
+                write(dir, &item.path, value)?;
+            }
+        }
+        None => {
+            for (key, value) in &data {
+                write(dir, key, value)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn downward_file(pod: &Pod, field: Option<&str>, file: &str, dir: &Path) -> Result<(), String> {
+    let field = field.ok_or("downwardAPI resourceFieldRef is not supported by the e2e kubelet")?;
+    let value =
+        super::container::field_value(pod, field).ok_or_else(|| format!("unsupported fieldRef {field}"))?;
+    write(dir, file, value.as_bytes())
+}
+
+/// Writes `relative` under `dir`, refusing paths that climb out of it.
+fn write(dir: &Path, relative: &str, value: &[u8]) -> Result<(), String> {
+    let rel = Path::new(relative);
+    if rel.is_absolute() || rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        return Err(format!("path {relative:?} must be relative and stay inside the volume"));
+    }
+    let file = dir.join(rel);
+    if let Some(parent) = file.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
+    }
+    std::fs::write(&file, value).map_err(|e| format!("writing {}: {e}", file.display()))
+}
+
+/// Mount points the runner had to create on the host, counted across pods; recorded in a file so
+/// the reaper can remove them if the test binary dies first.
+#[derive(Debug)]
+pub(crate) struct MountPoints {
+    record: PathBuf,
+    /// Path created by us → how many running containers mount on it.
+    created: tokio::sync::Mutex<BTreeMap<PathBuf, usize>>,
+}
+
+impl MountPoints {
+    pub fn new(record: PathBuf) -> Self {
+        MountPoints { record, created: Default::default() }
+    }
+
+    /// Makes sure every target exists (creating what is missing) and takes a reference on each.
+    /// Returns the paths referenced, to pass back to [`MountPoints::release`].
+    pub async fn acquire(&self, mounts: &[Mount]) -> Result<Vec<PathBuf>, String> {
+        let mut created = self.created.lock().await;
+        let mut held = Vec::new();
+        for m in mounts {
+            // Ancestors that do not exist yet, outermost first.
+            let mut missing: Vec<PathBuf> =
+                m.target.ancestors().take_while(|p| !p.exists()).map(Path::to_path_buf).collect();
+            missing.reverse();
+            for (i, path) in missing.iter().enumerate() {
+                let is_leaf = i + 1 == missing.len();
+                let result = if is_leaf && m.source.is_file() {
+                    std::fs::write(path, b"")
+                } else {
+                    std::fs::create_dir(path)
+                };
+                result.map_err(|e| format!("creating mount point {}: {e}", path.display()))?;
+                created.insert(path.clone(), 0);
+                let line = format!("{}\n", path.display());
+                let _ = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.record)
+                    .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
+            }
+            for path in m.target.ancestors() {
+                if let Some(count) = created.get_mut(path) {
+                    *count += 1;
+                    held.push(path.to_path_buf());
+                }
+            }
+        }
+        Ok(held)
+    }
+
+    /// Drops references; removes the paths we created once nothing mounts on them.
+    pub async fn release(&self, held: Vec<PathBuf>) {
+        let mut created = self.created.lock().await;
+        for path in held {
+            if let Some(count) = created.get_mut(&path) {
+                *count = count.saturating_sub(1);
+            }
+        }
+        // Deepest first, so directories are empty when their turn comes.
+        let unused: Vec<PathBuf> =
+            created.iter().filter(|(_, n)| **n == 0).map(|(p, _)| p.clone()).rev().collect();
+        for path in unused {
+            let removed =
+                if path.is_dir() { std::fs::remove_dir(&path) } else { std::fs::remove_file(&path) };
+            if removed.is_ok() || !path.exists() {
+                created.remove(&path);
+            }
+        }
+    }
+}
+
+/// The bind mounts for a container's `volumeMounts`.
+pub(crate) fn mounts(
+    container: &k8s_openapi::api::core::v1::Container,
+    volumes: &BTreeMap<String, PathBuf>,
+) -> Result<Vec<Mount>, String> {
+    let mut out = Vec::new();
+    for vm in container.volume_mounts.iter().flatten() {
+        let base = volumes.get(&vm.name).ok_or_else(|| format!("volumeMount {}: no such volume", vm.name))?;
+        let source = match vm.sub_path.as_deref().filter(|s| !s.is_empty()) {
+            Some(sub) if Path::new(sub).is_absolute() || sub.contains("..") => {
+                return Err(format!("volumeMount {}: subPath {sub:?} must stay inside the volume", vm.name));
+            }
+            Some(sub) => base.join(sub),
+            None => base.clone(),
+        };
+        out.push(Mount {
+            source,
+            target: PathBuf::from(&vm.mount_path),
+            read_only: vm.read_only == Some(true),
+        });
+    }
+    Ok(out)
+}
+
+/// A shell script that performs `mounts` and then `exec`s its arguments.
+pub(crate) fn mount_script(mounts: &[Mount]) -> String {
+    let mut script = String::from("set -e\n");
+    for m in mounts {
+        let (src, dst) = (quote(&m.source), quote(&m.target));
+        script.push_str(&format!("mount --bind {src} {dst}\n"));
+        if m.read_only {
+            script.push_str(&format!("mount -o remount,bind,ro {dst}\n"));
+        }
+    }
+    script.push_str("exec \"$@\"\n");
+    script
+}
+
+/// Single-quotes a path for sh.
+fn quote(path: &Path) -> String {
+    format!("'{}'", path.display().to_string().replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_script_binds_remounts_read_only_and_quotes() {
+        let script = mount_script(&[
+            Mount { source: "/p/v/a".into(), target: "/var/run/x".into(), read_only: true },
+            Mount { source: "/p/it's".into(), target: "/data".into(), read_only: false },
+        ]);
+        assert_eq!(
+            script,
+            "set -e\nmount --bind '/p/v/a' '/var/run/x'\nmount -o remount,bind,ro '/var/run/x'\n\
+             mount --bind '/p/it'\\''s' '/data'\nexec \"$@\"\n"
+        );
+    }
+
+    #[test]
+    fn keys_are_written_as_files_and_paths_cannot_escape() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let data = BTreeMap::from([("ca.crt".to_owned(), b"pem".to_vec())]);
+        write_keys(dir.path(), data.clone(), None).expect("written");
+        assert_eq!(std::fs::read(dir.path().join("ca.crt")).expect("read"), b"pem");
+        let escape = [KeyToPath { key: "ca.crt".into(), path: "../x".into(), ..Default::default() }];
+        assert!(write_keys(dir.path(), data, Some(&escape)).is_err());
+    }
+}
