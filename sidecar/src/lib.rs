@@ -15,6 +15,7 @@ pub mod init;
 pub mod metrics;
 pub mod proxy;
 pub mod resilience;
+pub mod telemetry;
 
 use std::{
     net::SocketAddr,

@@ -7,6 +7,7 @@ use breakwater_sidecar::{
     Sidecar,
     config::Checked,
     init::{self, Family, InitOptions, Outcome},
+    telemetry,
 };
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -104,26 +105,48 @@ enum Ipv6 {
     Off,
 }
 
-fn init_tracing(args: &Args) {
-    let filter =
-        args.log.clone().or_else(|| std::env::var("RUST_LOG").ok()).unwrap_or_else(|| "info".to_owned());
-    let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into());
+/// Logs to stderr, and — when tracing is on — request spans and the decision events inside
+/// them to OpenTelemetry. Request spans live at their own target, which only the OpenTelemetry
+/// layer enables: with tracing off their callsites stay disabled.
+fn init_tracing(log: Option<&str>, format: LogFormat, tracer: Option<opentelemetry_sdk::trace::SdkTracer>) {
+    use tracing_subscriber::{
+        Layer as _, filter::Targets, layer::SubscriberExt as _, util::SubscriberInitExt as _,
+    };
+    let filter = log
+        .map(str::to_owned)
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info".to_owned());
+    let filter = tracing_subscriber::EnvFilter::try_new(format!("{filter},{}=off", telemetry::spans::TARGET))
+        .unwrap_or_else(|_| "info".into());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder =
-        tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
-    match args.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let fmt = tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().boxed(),
+    };
+    let otel = tracer.map(|t| {
+        tracing_opentelemetry::layer()
+            .with_tracer(t)
+            .with_filter(Targets::new().with_target("breakwater_sidecar", tracing::Level::DEBUG))
+    });
+    tracing_subscriber::registry().with(fmt.with_filter(filter)).with(otel).init();
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_tracing(&args);
+    let (log, format) = (args.log.clone(), args.log_format);
     let result = match args.command {
-        Cmd::Run { config, grace_period, no_watch } => run(config, grace_period, no_watch),
-        Cmd::Validate { file } => return validate(&file),
-        Cmd::Init(a) => init(a),
+        Cmd::Run { config, grace_period, no_watch } => {
+            run(config, grace_period, no_watch, log.as_deref(), format)
+        }
+        Cmd::Validate { file } => {
+            init_tracing(log.as_deref(), format, None);
+            return validate(&file);
+        }
+        Cmd::Init(a) => {
+            init_tracing(log.as_deref(), format, None);
+            init(a)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -167,12 +190,37 @@ fn validate(file: &std::path::Path) -> ExitCode {
     }
 }
 
-fn run(config: PathBuf, grace: Duration, no_watch: bool) -> anyhow::Result<()> {
+fn run(
+    config: PathBuf,
+    grace: Duration,
+    no_watch: bool,
+    log: Option<&str>,
+    format: LogFormat,
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let text = tokio::fs::read_to_string(&config)
             .await
             .with_context(|| format!("cannot read {}", config.display()))?;
+        // Telemetry is set up from the file once, before anything logs.
+        let compiled = breakwater_sidecar::config::compile(&text)
+            .map_err(|e| anyhow::anyhow!("invalid configuration {}:\n{e}", config.display()))?;
+        let settings = telemetry::Resolved::from(
+            compiled.telemetry.as_ref(),
+            telemetry::process_env,
+            &compiled.default_service_name(),
+            (compiled.pod.0.as_deref(), compiled.pod.1.as_deref()),
+        )?;
+        let started = telemetry::Telemetry::start(settings)?;
+        let (telemetry, tracer) = match started {
+            Some((t, tracer)) => (Some(std::sync::Arc::new(t)), Some(tracer)),
+            None => (None, None),
+        };
+        init_tracing(log, format, tracer);
+        if let Some(t) = &telemetry {
+            t.spawn_counter_sync();
+            tracing::info!(endpoint = ?t.settings.endpoint, protocol = ?t.settings.protocol, sampler = %t.settings.sampler, ratio = t.settings.ratio, "exporting traces");
+        }
         let watch = (!no_watch).then(|| config.clone());
         let sidecar = Sidecar::start(&text, watch).await?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -187,6 +235,10 @@ fn run(config: PathBuf, grace: Duration, no_watch: bool) -> anyhow::Result<()> {
             tracing::warn!(connections = cut, ?grace, "grace period over: cutting connections still open");
         } else {
             tracing::info!("drained");
+        }
+        if let Some(t) = telemetry {
+            t.flush(Duration::from_secs(5)).await;
+            t.shutdown();
         }
         Ok(())
     })

@@ -223,6 +223,21 @@ impl Metrics {
             "Decisions a DryRun policy would have enforced, by decision",
             m.dryrun_decisions.clone(),
         );
+        registry.register(
+            "trace_spans_dropped",
+            "Spans dropped because the export queue was full (the collector is slow or down)",
+            crate::telemetry::COUNTERS.dropped.clone(),
+        );
+        registry.register(
+            "trace_spans_exported",
+            "Spans exported to the OpenTelemetry collector",
+            crate::telemetry::COUNTERS.exported.clone(),
+        );
+        registry.register(
+            "trace_spans_export_failed",
+            "Spans in batches the collector refused or did not answer in time",
+            crate::telemetry::COUNTERS.failed.clone(),
+        );
         // Families whose every label is known up front start at zero, so dashboards and
         // alerts see them before the first event.
         for result in ["success", "failure"] {

@@ -132,6 +132,20 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
     /// Proxy limits.
     pub proxy: ProxyLimits,
+    /// The `telemetry` section.
+    pub telemetry: Option<crate::telemetry::TelemetryConfig>,
+    /// This pod's name and namespace, when the file says.
+    pub pod: (Option<String>, Option<String>),
+}
+
+impl Config {
+    /// The name spans carry when nothing else names them: the Service this pod serves.
+    pub fn default_service_name(&self) -> String {
+        self.inbound
+            .as_ref()
+            .and_then(|i| i.service.as_ref())
+            .map_or_else(|| "breakwater-sidecar".to_owned(), |s| s.name.clone())
+    }
 }
 
 /// Every problem found in a configuration file.
@@ -291,7 +305,10 @@ pub fn compile(text: &str) -> Result<Config, ConfigError> {
     });
 
     if problems.is_empty() {
-        Ok(Config { listeners, inbound, services, proxy })
+        let pod = sidecar.pod.as_ref().map_or((None, None), |p| {
+            (Some(p.name.clone()).filter(|n| !n.is_empty()), Some(p.namespace.clone()))
+        });
+        Ok(Config { listeners, inbound, services, proxy, telemetry: sidecar.telemetry.clone(), pod })
     } else {
         Err(ConfigError { problems })
     }

@@ -50,6 +50,10 @@ pub struct SidecarConfig {
     /// Protocol-handling limits.
     #[serde(default)]
     pub proxy: ProxySettings,
+    /// OpenTelemetry traces (read at start; a change needs a restart). Unset fields fall back
+    /// to the standard `OTEL_*` variables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<crate::telemetry::TelemetryConfig>,
 }
 
 /// Listener addresses.

@@ -35,6 +35,8 @@ use super::{
     http::{AttemptError, forward_once},
     routes::Target,
 };
+use tracing::Instrument as _;
+
 use crate::resilience::{
     breaker::{CircuitBreakerLayer, CircuitOpen},
     bulkhead::{AttachPermit, BulkheadFull, BulkheadLayer, Permit},
@@ -42,6 +44,7 @@ use crate::resilience::{
     retry::{RetryPolicy, RetryRequest, RetryResponse},
     timeout::{Elapsed, TimeoutLayer, attempt_deadline},
 };
+use crate::telemetry::spans;
 
 /// Set on a retried request: how many sidecars along the call chain retried it.
 pub const RETRY_DEPTH_HEADER: &str = "breakwater-retry-depth";
@@ -312,6 +315,19 @@ fn clone_frame(f: &Frame<Bytes>) -> Option<Frame<Bytes>> {
     f.trailers_ref().map(|t| Frame::trailers(t.clone()))
 }
 
+/// The `error.type` of a failed attempt.
+fn error_type(e: &BoxError) -> &'static str {
+    if is_caused_by::<PerTryElapsed>(e).is_some() {
+        "timeout"
+    } else if is_caused_by::<CircuitOpen>(e).is_some() {
+        "circuit-open"
+    } else if let Some(a) = is_caused_by::<AttemptError>(e) {
+        a.refusal().as_str()
+    } else {
+        "error"
+    }
+}
+
 fn refusal_for(target: &Target, e: &BoxError, grpc: bool) -> Response<ProxyBody> {
     let refusal = if is_caused_by::<Elapsed>(e).is_some() || is_caused_by::<PerTryElapsed>(e).is_some() {
         Refusal::Timeout
@@ -345,7 +361,31 @@ impl Service<HttpRequest> for AttemptService {
 
     fn call(&mut self, req: HttpRequest) -> Self::Future {
         let target = self.target.clone();
-        Box::pin(async move { attempt(&target, req).await })
+        let span = spans::attempt(req.attempt);
+        Box::pin(
+            async move {
+                let result = attempt(&target, req).await;
+                let span = tracing::Span::current();
+                if !span.is_disabled() {
+                    match &result {
+                        Ok(r) => {
+                            let failure = r.outcome.failure.map(|f| f.reason());
+                            span.record("breakwater.outcome", failure.unwrap_or("ok"));
+                            let status = r.inner.headers().get("grpc-status").and_then(|v| v.to_str().ok());
+                            spans::record_response(&span, r.inner.status().as_u16(), failure, status);
+                        }
+                        Err(e) => {
+                            let cause = error_type(e);
+                            span.record("breakwater.outcome", cause);
+                            span.record("error.type", cause);
+                            span.record("otel.status_code", "ERROR");
+                        }
+                    }
+                }
+                result
+            }
+            .instrument(span),
+        )
     }
 }
 
@@ -363,6 +403,7 @@ async fn attempt(target: &Arc<Target>, req: HttpRequest) -> Result<HttpResponse,
         let c = balance::pick(&target.endpoints, |i| not_tried(i) && breaker_ok(i))
             .or_else(|| balance::pick(&target.endpoints, breaker_ok));
         if c.is_none() && !target.endpoints.is_empty() {
+            tracing::debug!(service = %target.service, "circuit breaker rejected the call: every endpoint is open");
             return Err(all_open());
         }
         c
@@ -373,6 +414,7 @@ async fn attempt(target: &Arc<Target>, req: HttpRequest) -> Result<HttpResponse,
             && !breaker_ok(i)
         {
             res.observer.metrics.dryrun("circuit-open");
+            tracing::debug!(service = %target.service, endpoint = %target.endpoints[i].addr, "dry run: circuit breaker would have rejected the call");
         }
         c
     };
@@ -383,8 +425,12 @@ async fn attempt(target: &Arc<Target>, req: HttpRequest) -> Result<HttpResponse,
     if index < 64 {
         req.tried.fetch_or(1 << index, Ordering::Relaxed);
     }
+    spans::record_endpoint(&tracing::Span::current(), endpoint.addr);
     let permit = match res.endpoint_breaker(index) {
-        Some(b) if res.enforce => Some(b.try_admit().map_err(BoxError::from)?),
+        Some(b) if res.enforce => Some(b.try_admit().map_err(|e| {
+            tracing::debug!(service = %target.service, endpoint = %endpoint.addr, "circuit breaker rejected the call");
+            BoxError::from(e)
+        })?),
         Some(b) => Some(b.admit_anyway()),
         None => None,
     };
@@ -398,11 +444,16 @@ async fn attempt(target: &Arc<Target>, req: HttpRequest) -> Result<HttpResponse,
     let grpc = req.grpc;
     let inspect_trailers =
         grpc && (res.retry.as_ref().is_some_and(|(s, _)| !s.grpc_codes.is_empty()) || res.breakers.is_some());
-    let Some(http) = req.into_http() else {
+    let Some(mut http) = req.into_http() else {
         // A streamed body was already sent once: nothing to send.
         return Err(AttemptError::NoEndpoints.into());
     };
 
+    let span = tracing::Span::current();
+    if !span.is_disabled() {
+        // The upstream's spans nest under this attempt.
+        spans::inject(&span, http.headers_mut());
+    }
     let send = async {
         let resp = forward_once(&endpoint, http).await.map_err(BoxError::from)?;
         let resp = resp.map(|b| b.map_err(BoxError::from).boxed_unsync());
@@ -413,6 +464,7 @@ async fn attempt(target: &Arc<Target>, req: HttpRequest) -> Result<HttpResponse,
             Ok(r) => r,
             Err(_) => {
                 target.metrics.timeout("per_try");
+                tracing::debug!(service = %target.service, attempt = this_attempt, "per-try timeout fired");
                 Err(PerTryElapsed { attempt: this_attempt }.into())
             }
         },
@@ -422,6 +474,7 @@ async fn attempt(target: &Arc<Target>, req: HttpRequest) -> Result<HttpResponse,
                 r = &mut send => r,
                 _ = tokio::time::sleep_until(until) => {
                     target.metrics.dryrun("per-try-timeout");
+                    tracing::debug!(service = %target.service, attempt = this_attempt, "dry run: per-try timeout would have fired");
                     send.await
                 }
             }

@@ -24,7 +24,9 @@ use crate::{
     config::{ProxyLimits, Store},
     drain::Signal,
     metrics::Direction,
+    telemetry::{self, spans},
 };
+use tracing::Instrument as _;
 
 /// What a connection knows about itself.
 #[derive(Debug, Clone)]
@@ -77,18 +79,35 @@ where
     }
 }
 
-async fn handle(req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyBody> {
+async fn handle(mut req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyBody> {
     let start = Instant::now();
     let published = ctx.store.load();
     let routes = &published.routes;
     let grpc = is_grpc(&req);
-    match ctx.direction {
-        Direction::Outbound => match route_outbound(routes, &req, ctx.orig_dst) {
+    let request_id = telemetry::propagation::request_id(req.headers_mut());
+    let dest = match ctx.direction {
+        Direction::Outbound => route_outbound(routes, &req, ctx.orig_dst),
+        Direction::Inbound => match &routes.inbound {
+            // Redirected to another local port than the configured app: forward there.
+            Some(inbound) => match ctx.orig_dst.filter(|d| d.port() != inbound.app.port()) {
+                Some(dst) => Ok(Dest::Passthrough(SocketAddr::new(inbound.app.ip(), dst.port()))),
+                None => Ok(Dest::Target(&inbound.target, None)),
+            },
+            None => Err("this sidecar has no inbound application configured".to_owned()),
+        },
+    };
+    let span = request_span(ctx.direction, &req, &dest, &request_id, grpc);
+    let work = async {
+        match dest {
             Ok(Dest::Target(target, _port)) => forward_to_target(target, req, grpc, start).await,
             Ok(Dest::Passthrough(addr)) => {
                 let endpoint = routes.passthrough.endpoint(addr);
-                let metrics = routes.passthrough.metrics(Direction::Outbound);
-                let resp = match forward_once(&endpoint, req.map(box_incoming)).await {
+                let metrics = routes.passthrough.metrics(ctx.direction);
+                let mut req = req.map(box_incoming);
+                if !tracing::Span::current().is_disabled() {
+                    spans::inject(&tracing::Span::current(), req.headers_mut());
+                }
+                let resp = match forward_once(&endpoint, req).await {
                     Ok(resp) => resp.map(box_incoming),
                     Err(e) => e.refusal().response(grpc, &e.to_string()),
                 };
@@ -96,32 +115,56 @@ async fn handle(req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyBody
                 resp
             }
             Err(why) => {
-                tracing::debug!(uri = %req.uri(), "no route");
+                tracing::debug!(uri = %req.uri(), why, "no route");
                 let resp = Refusal::NoRoute.response(grpc, &why);
-                routes.passthrough.metrics(Direction::Outbound).response(404, start.elapsed().as_secs_f64());
+                routes.passthrough.metrics(ctx.direction).response(404, start.elapsed().as_secs_f64());
                 resp
             }
-        },
-        Direction::Inbound => match &routes.inbound {
-            Some(inbound) => {
-                // Redirected to another local port than the configured app: forward there.
-                match ctx.orig_dst.filter(|d| d.port() != inbound.app.port()) {
-                    Some(dst) => {
-                        let local = SocketAddr::new(inbound.app.ip(), dst.port());
-                        let endpoint = routes.passthrough.endpoint(local);
-                        let resp = match forward_once(&endpoint, req.map(box_incoming)).await {
-                            Ok(resp) => resp.map(box_incoming),
-                            Err(e) => e.refusal().response(grpc, &e.to_string()),
-                        };
-                        let m = routes.passthrough.metrics(Direction::Inbound);
-                        m.response(resp.status().as_u16(), start.elapsed().as_secs_f64());
-                        resp
-                    }
-                    None => forward_to_target(&inbound.target, req, grpc, start).await,
-                }
-            }
-            None => Refusal::NoRoute.response(grpc, "this sidecar has no inbound application configured"),
-        },
+        }
+    };
+    let resp = work.instrument(span.clone()).await;
+    if !span.is_disabled() {
+        let error = resp.headers().get(super::ERROR_HEADER).and_then(|v| v.to_str().ok());
+        let grpc_status = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok());
+        spans::record_response(&span, resp.status().as_u16(), error, grpc_status);
+    }
+    resp
+}
+
+/// The CLIENT (outbound) or SERVER (inbound) span of a request.
+fn request_span(
+    direction: Direction,
+    req: &Request<Incoming>,
+    dest: &Result<Dest<'_>, String>,
+    request_id: &str,
+    grpc: bool,
+) -> tracing::Span {
+    let authority = authority(req);
+    let (service, policy, mode) = match dest {
+        Ok(Dest::Target(t, _)) => (
+            t.service.to_string(),
+            t.policy_name().to_owned(),
+            t.effective()
+                .map_or("-", |e| if e.mode == breakwater_crds::Mode::DryRun { "DryRun" } else { "Enforce" }),
+        ),
+        Ok(Dest::Passthrough(addr)) => (addr.to_string(), "-".to_owned(), "-"),
+        Err(_) => ("-".to_owned(), "-".to_owned(), "-"),
+    };
+    let info = spans::RequestInfo {
+        method: req.method(),
+        uri: req.uri(),
+        version: req.version(),
+        host: authority.as_ref().map_or("", |a| a.host()),
+        port: authority.as_ref().and_then(|a| a.port_u16()),
+        service: &service,
+        policy: &policy,
+        mode,
+        request_id,
+        grpc,
+    };
+    match direction {
+        Direction::Outbound => spans::client(&info, req.headers()),
+        Direction::Inbound => spans::server(&info, req.headers()),
     }
 }
 

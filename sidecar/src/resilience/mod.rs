@@ -267,6 +267,10 @@ impl bulkhead::layer::BulkheadObserver for Observer {
         }
     }
 
+    fn queued(&self) {
+        tracing::debug!(service = self.metrics.service(), "bulkhead full: queued");
+    }
+
     fn admitted_after(&self, waited: Duration) {
         self.metrics.bulkhead_waited(waited.as_secs_f64());
         tracing::debug!(

@@ -179,3 +179,65 @@ pub async fn closed_port() -> SocketAddr {
 pub fn empty() -> Empty<Bytes> {
     Empty::new()
 }
+
+/// A sidecar run as its real binary (for what only `main` sets up: signals, telemetry).
+pub struct SidecarProcess {
+    /// Outbound listener.
+    pub outbound: SocketAddr,
+    /// Admin listener.
+    pub admin: SocketAddr,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl SidecarProcess {
+    /// Starts `breakwater-sidecar run` on `yaml` with extra environment variables.
+    pub fn start(yaml: &str, env: &[(&str, &str)]) -> Self {
+        use std::io::BufRead as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sidecar.yaml");
+        std::fs::write(&path, yaml).expect("write config");
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_breakwater-sidecar"));
+        cmd.args(["run", "--no-watch", "--config"]).arg(&path).stderr(std::process::Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn the sidecar");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line.clone()).is_err() {
+                    eprintln!("{line}");
+                }
+            }
+        });
+        let ready = loop {
+            let line = rx.recv_timeout(PATIENCE).expect("the sidecar logs readiness");
+            if line.contains("sidecar ready") {
+                break line;
+            }
+            assert!(!line.contains("ERROR") && !line.contains("error:"), "the sidecar failed: {line}");
+        };
+        let field = |name: &str| -> SocketAddr {
+            ready
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} address in {ready:?}"))
+        };
+        Self { outbound: field("outbound"), admin: field("admin"), child, _dir: dir }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for SidecarProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

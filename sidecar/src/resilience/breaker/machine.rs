@@ -31,6 +31,8 @@ pub(super) struct Machine {
     consecutive: u32,
     trips: u64,
     open_for: Duration,
+    /// The span of the call whose outcome is being processed (see `Report::Done`).
+    cause: Option<tracing::Span>,
 }
 
 /// What a state handler decided.
@@ -59,6 +61,7 @@ impl Machine {
             consecutive: 0,
             trips: 0,
             open_for: settings.open_duration,
+            cause: None,
         }
     }
 
@@ -88,7 +91,11 @@ impl Machine {
         });
         if previous != state {
             (self.observer)(state);
+            if let Some(span) = &self.cause {
+                tracing::debug!(parent: span, from = previous.as_str(), to = state.as_str(), "circuit breaker changed state");
+            }
         }
+        self.cause = None;
     }
 
     fn tripped(&mut self) -> bool {
@@ -113,11 +120,13 @@ impl Machine {
             // A closed channel means every handle is gone.
             let Some(report) = self.reports.recv().await else { return Next::Stop };
             match report {
-                Report::Done { failed: false, .. } => {
+                Report::Done { failed: false, span, .. } => {
+                    self.cause = Some(span);
                     self.consecutive = 0;
                     self.window.record(false);
                 }
-                Report::Done { failed: true, .. } => {
+                Report::Done { failed: true, span, .. } => {
+                    self.cause = Some(span);
                     self.consecutive += 1;
                     self.window.record(true);
                 }
@@ -161,14 +170,16 @@ impl Machine {
             match report {
                 // Outcomes of calls admitted before the breaker opened say nothing about now.
                 Report::Done { probe: false, .. } => {}
-                Report::Done { failed: false, probe: true } => {
+                Report::Done { failed: false, probe: true, span } => {
+                    self.cause = Some(span);
                     successes += 1;
                     if successes >= self.settings.half_open_probes {
                         self.open_for = self.settings.open_duration;
                         return Next::Closed;
                     }
                 }
-                Report::Done { failed: true, probe: true } => {
+                Report::Done { failed: true, probe: true, span } => {
+                    self.cause = Some(span);
                     self.trips += 1;
                     self.open_for = (self.open_for * 2).min(self.settings.max_open_duration);
                     return Next::Open;
@@ -177,6 +188,8 @@ impl Machine {
                 Report::Cancelled { probe: true } => probes.add_permits(1),
                 Report::Cancelled { probe: false } => {}
             }
+            // No state change: let the call's span close.
+            self.cause = None;
         }
     }
 }

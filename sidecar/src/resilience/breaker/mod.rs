@@ -88,10 +88,12 @@ pub struct Published {
 }
 
 /// A call's report to the breaker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 enum Report {
-    /// A finished call; `probe` when it was admitted as a half-open probe.
-    Done { failed: bool, probe: bool },
+    /// A finished call; `probe` when it was admitted as a half-open probe. `span` is the
+    /// call's span, kept open until the machine has seen the report, so that a state change
+    /// this call caused is recorded on it.
+    Done { failed: bool, probe: bool, span: tracing::Span },
     /// The call ended without an outcome (cancelled): a half-open probe slot is given back.
     Cancelled { probe: bool },
 }
@@ -127,7 +129,9 @@ impl Permit {
     /// Reports the call's outcome: `failed` when it counts as a failure for this breaker.
     pub fn record(mut self, failed: bool) {
         if let Some(tx) = self.reports.take()
-            && tx.try_send(Report::Done { failed, probe: self.probe }).is_err()
+            && tx
+                .try_send(Report::Done { failed, probe: self.probe, span: tracing::Span::current() })
+                .is_err()
         {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }

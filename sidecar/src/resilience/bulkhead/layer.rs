@@ -27,6 +27,8 @@ pub trait BulkheadObserver: Send + Sync {
     fn rejected(&self, why: &BulkheadFull, enforced: bool);
     /// A call got a slot after waiting.
     fn admitted_after(&self, waited: std::time::Duration);
+    /// A call found every slot taken and entered the queue.
+    fn queued(&self) {}
 }
 
 /// Wraps a service with a bulkhead.
@@ -85,7 +87,8 @@ where
         if self.permit.is_none() {
             let acquiring = self.acquiring.get_or_insert_with(|| {
                 let b = self.layer.bulkhead.clone();
-                Box::pin(async move { b.acquire().await })
+                let observer = self.layer.observer.clone();
+                Box::pin(async move { b.acquire_observed(|| observer.queued()).await })
             });
             let result = ready!(acquiring.as_mut().poll(cx));
             self.acquiring = None;

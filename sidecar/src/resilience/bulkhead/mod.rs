@@ -99,6 +99,11 @@ impl Bulkhead {
     /// Takes a slot: at once if one is free, else after waiting in the queue (if there is room
     /// in it) for at most `max_queue_wait`.
     pub async fn acquire(&self) -> Result<Permit, BulkheadFull> {
+        self.acquire_observed(|| {}).await
+    }
+
+    /// [`Bulkhead::acquire`], calling `on_queued` when the call has to wait in the queue.
+    pub async fn acquire_observed(&self, on_queued: impl FnOnce()) -> Result<Permit, BulkheadFull> {
         if let Ok(slot) = self.slots.clone().try_acquire_owned() {
             return Ok(Permit { _slot: Some(slot), waited: Duration::ZERO });
         }
@@ -110,6 +115,7 @@ impl Bulkhead {
             return Err(BulkheadFull::QueueFull(self.limits.max_concurrent));
         }
         let _queued = QueuedGuard(&self.queued);
+        on_queued();
         let started = tokio::time::Instant::now();
         // tokio's semaphore is fair: waiters get slots in arrival order.
         match tokio::time::timeout(self.limits.max_queue_wait, self.slots.clone().acquire_owned()).await {
