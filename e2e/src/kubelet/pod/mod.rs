@@ -6,9 +6,14 @@
 //! itself relists containers periodically (PLEG), and polling keeps one owner for every `Child`,
 //! which makes stop and restart simple.
 
+mod resolve;
+mod status;
+mod supervise;
+
+use self::supervise::{backoff, stop_all, wait_exit};
+
 use std::{
     collections::BTreeMap,
-    net::Ipv4Addr,
     path::PathBuf,
     sync::{
         Arc,
@@ -17,23 +22,14 @@ use std::{
     time::Duration,
 };
 
-use k8s_openapi::{
-    api::core::v1::{Pod, Service},
-    apimachinery::pkg::apis::meta::v1::Time,
-    jiff::Timestamp,
-};
+use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
     Api, Client, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions},
+    api::{DeleteParams, Preconditions},
 };
-use serde_json::{Value, json};
 use tokio::{process::Child, sync::watch, time::Instant};
 
-use super::{
-    container::Launch,
-    images::ImageTable,
-    volumes::{self, MountPoints},
-};
+use super::{container::Launch, images::ImageTable, volumes::MountPoints};
 use crate::network::{HostNetwork, PodNetns};
 
 /// How often containers are checked for exits and probed while not ready.
@@ -285,101 +281,6 @@ impl Worker {
             == Some("Always")
     }
 
-    /// Resolves every container; the first that cannot run is recorded in `failure`.
-    async fn resolve(&mut self) {
-        let base = match self.base_env().await {
-            Ok(env) => env,
-            Err(e) => {
-                self.failure = Some(("*".into(), "CreateContainerConfigError", e));
-                return;
-            }
-        };
-        let volumes = match volumes::materialize(&self.ctx.client, &self.pod, &self.dir).await {
-            Ok(volumes) => volumes,
-            Err(e) => {
-                self.failure = Some(("*".into(), "CreateContainerConfigError", e));
-                return;
-            }
-        };
-        let spec = self.pod.spec.clone().unwrap_or_default();
-        for (init, list) in [(true, spec.init_containers.unwrap_or_default()), (false, spec.containers)] {
-            for c in &list {
-                match Launch::resolve(&self.ctx.client, &self.pod, c, &self.ctx.images, &base, &volumes).await
-                {
-                    Ok(launch) => {
-                        let r = Running::new(launch);
-                        if init { self.init.push(r) } else { self.containers.push(r) }
-                    }
-                    Err((reason, message)) => {
-                        if self.failure.is_none() {
-                            self.failure = Some((c.name.clone(), reason, message.clone()));
-                        }
-                        let mut r = Running::new(Launch {
-                            name: c.name.clone(),
-                            image: c.image.clone().unwrap_or_default(),
-                            binary: PathBuf::new(),
-                            args: Vec::new(),
-                            env: Vec::new(),
-                            working_dir: None,
-                            readiness: None,
-                            ports: BTreeMap::new(),
-                            mounts: Vec::new(),
-                        });
-                        r.waiting = Some((reason, message));
-                        if init { self.init.push(r) } else { self.containers.push(r) }
-                    }
-                }
-            }
-        }
-    }
-
-    /// The kubelet's own variables: `HOSTNAME`, the `kubernetes` Service, and service links for
-    /// the Services of the pod's namespace.
-    async fn base_env(&self) -> Result<Vec<(String, String)>, String> {
-        let mut env = vec![("HOSTNAME".to_owned(), self.pod.name_any())];
-        let mut services: Vec<Service> = Vec::new();
-        let default = Api::<Service>::namespaced(self.ctx.client.clone(), "default");
-        if let Some(k) =
-            default.get_opt("kubernetes").await.map_err(|e| format!("reading Service kubernetes: {e}"))?
-        {
-            services.push(k);
-        }
-        let links = self.pod.spec.as_ref().and_then(|s| s.enable_service_links).unwrap_or(true);
-        if links {
-            let namespace = self.pod.namespace().unwrap_or_default();
-            let list = Api::<Service>::namespaced(self.ctx.client.clone(), &namespace)
-                .list(&ListParams::default())
-                .await
-                .map_err(|e| format!("listing Services: {e}"))?;
-            services.extend(
-                list.items.into_iter().filter(|s| {
-                    !(s.namespace().as_deref() == Some("default") && s.name_any() == "kubernetes")
-                }),
-            );
-        }
-        for svc in &services {
-            let Some(spec) = &svc.spec else { continue };
-            let Some(ip) = spec.cluster_ip.as_deref().filter(|ip| ip.parse::<Ipv4Addr>().is_ok()) else {
-                continue;
-            };
-            let prefix = svc.name_any().to_ascii_uppercase().replace('-', "_");
-            let ports = spec.ports.clone().unwrap_or_default();
-            env.push((format!("{prefix}_SERVICE_HOST"), ip.to_owned()));
-            if let Some(first) = ports.first() {
-                env.push((format!("{prefix}_SERVICE_PORT"), first.port.to_string()));
-                let proto = first.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase();
-                env.push((format!("{prefix}_PORT"), format!("{proto}://{ip}:{}", first.port)));
-            }
-            for p in &ports {
-                if let Some(name) = &p.name {
-                    let name = name.to_ascii_uppercase().replace('-', "_");
-                    env.push((format!("{prefix}_SERVICE_PORT_{name}"), p.port.to_string()));
-                }
-            }
-        }
-        Ok(env)
-    }
-
     /// Starts container `i` of the init list or the main list.
     fn start(&mut self, init: bool, i: usize) -> Result<(), String> {
         let netns = self.netns.as_ref().map(|n| n.name.clone()).unwrap_or_default();
@@ -396,117 +297,6 @@ impl Worker {
         r.ready = false;
         r.next_probe = Instant::now();
         Ok(())
-    }
-
-    /// One supervision round: exits, restarts, probes. Returns whether the status changed.
-    async fn supervise(&mut self) -> Result<bool, String> {
-        let mut changed = false;
-        let policy = self.restart_policy().to_owned();
-        let ip = self.netns.as_ref().map(|n| n.ip).unwrap_or(Ipv4Addr::UNSPECIFIED);
-        for (init, i) in
-            (0..self.init.len()).map(|i| (true, i)).chain((0..self.containers.len()).map(|i| (false, i)))
-        {
-            if init && !self.is_sidecar(i) {
-                continue;
-            }
-            let r = if init { &mut self.init[i] } else { &mut self.containers[i] };
-            if let Some(child) = r.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                let code = exit_code(status);
-                tracing::debug!(container = %r.launch.name, code, "container exited");
-                r.child = None;
-                r.ready = false;
-                r.terminated = Some((code, now()));
-                let restart = init || policy == "Always" || (policy == "OnFailure" && code != 0);
-                if restart {
-                    r.restart_at = Some(Instant::now() + backoff(r.restarts));
-                }
-                changed = true;
-            }
-            if r.restart_at.is_some_and(|at| at <= Instant::now()) {
-                r.restarts += 1;
-                self.start(init, i)?;
-                changed = true;
-                continue;
-            }
-            let r = if init { &mut self.init[i] } else { &mut self.containers[i] };
-            if r.child.is_some() && r.next_probe <= Instant::now() {
-                let ready = r.launch.ready(ip).await;
-                r.next_probe = Instant::now() + if ready { r.launch.probe_period() } else { TICK };
-                if ready != r.ready {
-                    r.ready = ready;
-                    changed = true;
-                }
-            }
-        }
-        let all_ready = self.containers.iter().all(|c| c.ready)
-            && (0..self.init.len()).filter(|&i| self.is_sidecar(i)).all(|i| self.init[i].ready);
-        if self.conditions.get("Ready").map(|c| c.0) != Some(all_ready) {
-            self.set_condition("ContainersReady", all_ready);
-            self.set_condition("Ready", all_ready);
-            changed = true;
-        }
-        // restartPolicy Never/OnFailure: the pod ends when every container has ended for good.
-        let done = self
-            .containers
-            .iter()
-            .all(|c| c.child.is_none() && c.terminated.is_some() && c.restart_at.is_none());
-        if done && self.phase == "Running" {
-            let failed = self.containers.iter().any(|c| c.terminated.as_ref().is_some_and(|t| t.0 != 0));
-            self.phase = if failed { "Failed" } else { "Succeeded" };
-            for r in self.init.iter_mut() {
-                r.restart_at = None;
-                if let Some(child) = r.child.as_mut() {
-                    let _ = child.start_kill();
-                }
-            }
-            changed = true;
-        }
-        Ok(changed)
-    }
-
-    fn set_condition(&mut self, kind: &'static str, value: bool) {
-        match self.conditions.get(kind) {
-            Some((old, _)) if *old == value => {}
-            _ => {
-                self.conditions.insert(kind, (value, now()));
-            }
-        }
-    }
-
-    fn status(&self) -> Value {
-        let conditions: Vec<Value> = self
-            .conditions
-            .iter()
-            .map(|(kind, (value, at))| {
-                json!({"type": kind, "status": if *value { "True" } else { "False" }, "lastTransitionTime": at})
-            })
-            .collect();
-        let statuses = |list: &[Running]| -> Vec<Value> { list.iter().map(container_status).collect() };
-        let ip = self.pod.status.as_ref().and_then(|s| s.pod_ip.clone());
-        let host = self.ctx.network.gateway().to_string();
-        json!({"status": {
-            "phase": self.phase,
-            "hostIP": host,
-            "hostIPs": [{"ip": host}],
-            "podIP": ip,
-            "podIPs": ip.as_ref().map(|ip| vec![json!({"ip": ip})]).unwrap_or_default(),
-            "startTime": self.start_time,
-            "conditions": conditions,
-            "initContainerStatuses": statuses(&self.init),
-            "containerStatuses": statuses(&self.containers),
-        }})
-    }
-
-    /// Writes the status through the `status` subresource (a merge patch: the lists are ours).
-    async fn publish(&self) {
-        let patch = self.status();
-        if let Err(e) =
-            self.api.patch_status(&self.pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await
-        {
-            tracing::warn!(pod = %self.key, error = %e, "updating pod status failed");
-        }
     }
 
     /// Stops the containers (SIGTERM, the grace period, SIGKILL), then the sidecars, then removes
@@ -550,78 +340,6 @@ impl Worker {
             tracing::debug!(pod = %self.key, error = %e, "deleting the pod (may already be gone)");
         }
     }
-}
-
-fn container_status(r: &Running) -> Value {
-    let state = if let Some((reason, message)) = &r.waiting {
-        json!({"waiting": {"reason": reason, "message": message}})
-    } else if let (Some(_), Some(at)) = (&r.child, &r.started_at) {
-        json!({"running": {"startedAt": at}})
-    } else if let Some((code, at)) = &r.terminated {
-        json!({"terminated": {
-            "exitCode": code,
-            "reason": if *code == 0 { "Completed" } else { "Error" },
-            "startedAt": r.started_at.as_ref().unwrap_or(at),
-            "finishedAt": at,
-        }})
-    } else {
-        json!({"waiting": {"reason": "PodInitializing"}})
-    };
-    let pid = r.child.as_ref().and_then(Child::id);
-    let mut status = json!({
-        "name": r.launch.name,
-        "image": r.launch.image,
-        "imageID": format!("e2e://{}", r.launch.binary.display()),
-        "ready": r.ready,
-        "started": r.child.is_some(),
-        "restartCount": r.restarts,
-        "state": state,
-    });
-    if let Some(pid) = pid {
-        status["containerID"] = json!(format!("e2e://{pid}"));
-    }
-    status
-}
-
-/// Waits for a container started by `Worker::start` to exit; returns its exit code.
-async fn wait_exit(r: &mut Running) -> i32 {
-    let code = match r.child.as_mut() {
-        Some(child) => child.wait().await.map(exit_code).unwrap_or(-1),
-        None => -1,
-    };
-    r.child = None;
-    r.terminated = Some((code, now()));
-    code
-}
-
-/// SIGTERM to every running process at once, then up to `grace` for all to exit, then SIGKILL.
-async fn stop_all(list: &mut [Running], grace: Duration) {
-    for r in list.iter() {
-        if let Some(pid) = r.child.as_ref().and_then(Child::id) {
-            crate::process::signal(pid, "TERM");
-        }
-    }
-    let deadline = Instant::now() + grace;
-    for r in list.iter_mut() {
-        r.restart_at = None;
-        if let Some(mut child) = r.child.take()
-            && tokio::time::timeout_at(deadline, child.wait()).await.is_err()
-        {
-            let _ = child.kill().await;
-        }
-    }
-}
-
-/// Exit code as the kubelet reports it: the code, or 128 + the signal number.
-fn exit_code(status: std::process::ExitStatus) -> i32 {
-    use std::os::unix::process::ExitStatusExt;
-    status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(-1)
-}
-
-/// Restart backoff: 1s, 2s, 4s, ... capped at 10s (the kubelet's starts at 10s and caps at 5min,
-/// too slow for tests).
-fn backoff(restarts: u32) -> Duration {
-    Duration::from_secs(1u64 << restarts.min(4)).min(Duration::from_secs(10))
 }
 
 fn now() -> Time {

@@ -1,0 +1,107 @@
+//! What each container will run: its image's binary, command line, environment (the
+//! kubelet's own variables first) and volumes, resolved once when the pod starts.
+
+use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
+
+use k8s_openapi::api::core::v1::Service;
+use kube::{Api, ResourceExt, api::ListParams};
+
+use super::{Running, Worker};
+use crate::kubelet::{container::Launch, volumes};
+
+impl Worker {
+    /// Resolves every container; the first that cannot run is recorded in `failure`.
+    pub(super) async fn resolve(&mut self) {
+        let base = match self.base_env().await {
+            Ok(env) => env,
+            Err(e) => {
+                self.failure = Some(("*".into(), "CreateContainerConfigError", e));
+                return;
+            }
+        };
+        let volumes = match volumes::materialize(&self.ctx.client, &self.pod, &self.dir).await {
+            Ok(volumes) => volumes,
+            Err(e) => {
+                self.failure = Some(("*".into(), "CreateContainerConfigError", e));
+                return;
+            }
+        };
+        let spec = self.pod.spec.clone().unwrap_or_default();
+        for (init, list) in [(true, spec.init_containers.unwrap_or_default()), (false, spec.containers)] {
+            for c in &list {
+                match Launch::resolve(&self.ctx.client, &self.pod, c, &self.ctx.images, &base, &volumes).await
+                {
+                    Ok(launch) => {
+                        let r = Running::new(launch);
+                        if init { self.init.push(r) } else { self.containers.push(r) }
+                    }
+                    Err((reason, message)) => {
+                        if self.failure.is_none() {
+                            self.failure = Some((c.name.clone(), reason, message.clone()));
+                        }
+                        let mut r = Running::new(Launch {
+                            name: c.name.clone(),
+                            image: c.image.clone().unwrap_or_default(),
+                            binary: PathBuf::new(),
+                            args: Vec::new(),
+                            env: Vec::new(),
+                            working_dir: None,
+                            readiness: None,
+                            ports: BTreeMap::new(),
+                            mounts: Vec::new(),
+                        });
+                        r.waiting = Some((reason, message));
+                        if init { self.init.push(r) } else { self.containers.push(r) }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The kubelet's own variables: `HOSTNAME`, the `kubernetes` Service, and service links for
+    /// the Services of the pod's namespace.
+    pub(super) async fn base_env(&self) -> Result<Vec<(String, String)>, String> {
+        let mut env = vec![("HOSTNAME".to_owned(), self.pod.name_any())];
+        let mut services: Vec<Service> = Vec::new();
+        let default = Api::<Service>::namespaced(self.ctx.client.clone(), "default");
+        if let Some(k) =
+            default.get_opt("kubernetes").await.map_err(|e| format!("reading Service kubernetes: {e}"))?
+        {
+            services.push(k);
+        }
+        let links = self.pod.spec.as_ref().and_then(|s| s.enable_service_links).unwrap_or(true);
+        if links {
+            let namespace = self.pod.namespace().unwrap_or_default();
+            let list = Api::<Service>::namespaced(self.ctx.client.clone(), &namespace)
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| format!("listing Services: {e}"))?;
+            services.extend(
+                list.items.into_iter().filter(|s| {
+                    !(s.namespace().as_deref() == Some("default") && s.name_any() == "kubernetes")
+                }),
+            );
+        }
+        for svc in &services {
+            let Some(spec) = &svc.spec else { continue };
+            let Some(ip) = spec.cluster_ip.as_deref().filter(|ip| ip.parse::<Ipv4Addr>().is_ok()) else {
+                continue;
+            };
+            let prefix = svc.name_any().to_ascii_uppercase().replace('-', "_");
+            let ports = spec.ports.clone().unwrap_or_default();
+            env.push((format!("{prefix}_SERVICE_HOST"), ip.to_owned()));
+            if let Some(first) = ports.first() {
+                env.push((format!("{prefix}_SERVICE_PORT"), first.port.to_string()));
+                let proto = first.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase();
+                env.push((format!("{prefix}_PORT"), format!("{proto}://{ip}:{}", first.port)));
+            }
+            for p in &ports {
+                if let Some(name) = &p.name {
+                    let name = name.to_ascii_uppercase().replace('-', "_");
+                    env.push((format!("{prefix}_SERVICE_PORT_{name}"), p.port.to_string()));
+                }
+            }
+        }
+        Ok(env)
+    }
+}
