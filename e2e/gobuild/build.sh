@@ -133,19 +133,23 @@ k8s_ldflags() {
 install_into() {
   local dest="$1"; shift
   local tmp="$dest.tmp.$$"
+  rm -rf "$tmp"
   mkdir -p "$tmp"
-  trap 'rm -rf "$tmp"' RETURN
-  "$@" "$tmp"
+  if ! "$@" "$tmp"; then
+    rm -rf "$tmp"
+    die "building into $dest failed (see above)"
+  fi
   mkdir -p "$dest"
   for f in "$tmp"/*; do mv -f "$f" "$dest/"; done
+  rm -rf "$tmp"
 }
 
 build_k8s() {
-  (cd "$here/k8s" && CGO_ENABLED=0 go build -trimpath -ldflags "$(k8s_ldflags)" -o "$1/" \
+  (cd "$here/k8s" && CGO_ENABLED=0 go build -trimpath -buildvcs=false -ldflags "$(k8s_ldflags)" -o "$1/" \
     "${k8s_cmds[@]/#/k8s.io/kubernetes/cmd/}")
 }
 build_etcd() {
-  (cd "$here/etcd" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$1/etcd" go.etcd.io/etcd/server/v3)
+  (cd "$here/etcd" && CGO_ENABLED=0 go build -trimpath -buildvcs=false -ldflags "-s -w" -o "$1/etcd" go.etcd.io/etcd/server/v3)
 }
 build_helm() {
   local major="${HELM_VERSION%%.*}"
