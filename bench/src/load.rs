@@ -156,10 +156,7 @@ impl LoadGen {
         duration: Duration,
     ) -> anyhow::Result<LoadResult> {
         let args = self.args(entry, protocol, shape, duration);
-        let child = tokio::process::Command::new("taskset")
-            .arg("-c")
-            .arg(&self.cpus)
-            .arg(&self.oha)
+        let child = crate::procs::pinned(&self.cpus, &self.oha)
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -83,7 +83,9 @@ struct Args {
     smoke: bool,
 }
 
-#[tokio::main]
+// One thread: the harness mostly waits, and the children's parent-death signal is tied to the
+// thread that spawned them (see `procs::pinned`).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
     if args.smoke {
@@ -99,10 +101,13 @@ async fn main() -> anyhow::Result<()> {
     }
     let started = tokio::time::Instant::now();
     let mut backend: Option<Proc> = None;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let result = tokio::select! {
         r = bench(&args, &mut backend) => r,
-        // Ctrl-C: the guards below stop everything started.
+        // Ctrl-C: dropping `bench` drops its guards, which kill what it started.
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        // Stopped by a supervisor: the same.
+        _ = term.recv() => Err(anyhow::anyhow!("terminated")),
     };
     if let Some(b) = backend {
         b.stop().await;
@@ -122,8 +127,10 @@ async fn bench(args: &Args, backend_slot: &mut Option<Proc>) -> anyhow::Result<(
     let fault = existing(bin_dir.join("breakwater-fault"), "cargo build --release -p breakwater-fault")?;
     let oha = find_oha(args.oha.clone())?;
     let haproxy = find_haproxy(&args.haproxy)?;
-    if which("taskset").is_none() {
-        bail!("taskset is missing: install util-linux (`make deps`)");
+    for tool in ["taskset", "setpriv"] {
+        if which(tool).is_none() {
+            bail!("{tool} is missing: install util-linux (`make deps` does)");
+        }
     }
 
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());

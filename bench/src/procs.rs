@@ -1,6 +1,6 @@
 //! The processes a benchmark starts — each pinned to its CPUs with `taskset`, its output in a
-//! log file, killed by pid when its guard drops (also on error or panic) — and what `/proc`
-//! says about them: CPU time and resident memory.
+//! log file, killed by pid when its guard drops (also on error or panic) and by the kernel if
+//! the harness itself is killed — and what `/proc` says about them: CPU time and resident memory.
 //!
 //! Why `/proc` and not `getrusage` or cgroups: the harness measures processes it did not start
 //! as its direct children only (`taskset` execs in place, so the pid is the proxy's own), needs
@@ -46,17 +46,16 @@ impl Proc {
         let log = log_dir.join(format!("{name}.log"));
         let out = std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
         let err = out.try_clone()?;
-        let child = Command::new("taskset")
-            .arg("-c")
-            .arg(cpus)
-            .arg(program)
+        let child = pinned(cpus, program)
             .args(args)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("cannot start {name}: taskset -c {cpus} {}", program.display()))?;
+            .with_context(|| {
+                format!("cannot start {name}: setpriv/taskset -c {cpus} {}", program.display())
+            })?;
         let pid = child.id().with_context(|| format!("{name} exited at once"))?;
         Ok(Self { name: name.to_owned(), child, pid, log })
     }
@@ -104,6 +103,16 @@ impl Proc {
         let _ = self.child.start_kill();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
     }
+}
+
+/// `program` on `cpus`, killed by the kernel if the harness dies (even by SIGKILL, when no
+/// guard runs): `setpriv --pdeathsig KILL taskset -c CPUS program`. Both exec in place, so the
+/// child's pid is the program's. The parent-death signal follows the thread that spawned the
+/// child, which is why the harness runs on a current-thread runtime.
+pub fn pinned(cpus: &str, program: &Path) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args(["--pdeathsig", "KILL", "taskset", "-c", cpus]).arg(program);
+    c
 }
 
 /// CPU time (user + system, all threads) of `pid`, in clock ticks.

@@ -446,7 +446,8 @@ impl Report {
             s,
             "Ports are picked free on 127.0.0.1 at run time (`$PORT`: the setup's entry: the backend, HAProxy's \
              bind or the client sidecar's outbound listener); configuration files are written to a temporary \
-             directory and shown below with illustrative ports.\n"
+             directory and shown below with illustrative ports. Every process runs under \
+             `setpriv --pdeathsig KILL`, so none outlives the harness.\n"
         );
         let _ = writeln!(s, "```sh");
         let _ = writeln!(s, "{}", m.invocation);
