@@ -247,6 +247,63 @@ async fn pods_get_their_service_account_volume_and_reach_the_api_server() -> any
 }
 
 #[tokio::test]
+async fn a_pod_waits_in_container_creating_until_its_configmap_exists() -> anyhow::Result<()> {
+    let cluster = TestCluster::shared().await?;
+    let runner = cluster.pod_runner().await?;
+    let ns = cluster.namespace("volumes").await?;
+    let client = cluster.client()?;
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "greeter"},
+        "spec": {
+            "restartPolicy": "Never",
+            "volumes": [{"name": "config", "configMap": {"name": "greeting"}}],
+            "containers": [{
+                "name": "cat", "image": "breakwater/e2e-client", "args": ["cat", "/etc/greeting/text"],
+                "volumeMounts": [{"name": "config", "mountPath": "/etc/greeting", "readOnly": true}],
+            }],
+        },
+    }))?;
+    pods.create(&PostParams::default(), &pod).await?;
+    let waiting = wait::until_ok("ContainerCreating", TIMEOUT, || {
+        let pods = pods.clone();
+        async move {
+            let pod = pods.get("greeter").await.map_err(|e| e.to_string())?;
+            let status = pod.status.and_then(|s| s.container_statuses).and_then(|c| c.into_iter().next());
+            status
+                .and_then(|c| c.state)
+                .and_then(|s| s.waiting)
+                .ok_or_else(|| "no container status yet".to_owned())
+        }
+    })
+    .await?;
+    assert_eq!(waiting.reason.as_deref(), Some("ContainerCreating"));
+    assert!(waiting.message.unwrap_or_default().contains("greeting"), "the message names the ConfigMap");
+
+    let cm: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(
+        json!({"metadata": {"name": "greeting"}, "data": {"text": "hello from a volume"}}),
+    )?;
+    Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client, &ns)
+        .create(&PostParams::default(), &cm)
+        .await?;
+    let phase = wait::until_ok("the pod to finish", TIMEOUT, || {
+        let pods = pods.clone();
+        async move {
+            let phase = pods.get("greeter").await.map_err(|e| e.to_string())?.status.and_then(|s| s.phase);
+            match phase.as_deref() {
+                Some("Succeeded" | "Failed") => Ok(phase),
+                other => Err(format!("phase {other:?}")),
+            }
+        }
+    })
+    .await?;
+    let logs = runner.logs(&ns, "greeter", "cat")?;
+    assert_eq!(phase.as_deref(), Some("Succeeded"), "{logs}");
+    assert_eq!(logs, "hello from a volume");
+    Ok(())
+}
+
+#[tokio::test]
 async fn an_image_outside_the_table_is_reported_on_the_pod() -> anyhow::Result<()> {
     let cluster = TestCluster::shared().await?;
     cluster.pod_runner().await?;

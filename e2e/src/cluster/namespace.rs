@@ -2,7 +2,7 @@
 
 use std::{sync::atomic::Ordering, time::Duration};
 
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
 use kube::{
     Api, Client, Config,
     api::{DeleteParams, PostParams},
@@ -13,7 +13,8 @@ use crate::{Error, Result, wait};
 
 impl TestCluster {
     /// Creates a namespace `<prefix>-<n>` for one test, waits for its `default` ServiceAccount
-    /// (Pods are refused without it), and deletes it when the returned guard is dropped.
+    /// (Pods are refused without it) and `kube-root-ca.crt` ConfigMap (their token volume
+    /// projects it), and deletes it when the returned guard is dropped.
     pub async fn namespace(&self, prefix: &str) -> Result<TestNamespace> {
         let n = self.namespaces.fetch_add(1, Ordering::Relaxed);
         let name = format!("{prefix}-{n}");
@@ -31,10 +32,17 @@ impl TestCluster {
             .await
             .map_err(Error::kube(format!("creating namespace {name}")))?;
         let guard = TestNamespace { name: name.clone(), config: self.config.clone() };
-        let sas = Api::<ServiceAccount>::namespaced(client, &name);
+        let sas = Api::<ServiceAccount>::namespaced(client.clone(), &name);
         wait::until(format!("ServiceAccount {name}/default"), Duration::from_secs(60), || {
             let sas = sas.clone();
             async move { sas.get_opt("default").await.map(|sa| sa.map(drop)) }
+        })
+        .await?;
+        // What every pod's token volume projects; published by the controller-manager too.
+        let configmaps = Api::<ConfigMap>::namespaced(client, &name);
+        wait::until(format!("ConfigMap {name}/kube-root-ca.crt"), Duration::from_secs(60), || {
+            let configmaps = configmaps.clone();
+            async move { configmaps.get_opt("kube-root-ca.crt").await.map(|cm| cm.map(drop)) }
         })
         .await?;
         Ok(guard)

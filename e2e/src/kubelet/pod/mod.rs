@@ -34,6 +34,8 @@ use crate::network::{HostNetwork, PodNetns};
 
 /// How often containers are checked for exits and probed while not ready.
 pub(crate) const TICK: Duration = Duration::from_millis(200);
+/// How soon a pod whose volumes or environment could not be made is tried again.
+const RETRY: Duration = Duration::from_millis(500);
 /// The longest a container gets between SIGTERM and SIGKILL, whatever the pod asks (tests stay fast).
 const MAX_GRACE: Duration = Duration::from_secs(10);
 
@@ -196,7 +198,21 @@ impl Worker {
         status.pod_ip = Some(ip.to_string());
         status.host_ip = Some(self.ctx.network.gateway().to_string());
 
-        self.resolve().await;
+        self.set_condition("PodScheduled", true);
+        self.set_condition("PodReadyToStartContainers", true);
+        self.set_condition("Initialized", false);
+        self.set_condition("ContainersReady", false);
+        self.set_condition("Ready", false);
+        while let Err(message) = self.resolve().await {
+            tracing::debug!(pod = %self.key, %message, "pod not ready to start, retrying");
+            self.publish().await;
+            tokio::select! {
+                // Stop requested while waiting for what the pod needs.
+                _ = stop.changed() => return Ok(()),
+                // Try again.
+                _ = tokio::time::sleep(RETRY) => {}
+            }
+        }
         if self.failure.is_none() {
             let mounts: Vec<_> =
                 self.init.iter().chain(&self.containers).flat_map(|r| r.launch.mounts.clone()).collect();
@@ -205,11 +221,6 @@ impl Worker {
                 Err(e) => self.failure = Some(("*".into(), "CreateContainerConfigError", e)),
             }
         }
-        self.set_condition("PodScheduled", true);
-        self.set_condition("PodReadyToStartContainers", true);
-        self.set_condition("Initialized", false);
-        self.set_condition("ContainersReady", false);
-        self.set_condition("Ready", false);
         self.publish().await;
         if let Some((container, reason, message)) = &self.failure {
             return Err(format!("container {container}: {reason}: {message}"));

@@ -3,27 +3,31 @@
 
 use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Container, Service};
 use kube::{Api, ResourceExt, api::ListParams};
 
 use super::{Running, Worker};
 use crate::kubelet::{container::Launch, volumes};
 
 impl Worker {
-    /// Resolves every container; the first that cannot run is recorded in `failure`.
-    pub(super) async fn resolve(&mut self) {
-        let base = match self.base_env().await {
-            Ok(env) => env,
-            Err(e) => {
-                self.failure = Some(("*".into(), "CreateContainerConfigError", e));
-                return;
-            }
+    /// Resolves every container. `Err` is a failure worth retrying, as the kubelet retries volume
+    /// setup: the environment or a volume could not be made yet (say the namespace's
+    /// `kube-root-ca.crt` ConfigMap is still being published); every container then waits in
+    /// `ContainerCreating` with the message. A container that can never run (unknown image, bad
+    /// command) is recorded in `failure` instead.
+    pub(super) async fn resolve(&mut self) -> Result<(), String> {
+        self.init.clear();
+        self.containers.clear();
+        let prepared = async {
+            let base = self.base_env().await?;
+            let volumes = volumes::materialize(&self.ctx.client, &self.pod, &self.dir).await?;
+            Ok::<_, String>((base, volumes))
         };
-        let volumes = match volumes::materialize(&self.ctx.client, &self.pod, &self.dir).await {
-            Ok(volumes) => volumes,
+        let (base, volumes) = match prepared.await {
+            Ok(prepared) => prepared,
             Err(e) => {
-                self.failure = Some(("*".into(), "CreateContainerConfigError", e));
-                return;
+                self.placeholders("ContainerCreating", &e);
+                return Err(e);
             }
         };
         let spec = self.pod.spec.clone().unwrap_or_default();
@@ -39,23 +43,20 @@ impl Worker {
                         if self.failure.is_none() {
                             self.failure = Some((c.name.clone(), reason, message.clone()));
                         }
-                        let mut r = Running::new(Launch {
-                            name: c.name.clone(),
-                            image: c.image.clone().unwrap_or_default(),
-                            binary: PathBuf::new(),
-                            args: Vec::new(),
-                            env: Vec::new(),
-                            working_dir: None,
-                            readiness: None,
-                            ports: BTreeMap::new(),
-                            mounts: Vec::new(),
-                        });
-                        r.waiting = Some((reason, message));
+                        let r = placeholder(c, reason, &message);
                         if init { self.init.push(r) } else { self.containers.push(r) }
                     }
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Every container as waiting with `reason`.
+    fn placeholders(&mut self, reason: &'static str, message: &str) {
+        let spec = self.pod.spec.clone().unwrap_or_default();
+        self.init = spec.init_containers.iter().flatten().map(|c| placeholder(c, reason, message)).collect();
+        self.containers = spec.containers.iter().map(|c| placeholder(c, reason, message)).collect();
     }
 
     /// The kubelet's own variables: `HOSTNAME`, the `kubernetes` Service, and service links for
@@ -104,4 +105,21 @@ impl Worker {
         }
         Ok(env)
     }
+}
+
+/// A container that is not (yet) running, reported as waiting with `reason`.
+fn placeholder(c: &Container, reason: &'static str, message: &str) -> Running {
+    let mut r = Running::new(Launch {
+        name: c.name.clone(),
+        image: c.image.clone().unwrap_or_default(),
+        binary: PathBuf::new(),
+        args: Vec::new(),
+        env: Vec::new(),
+        working_dir: None,
+        readiness: None,
+        ports: BTreeMap::new(),
+        mounts: Vec::new(),
+    });
+    r.waiting = Some((reason, message.to_owned()));
+    r
 }

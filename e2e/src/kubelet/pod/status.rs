@@ -46,12 +46,26 @@ impl Worker {
     }
 
     /// Writes the status through the `status` subresource (a merge patch: the lists are ours).
+    /// Tried a few times: a lost update could leave a pod reported Pending for good.
     pub(super) async fn publish(&self) {
+        const ATTEMPTS: u32 = 3;
         let patch = self.status();
-        if let Err(e) =
-            self.api.patch_status(&self.pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await
-        {
-            tracing::warn!(pod = %self.key, error = %e, "updating pod status failed");
+        for attempt in 1..=ATTEMPTS {
+            let result = self
+                .api
+                .patch_status(&self.pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+                .await;
+            match result {
+                Ok(_) => return,
+                // The pod is gone: nothing to report to.
+                Err(kube::Error::Api(s)) if s.code == 404 => return,
+                Err(e) if attempt == ATTEMPTS => {
+                    tracing::warn!(pod = %self.key, error = %e, "updating pod status failed");
+                }
+                Err(_) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100 * u64::from(attempt))).await
+                }
+            }
         }
     }
 }
