@@ -104,11 +104,7 @@ async fn every_valid_example_is_accepted_as_written() -> anyhow::Result<()> {
 
 /// Invalid examples the API server is known to accept, with why. Each entry is asserted to still be
 /// accepted, so fixing the CRD makes this test fail until the entry is removed.
-const KNOWN_GAPS: &[(&str, &str)] = &[(
-    "breaker-threshold-zero.yaml",
-    "kube-openapi checks an integer value against int64(minimum): `threshold: 0` passes `minimum: 0.01` \
-     (validate.MinimumNativeType); the CRD needs a CEL rule such as `self >= 0.01` for it",
-)];
+const KNOWN_GAPS: &[(&str, &str)] = &[];
 
 #[tokio::test]
 async fn every_invalid_example_is_rejected_by_the_api_server_at_its_field() -> anyhow::Result<()> {

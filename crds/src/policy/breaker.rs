@@ -65,6 +65,10 @@ pub struct CircuitBreaker {
 #[x_kube(validation = kube::core::Rule::new(
     "!has(self.window) || (duration(self.window) >= duration('1s') && duration(self.window) <= duration('10m'))")
     .message("window must be between 1s and 10m").field_path(".window"))]
+// The schema's `minimum: 0.01` alone lets an integer `0` through: kube-openapi compares integer
+// values against the minimum truncated to an integer. The real API server test found it.
+#[x_kube(validation = kube::core::Rule::new("!has(self.threshold) || self.threshold >= 0.01")
+    .message("threshold must be between 0.01 and 1").field_path(".threshold"))]
 #[serde(rename_all = "camelCase")]
 pub struct FailureRate {
     /// Fraction of failed calls that opens the breaker, between 0.01 and 1. Default: `0.5`.
