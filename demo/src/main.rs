@@ -11,6 +11,7 @@
 
 mod load;
 mod procs;
+mod traces;
 
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -100,12 +101,19 @@ async fn demo(args: &Args, procs: &mut Vec<Proc>) -> anyhow::Result<()> {
         .replace(ENFORCE.0, DRYRUN.0)
         .replace(ENFORCE.1, DRYRUN.1);
     std::fs::write(&dry_path, dry)?;
-    for (name, path, admin) in [
-        ("sidecar (policies enforced)", args.config.clone(), ENFORCE.1),
-        ("sidecar (policies in DryRun)", dry_path.clone(), DRYRUN.1),
+    // The enforcing sidecar sends its traces to a receiver inside this demo.
+    let otlp = breakwater_fault::otlp::OtlpReceiver::start().await?;
+    let trace_env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), otlp.grpc_endpoint()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL".to_owned(), "grpc".to_owned()),
+        ("OTEL_SERVICE_NAME".to_owned(), "checkout".to_owned()),
+    ];
+    for (name, path, admin, env) in [
+        ("sidecar (policies enforced)", args.config.clone(), ENFORCE.1, &trace_env[..]),
+        ("sidecar (policies in DryRun)", dry_path.clone(), DRYRUN.1, &[][..]),
     ] {
         let a = vec!["run".into(), "--config".into(), path.display().to_string(), "--no-watch".into()];
-        procs.push(Proc::spawn(name, &sidecar, &a)?);
+        procs.push(Proc::spawn_with_env(name, &sidecar, &a, env)?);
         procs::wait_listening(addr(admin), name).await?;
     }
     println!(
@@ -174,6 +182,11 @@ async fn demo(args: &Args, procs: &mut Vec<Proc>) -> anyhow::Result<()> {
         failures("enforced", &r_on);
         println!();
     }
+    let spans = otlp
+        .wait_for(Duration::from_secs(5), |s| s.iter().any(|x| x.has_event("retry scheduled")))
+        .await
+        .unwrap_or_else(|s| s);
+    traces::show(&spans);
     println!(
         "Admin endpoints of the enforcing sidecar while it runs: http://{}/metrics /config /breakers",
         ENFORCE.1

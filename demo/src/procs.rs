@@ -13,8 +13,19 @@ pub struct Proc {
 impl Proc {
     /// Starts `bin` with `args`; `name` says what it is in errors.
     pub fn spawn(name: &str, bin: &PathBuf, args: &[String]) -> anyhow::Result<Self> {
+        Self::spawn_with_env(name, bin, args, &[])
+    }
+
+    /// [`Proc::spawn`] with extra environment variables.
+    pub fn spawn_with_env(
+        name: &str,
+        bin: &PathBuf,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> anyhow::Result<Self> {
         let child = Command::new(bin)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
