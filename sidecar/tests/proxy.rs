@@ -300,3 +300,18 @@ async fn admin_reports_liveness_readiness_metrics_and_config() {
     assert_eq!(svc["policies"][0]["effective"]["timeouts"]["request"], "2s");
     assert_eq!(svc["policies"][0]["effective"]["retries"]["attempts"], 2);
 }
+
+#[tokio::test]
+async fn idle_client_connections_are_closed() {
+    let up = fault("p").await;
+    let extra = "proxy: {clientIdleTimeout: 300ms}\n";
+    let sc = start(&sidecar_yaml(&service("payments", &[up.addr()]), None, extra)).await;
+    let mut s = tokio::net::TcpStream::connect(sc.outbound).await.expect("connect");
+    s.write_all(b"GET http://payments/ HTTP/1.1\r\nHost: payments\r\n\r\n").await.expect("write");
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(PATIENCE, s.read(&mut buf)).await.expect("answer in time").expect("read");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Then silence: the proxy closes the keep-alive connection.
+    let closed = tokio::time::timeout(PATIENCE, s.read(&mut buf)).await.expect("closed in time");
+    assert!(matches!(closed, Ok(0) | Err(_)), "the idle connection was closed");
+}

@@ -63,6 +63,8 @@ where
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(1024)
         .keep_alive_interval(Some(std::time::Duration::from_secs(60)));
+    let activity = super::idle::Activity::new();
+    let io = super::idle::Watched::new(io, activity.clone());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let result = tokio::select! {
@@ -70,6 +72,12 @@ where
         r = conn.as_mut() => r,
         // Draining: finish in-flight requests, close idle keep-alive at once.
         _ = drain.draining() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+        // No byte either way for clientIdleTimeout: close it (h2: GOAWAY).
+        _ = activity.idle_for(limits.client_idle_timeout) => {
+            tracing::debug!(timeout = ?limits.client_idle_timeout, "closing an idle client connection");
             conn.as_mut().graceful_shutdown();
             conn.await
         }

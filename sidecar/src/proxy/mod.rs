@@ -8,6 +8,7 @@ pub mod detect;
 pub mod error;
 mod forward;
 pub mod http;
+pub mod idle;
 pub mod listener;
 pub mod orig_dst;
 pub mod routes;
