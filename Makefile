@@ -20,7 +20,7 @@ demo: ## Run Breakwater locally: flaky services, a sidecar, the same load with t
 build: ## Build every crate and binary
 	$(CARGO) build --workspace --all-targets
 
-test: deps bench-tools k8s-bins fmt-check clippy crds-check unit ## Everything CI runs: format check, clippy, generated-file check, all tests
+test: deps bench-tools k8s-bins otelcol fmt-check clippy crds-check unit ## Everything CI runs: format check, clippy, generated-file check, all tests
 
 unit:
 	$(CARGO) build --workspace --bins
@@ -55,7 +55,10 @@ crds-check:
 
 # Tests against a real control plane (e2e/): etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler and helm, built from their Go modules once into $BREAKWATER_CACHE (~/.cache/breakwater).
-.PHONY: k8s-bins e2e
+.PHONY: k8s-bins e2e otelcol
+
+otelcol: ## Build the OpenTelemetry Collector for the trace end-to-end test (cached; needs go)
+	@bash e2e/gobuild/otelcol/build.sh
 
 k8s-bins: ## Build etcd, kube-apiserver, controller-manager, scheduler and helm from Go modules (cached; needs go)
 	@bash e2e/gobuild/build.sh
