@@ -144,7 +144,7 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<Rss> {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .with_context(|| format!("{path}: no {key} line"))
     };
-    Ok(Rss { now: kib("VmRSS:")?, peak: kib("VmHWM:")? })
+    Ok(Rss { now: kib("VmRSS:")?, peak: kib("VmHWM:")?, anon: kib("RssAnon:")?, file: kib("RssFile:")? })
 }
 
 /// Resident memory, KiB.
@@ -154,6 +154,10 @@ pub struct Rss {
     pub now: u64,
     /// `VmHWM`.
     pub peak: u64,
+    /// `RssAnon`: heap, stacks, written data.
+    pub anon: u64,
+    /// `RssFile`: pages of the binary and libraries mapped in (code, read-only data).
+    pub file: u64,
 }
 
 /// Resets `VmHWM` to the current RSS (Linux ≥ 4.0), so the next reading is this run's peak.

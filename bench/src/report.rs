@@ -37,6 +37,8 @@ pub struct Row {
     pub cpu_per_1000: Option<f64>,
     /// Cores the proxies kept busy.
     pub proxy_cores: Option<f64>,
+    /// Cores the load side (backend, oha, harness) kept busy.
+    pub load_cores: f64,
     /// Peak RSS of the largest proxy process, MB (10^6 bytes).
     pub peak_rss_mb: Option<f64>,
     /// Failed requests over every round (non-2xx answers and errors): should be 0.
@@ -52,6 +54,10 @@ pub struct IdleRow {
     pub setup: Setup,
     /// RSS of the largest proxy process once ready, MB.
     pub rss_mb: f64,
+    /// Of which anonymous memory (heap, stacks), MB.
+    pub anon_mb: f64,
+    /// Of which file-backed pages (the binary's and libraries' code), MB.
+    pub file_mb: f64,
 }
 
 /// One goal of the issue, measured.
@@ -134,6 +140,7 @@ impl Report {
                         p999_us: med(&|r| r.load.p999_us).unwrap_or(0.0),
                         cpu_per_1000: med_opt(&|r| r.cpu_per_1000()),
                         proxy_cores: med_opt(&|r| r.proxy_cores()),
+                        load_cores: med(&|r| r.load_cores).unwrap_or(0.0),
                         peak_rss_mb: med_opt(&|r| r.proxy_peak_rss_kib.map(|k| k as f64 / MB)),
                         failed: runs.iter().map(|r| r.load.failed).sum(),
                     });
@@ -143,14 +150,19 @@ impl Report {
         let mut idle = Vec::new();
         for &protocol in &plan.protocols {
             for &setup in &plan.setups {
-                let v: Vec<f64> = m
-                    .idle
-                    .iter()
-                    .filter(|i| i.protocol == protocol && i.setup == setup)
-                    .map(|i| i.rss_kib as f64 / MB)
-                    .collect();
-                if let Some(rss_mb) = median(v) {
-                    idle.push(IdleRow { protocol, setup, rss_mb });
+                let of = |f: fn(&crate::run::Idle) -> u64| {
+                    median(
+                        m.idle
+                            .iter()
+                            .filter(|i| i.protocol == protocol && i.setup == setup)
+                            .map(|i| f(i) as f64 / MB)
+                            .collect(),
+                    )
+                };
+                if let Some(rss_mb) = of(|i| i.rss_kib) {
+                    let anon_mb = of(|i| i.anon_kib).unwrap_or(0.0);
+                    let file_mb = of(|i| i.file_kib).unwrap_or(0.0);
+                    idle.push(IdleRow { protocol, setup, rss_mb, anon_mb, file_mb });
                 }
             }
         }
@@ -322,7 +334,7 @@ impl Report {
             for &p in &self.plan.protocols {
                 let _ = writeln!(
                     s,
-                    "\n## {} at {rate} requests/s ({} connections, {:.1} s per round)\n",
+                    "\n## {} at {rate} requests/s ({} connections, {:.2} s per round)\n",
                     p.label(),
                     self.plan.connections,
                     duration.as_secs_f64()
@@ -371,21 +383,24 @@ impl Report {
         if let Some(&(_, duration)) = self.plan.shapes.iter().find(|(s, _)| *s == Shape::Saturation) {
             let _ = writeln!(
                 s,
-                "\n## Saturation ({} connections, as fast as they go, {:.1} s per round)\n",
+                "\n## Saturation ({} connections, as fast as they go, {:.2} s per round)\n",
                 self.plan.connections,
                 duration.as_secs_f64()
             );
             let _ = writeln!(
                 s,
-                "*proxy cores*: CPU the proxies used ÷ wall time — near 1.0 per proxy process means the proxy \
-                 was the bottleneck; lower means the load generator and backend (sharing the other core) were.\n"
+                "*proxy cores*: CPU the proxies used ÷ wall time; *load cores*: the same for the backend, oha \
+                 and the harness, which share the load CPU. A proxy near 1.0 per process was the bottleneck; \
+                 load cores near 1.0 mean the load side was, and the throughput ratio then also reflects the \
+                 latency each proxy adds to the closed loop of {} connections.\n",
+                self.plan.connections
             );
             let _ = writeln!(
                 s,
-                "| protocol | setup | req/s | ×direct | ×HAProxy | proxy cores | CPU s/1000 req | CPU ×HAProxy | \
-                 peak RSS MB | failed |"
+                "| protocol | setup | req/s | ×direct | ×HAProxy | proxy cores | load cores | CPU s/1000 req | \
+                 CPU ×HAProxy | peak RSS MB | failed |"
             );
-            let _ = writeln!(s, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|");
+            let _ = writeln!(s, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
             for &p in &self.plan.protocols {
                 let d = self.row(p, Setup::Direct, Shape::Saturation);
                 let h = self.row(p, Setup::Haproxy, Shape::Saturation);
@@ -393,13 +408,14 @@ impl Report {
                     let Some(r) = self.row(p, setup, Shape::Saturation) else { continue };
                     let _ = writeln!(
                         s,
-                        "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+                        "| {} | {} | {:.0} | {} | {} | {} | {:.2} | {} | {} | {} | {} |",
                         p.label(),
                         setup.name(),
                         r.rps,
                         times(Some(r.rps), d.map(|d| d.rps)),
                         times(Some(r.rps), h.map(|h| h.rps)),
                         opt(r.proxy_cores, 2),
+                        r.load_cores,
                         opt(r.cpu_per_1000, 4),
                         times(r.cpu_per_1000, h.and_then(|h| h.cpu_per_1000)),
                         opt(r.peak_rss_mb, 1),
@@ -412,22 +428,32 @@ impl Report {
         let _ = writeln!(s, "\n## Idle memory\n");
         let _ = writeln!(
             s,
-            "RSS of the largest proxy process once started and ready (one request served), MB.\n"
+            "RSS of the largest proxy process once started and ready (one request served), MB, and what it \
+             is made of: *anon* (heap, stacks, written data) and *file* (pages of the binary and the libraries \
+             mapped in, which processes running the same binary share).\n"
         );
         let _ = write!(s, "| setup |");
         for p in &self.plan.protocols {
-            let _ = write!(s, " {} | ×HAProxy |", p.label());
+            let _ = write!(s, " {0} RSS | ×HAProxy | {0} anon | {0} file |", p.label());
         }
         let _ = write!(s, "\n|---|");
         for _ in &self.plan.protocols {
-            let _ = write!(s, "--:|--:|");
+            let _ = write!(s, "--:|--:|--:|--:|");
         }
         s.push('\n');
         for &setup in self.plan.setups.iter().filter(|s| s.hops() > 0) {
             let _ = write!(s, "| {} |", setup.name());
             for &p in &self.plan.protocols {
-                let v = self.idle_rss(p, setup);
-                let _ = write!(s, " {} | {} |", opt(v, 1), times(v, self.idle_rss(p, Setup::Haproxy)));
+                let row = self.idle.iter().find(|r| r.protocol == p && r.setup == setup);
+                let v = row.map(|r| r.rss_mb);
+                let _ = write!(
+                    s,
+                    " {} | {} | {} | {} |",
+                    opt(v, 1),
+                    times(v, self.idle_rss(p, Setup::Haproxy)),
+                    opt(row.map(|r| r.anon_mb), 1),
+                    opt(row.map(|r| r.file_mb), 1)
+                );
             }
             s.push('\n');
         }

@@ -55,6 +55,10 @@ pub struct Run {
     /// Cores kept busy by everything else on the machine during the run: all CPU time less the
     /// proxies', the backend's, the load generator's and the harness's. Near 0 on a quiet machine.
     pub other_cores: f64,
+    /// Cores kept busy by the load side (backend, load generator, harness) during the run: 1.0
+    /// per load CPU means the load side, not the proxy, limited a saturation run.
+    #[serde(default)]
+    pub load_cores: f64,
 }
 
 impl Run {
@@ -81,6 +85,12 @@ pub struct Idle {
     pub setup: Setup,
     /// The largest proxy process's `VmRSS`, KiB.
     pub rss_kib: u64,
+    /// Of which `RssAnon` (heap, stacks), KiB.
+    #[serde(default)]
+    pub anon_kib: u64,
+    /// Of which `RssFile` (the binary's and libraries' pages), KiB.
+    #[serde(default)]
+    pub file_kib: u64,
 }
 
 /// Everything measured.
@@ -154,11 +164,16 @@ async fn measure(
     let Case { round, protocol, setup, backend_pid } = case;
     let pids: Vec<u32> = running.proxies.iter().map(|p| p.pid()).collect();
     if !pids.is_empty() {
-        let mut rss = 0;
+        let mut largest: Option<procs::Rss> = None;
         for &pid in &pids {
-            rss = rss.max(procs::rss_kib(pid)?.now);
+            let r = procs::rss_kib(pid)?;
+            if largest.is_none_or(|l| r.now > l.now) {
+                largest = Some(r);
+            }
         }
-        m.idle.push(Idle { round, protocol, setup, rss_kib: rss });
+        if let Some(r) = largest {
+            m.idle.push(Idle { round, protocol, setup, rss_kib: r.now, anon_kib: r.anon, file_kib: r.file });
+        }
     }
     if !plan.warmup.is_zero() {
         let warm = plan.shapes.first().map_or(Shape::Fixed(1000), |(s, _)| *s);
@@ -180,6 +195,7 @@ async fn measure(
         let window = window.elapsed().as_secs_f64();
         let cpu_after = ticks(&pids)?;
         let ours_after = procs::cpu_ticks(backend_pid)? + procs::own_and_reaped_children_ticks()?;
+        let load_side = ours_after.saturating_sub(ours_before);
         let ours = (cpu_after + ours_after).saturating_sub(cpu_before + ours_before);
         let others = machine_after.saturating_sub(machine_before).saturating_sub(ours);
         let mut peak = None;
@@ -217,6 +233,7 @@ async fn measure(
             proxy_cpu_seconds: cpu_after.saturating_sub(cpu_before) as f64 / tick,
             proxy_peak_rss_kib: peak,
             other_cores: if window > 0.0 { others as f64 / tick / window } else { 0.0 },
+            load_cores: if window > 0.0 { load_side as f64 / tick / window } else { 0.0 },
         });
     }
     Ok(())
