@@ -124,12 +124,19 @@ fn init_tracing(log: Option<&str>, format: LogFormat, tracer: Option<opentelemet
         LogFormat::Text => fmt.boxed(),
         LogFormat::Json => fmt.json().boxed(),
     };
-    let otel = tracer.map(|t| {
-        tracing_opentelemetry::layer()
-            .with_tracer(t)
-            .with_filter(Targets::new().with_target("breakwater_sidecar", tracing::Level::DEBUG))
-    });
-    tracing_subscriber::registry().with(fmt.with_filter(filter)).with(otel).init();
+    let registry = tracing_subscriber::registry().with(fmt.with_filter(filter));
+    // Only a real layer: an `Option` layer that is `None` still marks every callsite enabled,
+    // and request spans would be built (and contexts extracted) for nothing.
+    match tracer {
+        Some(t) => registry
+            .with(
+                tracing_opentelemetry::layer()
+                    .with_tracer(t)
+                    .with_filter(Targets::new().with_target("breakwater_sidecar", tracing::Level::DEBUG)),
+            )
+            .init(),
+        None => registry.init(),
+    }
 }
 
 fn main() -> ExitCode {

@@ -6,7 +6,7 @@
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
-use http::{HeaderMap, HeaderValue, Request, Response, Uri, Version, header, uri::Authority};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, Version, header, uri::Authority};
 use http_body_util::BodyExt;
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{
@@ -54,9 +54,12 @@ where
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_headers(limits.max_headers)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true);
+    if limits.max_headers != 100 {
+        // hyper's default is 100; setting it explicitly makes every parse initialise the array.
+        builder.http1().max_headers(limits.max_headers);
+    }
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -354,9 +357,14 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
 /// removes hop-by-hop headers.
 fn prepare_request(req: &mut Request<ProxyBody>, upgrade: bool) {
     if req.uri().scheme().is_none() || req.uri().authority().is_none() {
-        let host = authority(req).map(|a| a.to_string()).unwrap_or_else(|| "localhost".to_owned());
-        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        if let Ok(uri) = Uri::try_from(format!("http://{host}{path}")) {
+        let authority = authority(req).unwrap_or_else(|| Authority::from_static("localhost"));
+        let mut parts = std::mem::take(req.uri_mut()).into_parts();
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = Some(authority);
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        if let Ok(uri) = Uri::from_parts(parts) {
             *req.uri_mut() = uri;
         }
     }
@@ -369,18 +377,22 @@ fn prepare_request(req: &mut Request<ProxyBody>, upgrade: bool) {
 /// Removes headers that belong to one connection only (RFC 9110 §7.6.1), keeping the upgrade
 /// handshake when one is under way and `te: trailers` (gRPC needs it).
 fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let listed: Vec<String> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !(t.is_empty() || (upgrade && t == "upgrade")))
-        .collect();
-    for name in listed {
-        headers.remove(name.as_str());
+    static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+    static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+    if headers.contains_key(header::CONNECTION) {
+        let listed: Vec<String> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|t| t.trim().to_ascii_lowercase())
+            .filter(|t| !(t.is_empty() || (upgrade && t == "upgrade")))
+            .collect();
+        for name in listed {
+            headers.remove(name.as_str());
+        }
     }
-    for name in ["keep-alive", "proxy-connection", "proxy-authorization", "transfer-encoding"] {
+    for name in [&KEEP_ALIVE, &PROXY_CONNECTION, &header::PROXY_AUTHORIZATION, &header::TRANSFER_ENCODING] {
         headers.remove(name);
     }
     if headers.get(header::TE).is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers")) {

@@ -122,9 +122,17 @@ pub fn request_id(headers: &mut HeaderMap) -> String {
     if let Some(id) = headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()) {
         return id.to_owned();
     }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes: [u8; 16] = rand::rng().random();
-    let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    if let Ok(v) = HeaderValue::from_str(&id) {
+    let mut id = [0u8; 32];
+    for (i, b) in bytes.iter().enumerate() {
+        id[2 * i] = HEX[usize::from(b >> 4)];
+        id[2 * i + 1] = HEX[usize::from(b & 0xf)];
+    }
+    let id = String::from_utf8_lossy(&id).into_owned();
+    if let Ok(mut v) = HeaderValue::from_str(&id) {
+        // A value never seen twice would only churn HTTP/2's header compression table.
+        v.set_sensitive(true);
         headers.insert(REQUEST_ID, v);
     }
     id

@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 use rand::Rng;
 use tokio::sync::{Semaphore, mpsc, watch};
 
-use super::{Observer, Published, Report, State, window::Window};
+use super::{Counts, Observer, Published, Report, State};
 
 /// A breaker's settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -27,11 +27,10 @@ pub(super) struct Machine {
     reports: mpsc::Receiver<Report>,
     publish: watch::Sender<Published>,
     observer: Observer,
-    window: Window,
-    consecutive: u32,
+    counts: Arc<Counts>,
     trips: u64,
     open_for: Duration,
-    /// The span of the call whose outcome is being processed (see `Report::Done`).
+    /// The span of the call that caused the pending state change (see `Report`).
     cause: Option<tracing::Span>,
 }
 
@@ -44,21 +43,36 @@ enum Next {
     Stop,
 }
 
+impl Settings {
+    /// Whether a run of `consecutive` failures, or the window's `(calls, failures)`, trips.
+    pub(super) fn trips(&self, consecutive: u32, window: impl FnOnce() -> (u64, u64)) -> bool {
+        if self.consecutive_failures.is_some_and(|n| consecutive >= n) {
+            return true;
+        }
+        if let Some((threshold, _, minimum)) = self.failure_rate {
+            let (calls, failures) = window();
+            if calls >= u64::from(minimum) && calls > 0 && failures as f64 / calls as f64 >= threshold {
+                return true;
+            }
+        }
+        false
+    }
+}
+
 impl Machine {
     pub(super) fn new(
         settings: Settings,
         reports: mpsc::Receiver<Report>,
         publish: watch::Sender<Published>,
         observer: Observer,
+        counts: Arc<Counts>,
     ) -> Self {
-        let window = Window::new(settings.failure_rate.map_or(Duration::from_secs(10), |(_, w, _)| w));
         Self {
             settings,
             reports,
             publish,
             observer,
-            window,
-            consecutive: 0,
+            counts,
             trips: 0,
             open_for: settings.open_duration,
             cause: None,
@@ -78,13 +92,12 @@ impl Machine {
     }
 
     fn publish(&mut self, state: State, probes: Option<Arc<Semaphore>>) {
-        let (calls, failures) = self.window.totals();
         let previous = self.publish.borrow().state;
         self.publish.send_replace(Published {
             state,
-            consecutive_failures: self.consecutive,
-            window_calls: calls,
-            window_failures: failures,
+            consecutive_failures: 0,
+            window_calls: 0,
+            window_failures: 0,
             trips: self.trips,
             open_duration_ms: u64::try_from(self.open_for.as_millis()).unwrap_or(u64::MAX),
             probes,
@@ -98,46 +111,22 @@ impl Machine {
         self.cause = None;
     }
 
-    fn tripped(&mut self) -> bool {
-        if self.settings.consecutive_failures.is_some_and(|n| self.consecutive >= n) {
-            return true;
-        }
-        if let Some((threshold, _, minimum)) = self.settings.failure_rate {
-            let (calls, failures) = self.window.totals();
-            if calls >= u64::from(minimum) && calls > 0 && failures as f64 / calls as f64 >= threshold {
-                return true;
-            }
-        }
-        false
-    }
-
-    /// Closed: admit everything; count outcomes until a trip rule fires.
+    /// Closed: admit everything; calls count their outcomes and report a trip.
     async fn closed(&mut self) -> Next {
-        self.consecutive = 0;
-        self.window.clear();
+        // The counts start empty; after a trip they restart from zero, in a new generation.
+        if self.trips > 0 {
+            self.counts.reset();
+        }
         self.publish(State::Closed, None);
         loop {
             // A closed channel means every handle is gone.
             let Some(report) = self.reports.recv().await else { return Next::Stop };
-            match report {
-                Report::Done { failed: false, span, .. } => {
-                    self.cause = Some(span);
-                    self.consecutive = 0;
-                    self.window.record(false);
-                }
-                Report::Done { failed: true, span, .. } => {
-                    self.cause = Some(span);
-                    self.consecutive += 1;
-                    self.window.record(true);
-                }
-                Report::Cancelled { .. } => continue,
-            }
-            if self.tripped() {
+            if let Report::Trip { span } = report {
+                self.cause = Some(span);
                 self.trips += 1;
                 return Next::Open;
             }
-            // Keep the counts on /breakers current.
-            self.publish(State::Closed, None);
+            // Late probe outcomes and cancellations say nothing while Closed.
         }
     }
 
@@ -151,8 +140,7 @@ impl Machine {
             tokio::select! {
                 // The open period is over: let probes through.
                 _ = tokio::time::sleep_until(until) => return Next::HalfOpen,
-                // Outcomes of calls admitted before the trip (or DryRun calls): drained, and
-                // a closed channel means stop.
+                // Late trips and outcomes are drained; a closed channel means stop.
                 r = self.reports.recv() => if r.is_none() { return Next::Stop },
             }
         }
@@ -168,17 +156,15 @@ impl Machine {
             // A closed channel means every handle is gone.
             let Some(report) = self.reports.recv().await else { return Next::Stop };
             match report {
-                // Outcomes of calls admitted before the breaker opened say nothing about now.
-                Report::Done { probe: false, .. } => {}
-                Report::Done { failed: false, probe: true, span } => {
-                    self.cause = Some(span);
+                Report::Probe { failed: false, span } => {
                     successes += 1;
                     if successes >= self.settings.half_open_probes {
+                        self.cause = Some(span);
                         self.open_for = self.settings.open_duration;
                         return Next::Closed;
                     }
                 }
-                Report::Done { failed: true, probe: true, span } => {
+                Report::Probe { failed: true, span } => {
                     self.cause = Some(span);
                     self.trips += 1;
                     self.open_for = (self.open_for * 2).min(self.settings.max_open_duration);
@@ -186,10 +172,9 @@ impl Machine {
                 }
                 // A probe that never finished: give its slot back.
                 Report::Cancelled { probe: true } => probes.add_permits(1),
-                Report::Cancelled { probe: false } => {}
+                // Trips from calls admitted before the breaker opened say nothing about now.
+                Report::Cancelled { probe: false } | Report::Trip { .. } => {}
             }
-            // No state change: let the call's span close.
-            self.cause = None;
         }
     }
 }

@@ -10,18 +10,23 @@
 //! It trips on either rule: `consecutive_failures` in a row, or a failure rate of at least
 //! `threshold` over a sliding `window` once `minimum_requests` were seen.
 //!
-//! As in linkerd2-proxy, the state machine is a task — an `async fn` per state, fed outcomes
-//! over a channel — and the request path only reads the published state and takes a probe
-//! permit in HalfOpen, so it never waits on a lock. A closed channel (every handle dropped,
-//! e.g. after a reload that changed the settings) stops the task.
+//! As in linkerd2-proxy, the state machine is a task — an `async fn` per state, fed over a
+//! channel — and the request path only reads the published state and takes a probe permit in
+//! HalfOpen, so it never waits on a lock. While Closed, calls count their own outcomes in
+//! atomics and message the task only when they cross a trip rule: a healthy service costs no
+//! message and no task wake-up per call. A closed channel (every handle dropped, e.g. after a
+//! reload that changed the settings) stops the task.
 
 mod layer;
 mod machine;
 mod window;
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU32, AtomicU64, Ordering},
+    },
+    time::Duration,
 };
 
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -87,15 +92,35 @@ pub struct Published {
     probes: Option<Arc<Semaphore>>,
 }
 
-/// A call's report to the breaker.
+/// What calls tell the state machine. While Closed, outcomes are counted on the request path
+/// ([`Counts`]) and only a trip is sent, so a healthy service costs no message per call.
 #[derive(Debug, Clone)]
 enum Report {
-    /// A finished call; `probe` when it was admitted as a half-open probe. `span` is the
-    /// call's span, kept open until the machine has seen the report, so that a state change
-    /// this call caused is recorded on it.
-    Done { failed: bool, probe: bool, span: tracing::Span },
-    /// The call ended without an outcome (cancelled): a half-open probe slot is given back.
+    /// A call's outcome crossed a trip rule. `span` is that call's span, kept open until the
+    /// machine has recorded the state change on it.
+    Trip { span: tracing::Span },
+    /// A half-open probe finished.
+    Probe { failed: bool, span: tracing::Span },
+    /// A call ended without an outcome (cancelled): a half-open probe slot is given back.
     Cancelled { probe: bool },
+}
+
+/// Closed-state counters, updated by the calls themselves.
+#[derive(Debug)]
+pub(crate) struct Counts {
+    consecutive: AtomicU32,
+    window: window::Window,
+    /// Bumped each time the breaker (re)enters Closed: outcomes of calls admitted before are
+    /// ignored.
+    generation: AtomicU64,
+}
+
+impl Counts {
+    fn reset(&self) {
+        self.consecutive.store(0, Ordering::Release);
+        self.window.clear();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 /// Observes state changes (metrics, logs, trace events).
@@ -107,7 +132,7 @@ pub struct Breaker {
     state: watch::Receiver<Published>,
     reports: mpsc::Sender<Report>,
     settings: Settings,
-    dropped_reports: Arc<AtomicU64>,
+    counts: Arc<Counts>,
 }
 
 impl std::fmt::Debug for Breaker {
@@ -122,18 +147,38 @@ impl std::fmt::Debug for Breaker {
 pub struct Permit {
     reports: Option<mpsc::Sender<Report>>,
     probe: bool,
-    dropped: Arc<AtomicU64>,
+    counts: Arc<Counts>,
+    settings: Settings,
+    generation: u64,
 }
 
 impl Permit {
     /// Reports the call's outcome: `failed` when it counts as a failure for this breaker.
     pub fn record(mut self, failed: bool) {
-        if let Some(tx) = self.reports.take()
-            && tx
-                .try_send(Report::Done { failed, probe: self.probe, span: tracing::Span::current() })
-                .is_err()
-        {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+        let Some(tx) = self.reports.take() else { return };
+        if self.probe {
+            let _ = tx.try_send(Report::Probe { failed, span: tracing::Span::current() });
+            return;
+        }
+        let c = &self.counts;
+        if c.generation.load(Ordering::Acquire) != self.generation {
+            return; // admitted before the breaker last opened: says nothing about now
+        }
+        c.window.record(failed);
+        let run = if failed {
+            c.consecutive.fetch_add(1, Ordering::AcqRel) + 1
+        } else {
+            c.consecutive.store(0, Ordering::Release);
+            // A success cannot complete a run of failures, but it can complete the minimum
+            // number of calls the failure-rate rule waits for.
+            if self.settings.failure_rate.is_none() {
+                return;
+            }
+            0
+        };
+        if self.settings.trips(run, || c.window.totals()) {
+            // Full queue: the machine is busy, and a later failure will report the trip again.
+            let _ = tx.try_send(Report::Trip { span: tracing::Span::current() });
         }
     }
 
@@ -145,15 +190,16 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        if let Some(tx) = self.reports.take() {
-            let _ = tx.try_send(Report::Cancelled { probe: self.probe });
+        if let Some(tx) = self.reports.take()
+            && self.probe
+        {
+            let _ = tx.try_send(Report::Cancelled { probe: true });
         }
     }
 }
 
-/// Outcomes queued for the state machine; beyond this they are dropped (and counted), never
-/// waited for.
-const REPORT_QUEUE: usize = 4096;
+/// Messages queued for the state machine; beyond this they are dropped, never waited for.
+const REPORT_QUEUE: usize = 1024;
 
 impl Breaker {
     /// Starts a breaker task with `settings`, calling `observer` on every state change.
@@ -168,9 +214,14 @@ impl Breaker {
             open_duration_ms: u64::try_from(settings.open_duration.as_millis()).unwrap_or(u64::MAX),
             probes: None,
         };
+        let counts = Arc::new(Counts {
+            consecutive: AtomicU32::new(0),
+            window: window::Window::new(settings.failure_rate.map_or(Duration::from_secs(10), |(_, w, _)| w)),
+            generation: AtomicU64::new(0),
+        });
         let (state_tx, state_rx) = watch::channel(initial);
-        tokio::spawn(machine::Machine::new(settings, rx, state_tx, observer).run());
-        Self { state: state_rx, reports: tx, settings, dropped_reports: Arc::new(AtomicU64::new(0)) }
+        tokio::spawn(machine::Machine::new(settings, rx, state_tx, observer, counts.clone()).run());
+        Self { state: state_rx, reports: tx, settings, counts }
     }
 
     /// The settings it runs with.
@@ -185,7 +236,12 @@ impl Breaker {
 
     /// State and counts, for `/breakers`.
     pub fn snapshot(&self) -> Published {
-        self.state.borrow().clone()
+        let mut p = self.state.borrow().clone();
+        if p.state == State::Closed {
+            p.consecutive_failures = self.counts.consecutive.load(Ordering::Acquire);
+            (p.window_calls, p.window_failures) = self.counts.window.totals();
+        }
+        p
     }
 
     /// Whether a call would be admitted now (no probe slot is taken).
@@ -198,29 +254,37 @@ impl Breaker {
         }
     }
 
+    fn permit(&self, probe: bool) -> Permit {
+        Permit {
+            reports: Some(self.reports.clone()),
+            probe,
+            counts: self.counts.clone(),
+            settings: self.settings,
+            generation: self.counts.generation.load(Ordering::Acquire),
+        }
+    }
+
     /// Admits a call, or refuses it with [`CircuitOpen`].
     pub fn try_admit(&self) -> Result<Permit, CircuitOpen> {
-        let s = self.state.borrow();
-        let probe = match s.state {
-            State::Closed => false,
-            State::Open => return Err(CircuitOpen),
-            State::HalfOpen => {
-                let probes = s.probes.as_ref().ok_or(CircuitOpen)?;
-                probes.try_acquire().map_err(|_| CircuitOpen)?.forget();
-                true
+        let probe = {
+            let s = self.state.borrow();
+            match s.state {
+                State::Closed => false,
+                State::Open => return Err(CircuitOpen),
+                State::HalfOpen => {
+                    let probes = s.probes.as_ref().ok_or(CircuitOpen)?;
+                    probes.try_acquire().map_err(|_| CircuitOpen)?.forget();
+                    true
+                }
             }
         };
-        Ok(Permit { reports: Some(self.reports.clone()), probe, dropped: self.dropped_reports.clone() })
+        Ok(self.permit(probe))
     }
 
     /// Admits a call whatever the state (DryRun): the outcome still drives the state machine,
     /// so what the breaker *would* do stays visible.
     pub fn admit_anyway(&self) -> Permit {
-        self.try_admit().unwrap_or_else(|CircuitOpen| Permit {
-            reports: Some(self.reports.clone()),
-            probe: false,
-            dropped: self.dropped_reports.clone(),
-        })
+        self.try_admit().unwrap_or_else(|CircuitOpen| self.permit(false))
     }
 }
 

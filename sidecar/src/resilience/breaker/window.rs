@@ -1,66 +1,81 @@
-//! A sliding window of call outcomes, in ten buckets, on tokio's clock.
+//! A sliding window of call outcomes in ten buckets of atomics, on tokio's clock: the request
+//! path records into it without a lock or a message.
 
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
 
 use tokio::time::Instant;
 
-const BUCKETS: u32 = 10;
+const BUCKETS: usize = 10;
+
+#[derive(Debug, Default)]
+struct Bucket {
+    /// Which slice of time (in bucket widths since `base`) the counts belong to.
+    epoch: AtomicU64,
+    calls: AtomicU64,
+    failures: AtomicU64,
+}
 
 /// Calls and failures over the last `window`.
 #[derive(Debug)]
 pub struct Window {
-    width: Duration,
-    buckets: [(u64, u64); BUCKETS as usize],
-    /// Start of the bucket at `head`.
-    head_start: Instant,
-    head: usize,
+    base: Instant,
+    width_ms: u64,
+    buckets: [Bucket; BUCKETS],
 }
 
 impl Window {
     /// An empty window of `window` length.
     pub fn new(window: Duration) -> Self {
-        Self {
-            width: window / BUCKETS,
-            buckets: [(0, 0); BUCKETS as usize],
-            head_start: Instant::now(),
-            head: 0,
-        }
+        let width_ms = u64::try_from((window / BUCKETS as u32).as_millis()).unwrap_or(u64::MAX).max(1);
+        Self { base: Instant::now(), width_ms, buckets: Default::default() }
     }
 
-    fn rotate(&mut self) {
-        let now = Instant::now();
-        let mut steps = 0;
-        while now.duration_since(self.head_start) >= self.width && steps <= BUCKETS {
-            self.head = (self.head + 1) % BUCKETS as usize;
-            self.buckets[self.head] = (0, 0);
-            self.head_start += self.width;
-            steps += 1;
-        }
-        if steps > BUCKETS {
-            // Idle for longer than the window: everything expired.
-            self.head_start = now;
-        }
+    fn epoch(&self) -> u64 {
+        // +1 so that epoch 0 means "never used".
+        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX) / self.width_ms + 1
     }
 
     /// Records an outcome.
-    pub fn record(&mut self, failed: bool) {
-        self.rotate();
-        let b = &mut self.buckets[self.head];
-        b.0 += 1;
+    pub fn record(&self, failed: bool) {
+        let epoch = self.epoch();
+        let b = &self.buckets[(epoch as usize) % BUCKETS];
+        let seen = b.epoch.load(Ordering::Acquire);
+        if seen != epoch && b.epoch.compare_exchange(seen, epoch, Ordering::AcqRel, Ordering::Acquire).is_ok()
+        {
+            // This bucket's slice of time is over: start it afresh. A record racing with the
+            // reset may be lost, which a sliding estimate tolerates.
+            b.calls.store(0, Ordering::Release);
+            b.failures.store(0, Ordering::Release);
+        }
+        b.calls.fetch_add(1, Ordering::AcqRel);
         if failed {
-            b.1 += 1;
+            b.failures.fetch_add(1, Ordering::AcqRel);
         }
     }
 
     /// `(calls, failures)` in the window.
-    pub fn totals(&mut self) -> (u64, u64) {
-        self.rotate();
-        self.buckets.iter().fold((0, 0), |(c, f), b| (c + b.0, f + b.1))
+    pub fn totals(&self) -> (u64, u64) {
+        let now = self.epoch();
+        self.buckets
+            .iter()
+            .filter(|b| {
+                let e = b.epoch.load(Ordering::Acquire);
+                e != 0 && now.saturating_sub(e) < BUCKETS as u64
+            })
+            .fold((0, 0), |(c, f), b| {
+                (c + b.calls.load(Ordering::Acquire), f + b.failures.load(Ordering::Acquire))
+            })
     }
 
     /// Forgets everything.
-    pub fn clear(&mut self) {
-        self.buckets = [(0, 0); BUCKETS as usize];
-        self.head_start = Instant::now();
+    pub fn clear(&self) {
+        for b in &self.buckets {
+            b.epoch.store(0, Ordering::Release);
+            b.calls.store(0, Ordering::Release);
+            b.failures.store(0, Ordering::Release);
+        }
     }
 }

@@ -84,6 +84,12 @@ where
     type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if self.permit.is_none() && self.acquiring.is_none() {
+            // Fast path: a free slot, without allocating a wait.
+            if let Some(p) = self.layer.bulkhead.try_acquire() {
+                self.permit = Some(p);
+            }
+        }
         if self.permit.is_none() {
             let acquiring = self.acquiring.get_or_insert_with(|| {
                 let b = self.layer.bulkhead.clone();

@@ -96,6 +96,15 @@ impl Bulkhead {
         self.queued.load(Ordering::Acquire)
     }
 
+    /// Takes a free slot, if there is one, without waiting.
+    pub fn try_acquire(&self) -> Option<Permit> {
+        self.slots
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .map(|slot| Permit { _slot: Some(slot), waited: Duration::ZERO })
+    }
+
     /// Takes a slot: at once if one is free, else after waiting in the queue (if there is room
     /// in it) for at most `max_queue_wait`.
     pub async fn acquire(&self) -> Result<Permit, BulkheadFull> {
