@@ -20,7 +20,7 @@ demo: ## Run Breakwater locally: flaky services, a sidecar, the same load with t
 build: ## Build every crate and binary
 	$(CARGO) build --workspace --all-targets
 
-test: deps bench-tools k8s-bins otelcol fmt-check clippy crds-check unit ## Everything CI runs: format check, clippy, generated-file check, all tests
+test: deps haproxy k8s-bins otelcol fmt-check clippy crds-check unit ## Everything CI runs: format check, clippy, generated-file check, all tests
 
 unit:
 	$(CARGO) build --workspace --bins
@@ -71,16 +71,18 @@ e2e: deps k8s-bins ## Only the tests against a real control plane (e2e/)
 # (1 hop, 1 hop with every policy layer, 2 hops), over HTTP/1.1 and h2c; ratios in bench/results/.
 # The load generator, oha, is built once from crates.io into $BREAKWATER_CACHE/tools; HAProxy comes
 # from Debian's packages. `make test` needs both too: it runs the harness's smoke test.
-.PHONY: bench bench-tools
+.PHONY: bench bench-tools haproxy
 BENCH_TOOLS := $(or $(BREAKWATER_CACHE),$(HOME)/.cache/breakwater)/tools
 OHA_VERSION := 1.16.0
 OHA := $(BENCH_TOOLS)/oha-$(OHA_VERSION)/bin/oha
 
-bench-tools: ## Install what make bench needs: HAProxy (Debian) and oha 1.16.0 (crates.io, built once into the cache)
+haproxy: ## Install HAProxy from Debian's packages if missing (the bench compares with it)
 	@command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || { \
 	  echo "installing: haproxy"; \
 	  if [ "$$(id -u)" != 0 ]; then echo "need root to install haproxy" >&2; exit 1; fi; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy; }
+
+bench-tools: haproxy ## Install what make bench needs: HAProxy (Debian) and oha 1.16.0 (crates.io, built once into the cache)
 	@[ -x $(OHA) ] || $(CARGO) install oha --locked --version $(OHA_VERSION) --root $(BENCH_TOOLS)/oha-$(OHA_VERSION)
 
 bench: deps bench-tools ## Measure the sidecar against no proxy and HAProxy (about 8 minutes); writes bench/results/

@@ -72,8 +72,8 @@ impl Shape {
 /// The load generator and how it is run.
 #[derive(Debug, Clone)]
 pub struct LoadGen {
-    /// The `oha` binary.
-    pub oha: PathBuf,
+    /// The `oha` binary; `None`: the harness's own small generator (`--smoke` in `make test`).
+    pub oha: Option<PathBuf>,
     /// CPUs it runs on (`taskset -c`).
     pub cpus: String,
     /// Its tokio worker threads (one per CPU it has).
@@ -155,15 +155,18 @@ impl LoadGen {
         shape: Shape,
         duration: Duration,
     ) -> anyhow::Result<LoadResult> {
+        let Some(oha) = &self.oha else {
+            return crate::builtin::run(entry, protocol, shape, duration, self.connections).await;
+        };
         let args = self.args(entry, protocol, shape, duration);
-        let child = crate::procs::pinned(&self.cpus, &self.oha)
+        let child = crate::procs::pinned(&self.cpus, oha)
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("cannot start {}", self.oha.display()))?;
+            .with_context(|| format!("cannot start {}", oha.display()))?;
         let out = tokio::time::timeout(duration + Duration::from_secs(30), child.wait_with_output())
             .await
             .with_context(|| format!("oha did not finish within {duration:?} + 30s: killed"))??;
@@ -172,11 +175,11 @@ impl LoadGen {
                 "oha failed ({}): {}\n  command: {} {}",
                 out.status,
                 String::from_utf8_lossy(&out.stderr).trim(),
-                self.oha.display(),
+                oha.display(),
                 args.join(" ")
             );
         }
-        parse(&out.stdout).with_context(|| format!("cannot read oha's JSON summary: {}", self.oha.display()))
+        parse(&out.stdout).with_context(|| format!("cannot read oha's JSON summary: {}", oha.display()))
     }
 }
 
@@ -249,6 +252,9 @@ pub fn parse(json: &[u8]) -> anyhow::Result<LoadResult> {
 
 /// `oha --version`, or why not.
 pub fn version(oha: &Path) -> String {
+    if !oha.is_file() {
+        return format!("{} (breakwater-bench's own, for smoke runs)", oha.display());
+    }
     std::process::Command::new(oha)
         .arg("--version")
         .output()

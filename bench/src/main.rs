@@ -13,6 +13,7 @@
 
 #![forbid(unsafe_code)]
 
+mod builtin;
 mod load;
 mod machine;
 mod plot;
@@ -81,6 +82,10 @@ struct Args {
     /// Exercise the harness: one round, 200 rps and saturation for 0.15 s each, 4 connections.
     #[arg(long)]
     smoke: bool,
+    /// Use the harness's own small load generator instead of oha (for smoke runs: its numbers
+    /// are not comparable with oha's).
+    #[arg(long)]
+    builtin_load: bool,
 }
 
 // One thread: the harness mostly waits, and the children's parent-death signal is tied to the
@@ -125,7 +130,8 @@ async fn bench(args: &Args, backend_slot: &mut Option<Proc>) -> anyhow::Result<(
     let sidecar =
         existing(bin_dir.join("breakwater-sidecar"), "cargo build --release -p breakwater-sidecar")?;
     let fault = existing(bin_dir.join("breakwater-fault"), "cargo build --release -p breakwater-fault")?;
-    let oha = find_oha(args.oha.clone())?;
+    let oha = if args.builtin_load { None } else { Some(find_oha(args.oha.clone())?) };
+    let oha_label = oha.as_ref().map_or_else(|| PathBuf::from(BUILTIN), Clone::clone);
     let haproxy = find_haproxy(&args.haproxy)?;
     for tool in ["taskset", "setpriv"] {
         if which(tool).is_none() {
@@ -194,7 +200,7 @@ async fn bench(args: &Args, backend_slot: &mut Option<Proc>) -> anyhow::Result<(
         threads: load_threads,
         connections: args.connections,
     };
-    let machine = machine::Machine::gather(&sidecar, &oha, &haproxy, pinning);
+    let machine = machine::Machine::gather(&sidecar, &oha_label, &haproxy, pinning);
     eprintln!(
         "{} rounds × {} protocols × {} setups; shapes: {}",
         plan.rounds,
@@ -211,7 +217,7 @@ async fn bench(args: &Args, backend_slot: &mut Option<Proc>) -> anyhow::Result<(
         for &(shape, d) in &plan.shapes {
             let a = load.args(([127, 0, 0, 1], 0).into(), p, shape, d).join(" ");
             let a = a.replace("127.0.0.1:0", "127.0.0.1:$PORT");
-            load_commands.push(format!("taskset -c {load_cpus} {} {a}", oha.display()));
+            load_commands.push(format!("taskset -c {load_cpus} {} {a}", oha_label.display()));
         }
     }
     let report = report::Report::new(machine, plan, measurements, load_commands);
@@ -235,6 +241,9 @@ fn existing(path: PathBuf, how: &str) -> anyhow::Result<PathBuf> {
     }
     Ok(path)
 }
+
+/// How reports name the built-in generator.
+const BUILTIN: &str = "builtin-load-generator";
 
 /// oha: `--oha`, else where `make bench-tools` installs it, else the PATH.
 fn find_oha(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {

@@ -18,6 +18,8 @@ fn color(setup: Setup) -> RGBColor {
         Setup::Bw1Hop => RGBColor(30, 100, 200),
         Setup::Bw1HopPolicy => RGBColor(40, 160, 80),
         Setup::Bw2Hop => RGBColor(150, 60, 170),
+        Setup::Bw1HopTrace100 => RGBColor(200, 40, 60),
+        Setup::Bw1HopTrace1 => RGBColor(230, 150, 160),
     }
 }
 

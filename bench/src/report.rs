@@ -194,7 +194,8 @@ impl Report {
                     protocol,
                     value,
                     unit: unit.to_owned(),
-                    met: value.map(ok),
+                    // "report" rows measure without a goal: no verdict.
+                    met: if target == "report" { None } else { value.map(ok) },
                 });
             };
             let direct = row(Setup::Direct, at_1000);
@@ -268,6 +269,22 @@ impl Report {
             goal("throughput cost of the full policy vs none (saturation)", "≤ 5 %", "%", cost, |v| {
                 v <= 5.0
             });
+            // Tracing (issue 7): reported, with no goal of its own beyond "off costs nothing".
+            for (setup, what) in [(Setup::Bw1HopTrace100, "100 %"), (Setup::Bw1HopTrace1, "1 %")] {
+                let cost = ratio(sat(setup), sat(Setup::Bw1Hop)).map(|r| (1.0 - r) * 100.0);
+                goal(
+                    &format!("throughput cost of tracing {what} of requests vs off (saturation)"),
+                    "report",
+                    "%",
+                    cost,
+                    |_| true,
+                );
+                let p50 = match (row(setup, at_1000), row(Setup::Bw1Hop, at_1000)) {
+                    (Some(t), Some(off)) => Some(t.p50_us - off.p50_us),
+                    _ => None,
+                };
+                goal(&format!("p50 added by tracing {what} at 1000 rps"), "report", "µs", p50, |_| true);
+            }
         }
         goals
     }
@@ -321,6 +338,7 @@ impl Report {
                         (Some(v), Some(met)) => {
                             format!("{} {}", fmt_unit(v, &x.unit), if met { "✅ met" } else { "❌ missed" })
                         }
+                        (Some(v), None) => fmt_unit(v, &x.unit),
                         _ => "not measured".to_owned(),
                     },
                 );

@@ -8,6 +8,8 @@
 //! | `bw-1hop` | oha → sidecar outbound (explicit mode) → backend, no policy |
 //! | `bw-1hop-policy` | the same with timeouts, retries with a budget, a breaker and a bulkhead, none triggering |
 //! | `bw-2hop` | oha → client sidecar outbound → server sidecar inbound → backend (the mesh path) |
+//! | `bw-1hop-trace100` | `bw-1hop` exporting a trace of every request (OTLP/HTTP to the backend, which discards it) |
+//! | `bw-1hop-trace1` | the same, sampling 1% of requests |
 //!
 //! The proxies run on the proxy CPU, one event loop each (a sidecar's tokio runtime sizes itself
 //! from its CPU affinity: one worker; HAProxy gets `nbthread 1`), so each proxy has what a
@@ -44,12 +46,25 @@ pub enum Setup {
     /// Client sidecar outbound → server sidecar inbound, no policy.
     #[serde(rename = "bw-2hop")]
     Bw2Hop,
+    /// One sidecar, no policy, tracing every request.
+    #[serde(rename = "bw-1hop-trace100")]
+    Bw1HopTrace100,
+    /// One sidecar, no policy, tracing 1% of requests.
+    #[serde(rename = "bw-1hop-trace1")]
+    Bw1HopTrace1,
 }
 
 impl Setup {
     /// Every setup, in report order.
-    pub const ALL: [Setup; 5] =
-        [Setup::Direct, Setup::Haproxy, Setup::Bw1Hop, Setup::Bw1HopPolicy, Setup::Bw2Hop];
+    pub const ALL: [Setup; 7] = [
+        Setup::Direct,
+        Setup::Haproxy,
+        Setup::Bw1Hop,
+        Setup::Bw1HopPolicy,
+        Setup::Bw2Hop,
+        Setup::Bw1HopTrace100,
+        Setup::Bw1HopTrace1,
+    ];
 
     /// Short name (JSON, plot legend, `--setups`).
     pub fn name(self) -> &'static str {
@@ -59,6 +74,8 @@ impl Setup {
             Setup::Bw1Hop => "bw-1hop",
             Setup::Bw1HopPolicy => "bw-1hop-policy",
             Setup::Bw2Hop => "bw-2hop",
+            Setup::Bw1HopTrace100 => "bw-1hop-trace100",
+            Setup::Bw1HopTrace1 => "bw-1hop-trace1",
         }
     }
 
@@ -66,7 +83,11 @@ impl Setup {
     pub fn hops(self) -> u32 {
         match self {
             Setup::Direct => 0,
-            Setup::Haproxy | Setup::Bw1Hop | Setup::Bw1HopPolicy => 1,
+            Setup::Haproxy
+            | Setup::Bw1Hop
+            | Setup::Bw1HopPolicy
+            | Setup::Bw1HopTrace100
+            | Setup::Bw1HopTrace1 => 1,
             Setup::Bw2Hop => 2,
         }
     }
@@ -134,6 +155,14 @@ pub async fn start(env: &Env, setup: Setup, protocol: Protocol, round: usize) ->
             let policy = setup == Setup::Bw1HopPolicy;
             let (p, l, cmd) =
                 sidecar(env, &format!("{tag}-client"), |l| client_config(l, env.backend, policy)).await?;
+            Running { entry: l.outbound, proxies: vec![p], commands: vec![cmd] }
+        }
+        Setup::Bw1HopTrace100 | Setup::Bw1HopTrace1 => {
+            let ratio = if setup == Setup::Bw1HopTrace100 { 1.0 } else { 0.01 };
+            let (p, l, cmd) = sidecar(env, &format!("{tag}-client"), |l| {
+                client_config(l, env.backend, false) + &tracing_section(env.backend, ratio)
+            })
+            .await?;
             Running { entry: l.outbound, proxies: vec![p], commands: vec![cmd] }
         }
         Setup::Bw2Hop => {
@@ -274,6 +303,15 @@ services:
         doc.push_str(FULL_POLICY);
     }
     doc
+}
+
+/// Tracing on, sampling `ratio` of the requests, exported over OTLP/HTTP to `sink` (the backend,
+/// which answers any POST and drops the body: the bench prices producing and sending spans, not a
+/// collector). Appended to the SidecarConfig document.
+fn tracing_section(sink: SocketAddr, ratio: f64) -> String {
+    format!(
+        "telemetry:\n  endpoint: \"http://{sink}\"\n  protocol: http/protobuf\n  sampler: traceidratio\n  samplerArg: {ratio}\n"
+    )
 }
 
 /// Every policy layer, generous enough that none triggers: the bench prices the layers, not

@@ -2,9 +2,10 @@
 //! for a fraction of a second and writes its report. Nothing here looks at a timing.
 //!
 //! It uses the debug `breakwater-sidecar` and `breakwater-fault` beside the test's own binary
-//! (`make test` builds them first with `cargo build --workspace --bins`), HAProxy and oha
-//! (`make test` installs them through `make bench-tools`). When one is missing the test fails
-//! and says which: it never skips.
+//! (`make test` builds them first with `cargo build --workspace --bins`) and HAProxy (`make test`
+//! installs it through `make haproxy`). The load comes from the harness's own small generator:
+//! oha, which real runs use, takes CI minutes to build from crates.io. When something is missing
+//! the test fails and says which: it never skips.
 
 use std::process::Command;
 
@@ -13,7 +14,7 @@ fn smoke_run_measures_every_setup_and_writes_the_report() {
     let exe = env!("CARGO_BIN_EXE_breakwater-bench");
     let out = tempfile::tempdir().expect("a temporary directory");
     let run = Command::new(exe)
-        .args(["--smoke", "--out"])
+        .args(["--smoke", "--builtin-load", "--out"])
         .arg(out.path())
         .output()
         .expect("breakwater-bench starts");
@@ -38,8 +39,8 @@ fn smoke_run_measures_every_setup_and_writes_the_report() {
     )
     .expect("bench.json is JSON");
     let rows = json["rows"].as_array().expect("rows");
-    // 5 setups × 2 protocols × (200 rps + saturation).
-    assert_eq!(rows.len(), 20, "one row per setup, protocol and shape");
+    // 7 setups × 2 protocols × (200 rps + saturation).
+    assert_eq!(rows.len(), 28, "one row per setup, protocol and shape");
     for row in rows {
         let what = format!("{} {} {}", row["setup"], row["protocol"], row["shape"]);
         assert_eq!(row["failed"], 0, "{what}: requests failed");
@@ -51,7 +52,7 @@ fn smoke_run_measures_every_setup_and_writes_the_report() {
     }
     assert_eq!(
         json["idle"].as_array().map(Vec::len),
-        Some(8),
-        "idle memory of the 4 proxied setups × 2 protocols"
+        Some(12),
+        "idle memory of the 6 proxied setups × 2 protocols"
     );
 }
