@@ -246,3 +246,45 @@ async fn an_unreachable_collector_never_slows_or_fails_a_request() {
     }
     drop(blackhole);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sampling_follows_the_caller_and_the_ratio() {
+    let otlp = OtlpReceiver::start().await.expect("receiver");
+    let up = fault(Faults::default()).await;
+    let mut env = traced(&otlp.grpc_endpoint(), "grpc");
+    env.push(("OTEL_TRACES_SAMPLER", "parentbased_traceidratio".to_owned()));
+    env.push(("OTEL_TRACES_SAMPLER_ARG", "0".to_owned()));
+    let sc = start_traced(&config(&[up.addr()], "  timeouts: {request: 5s}\n"), &env);
+    // Ratio 0: requests without a context are not recorded...
+    for _ in 0..20 {
+        assert_eq!(get(sc.outbound, "http://payments/").await.status, 200);
+    }
+    // ...a caller's sampled context is followed...
+    let sampled = "11111111111111111111111111111111";
+    let req = Request::get("/")
+        .header("host", "payments")
+        .header("traceparent", format!("00-{sampled}-00f067aa0ba902b7-01"));
+    assert_eq!(http1(sc.outbound, req.body(Full::new(Bytes::new())).expect("req")).await.status, 200);
+    // ...and so is an unsampled one, whose headers pass through untouched.
+    let unsampled = "22222222222222222222222222222222";
+    let req = Request::get("/")
+        .header("host", "payments")
+        .header("traceparent", format!("00-{unsampled}-00f067aa0ba902b7-00"));
+    assert_eq!(http1(sc.outbound, req.body(Full::new(Bytes::new())).expect("req")).await.status, 200);
+
+    let spans = otlp
+        .wait_for(WAIT, |s| s.iter().any(|x| x.trace_id == sampled && x.name.starts_with("attempt")))
+        .await
+        .unwrap_or_else(|s| panic!("the sampled caller's trace never arrived: {s:#?}"));
+    assert!(
+        spans.iter().all(|s| s.trace_id == sampled),
+        "only the sampled caller's trace is recorded: {spans:#?}"
+    );
+    let seen = up.stats().seen().await;
+    let last = seen.last().expect("requests");
+    assert_eq!(
+        last.headers.get("traceparent").map(String::as_str),
+        Some(format!("00-{unsampled}-00f067aa0ba902b7-00").as_str()),
+        "an unrecorded request carries the caller's context unchanged"
+    );
+}

@@ -361,7 +361,12 @@ impl Service<HttpRequest> for AttemptService {
 
     fn call(&mut self, req: HttpRequest) -> Self::Future {
         let target = self.target.clone();
-        let span = spans::attempt(req.attempt);
+        // An attempt span only inside a recorded request.
+        let span = if tracing::Span::current().is_disabled() {
+            tracing::Span::none()
+        } else {
+            spans::attempt(req.attempt)
+        };
         Box::pin(
             async move {
                 let result = attempt(&target, req).await;

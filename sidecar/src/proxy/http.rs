@@ -107,7 +107,12 @@ async fn handle(mut req: Request<Incoming>, ctx: &ConnContext) -> Response<Proxy
             None => Err("this sidecar has no inbound application configured".to_owned()),
         },
     };
-    let span = request_span(ctx.direction, &req, &dest, &request_id, grpc);
+    // Spans only for requests the sampler records (always none with tracing off).
+    let span = if telemetry::sampling::record(req.headers()) {
+        request_span(ctx.direction, &req, &dest, &request_id, grpc)
+    } else {
+        tracing::Span::none()
+    };
     let work = async {
         match dest {
             Ok(Dest::Target(target, _port)) => forward_to_target(target, req, grpc, start).await,

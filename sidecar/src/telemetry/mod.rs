@@ -14,6 +14,7 @@
 
 pub mod processor;
 pub mod propagation;
+pub mod sampling;
 pub mod spans;
 
 use std::{
@@ -24,10 +25,7 @@ use std::{
 
 use opentelemetry::{KeyValue, trace::TracerProvider as _};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig as _};
-use opentelemetry_sdk::{
-    Resource,
-    trace::{Sampler, SdkTracerProvider},
-};
+use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
 use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 
@@ -193,16 +191,9 @@ impl Resolved {
         Ok(Self { endpoint, protocol, service_name, resource, sampler, ratio })
     }
 
-    fn sampler(&self) -> Sampler {
-        let ratio = Sampler::TraceIdRatioBased(self.ratio);
-        match self.sampler.as_str() {
-            "always_on" => Sampler::AlwaysOn,
-            "always_off" => Sampler::AlwaysOff,
-            "traceidratio" => ratio,
-            "parentbased_always_off" => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
-            "parentbased_traceidratio" => Sampler::ParentBased(Box::new(ratio)),
-            _ => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
-        }
+    /// The request-path sampling policy (see [`sampling`]).
+    fn sampling(&self) -> sampling::Policy {
+        sampling::Policy::from_name(&self.sampler, self.ratio)
     }
 }
 
@@ -273,9 +264,11 @@ impl Telemetry {
         let processor =
             processor::BoundedBatchProcessor::start(exporter, processor::Limits::default(), counters.clone());
         let flusher = processor.flusher();
+        let sampling = settings.sampling();
+        sampling.install();
         let provider = SdkTracerProvider::builder()
             .with_span_processor(processor)
-            .with_sampler(settings.sampler())
+            .with_sampler(sampling.sdk_sampler())
             .with_resource(resource)
             .build();
         let tracer = provider.tracer("breakwater-sidecar");
