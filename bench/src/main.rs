@@ -67,7 +67,9 @@ struct Args {
     /// Connections the load generator uses.
     #[arg(long, default_value_t = 64)]
     connections: u32,
-    /// Setups to run (default: all): direct, haproxy, bw-1hop, bw-1hop-policy, bw-2hop.
+    /// Setups to run (default: all): direct, haproxy, bw-1hop, bw-1hop-policy, bw-2hop,
+    /// bw-1hop-trace100, bw-1hop-trace1 (tracing every request / 1 % of them, exported over
+    /// OTLP/HTTP to the backend, which discards it).
     #[arg(long, value_delimiter = ',')]
     setups: Vec<String>,
     /// Protocols to run (default: both): http1, h2c.
