@@ -11,7 +11,7 @@ export CARGO_TERM_COLOR ?= never
 SYSTEM_TOOLS := ip:iproute2 iptables-restore:iptables curl:curl setpriv:util-linux
 
 help: ## List the targets
-	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
 demo: ## Run Breakwater locally: flaky services, a sidecar, the same load with the policy off and on
 	$(CARGO) build --release -p breakwater-sidecar -p breakwater-fault -p breakwater-demo
@@ -71,7 +71,7 @@ e2e: deps k8s-bins ## Only the tests against a real control plane (e2e/)
 # (1 hop, 1 hop with every policy layer, 2 hops), over HTTP/1.1 and h2c; ratios in bench/results/.
 # The load generator, oha, is built once from crates.io into $BREAKWATER_CACHE/tools; HAProxy comes
 # from Debian's packages. `make test` needs both too: it runs the harness's smoke test.
-.PHONY: bench bench-tools haproxy
+.PHONY: bench bench-tools bench-build bench-instructions haproxy
 BENCH_TOOLS := $(or $(BREAKWATER_CACHE),$(HOME)/.cache/breakwater)/tools
 OHA_VERSION := 1.16.0
 OHA := $(BENCH_TOOLS)/oha-$(OHA_VERSION)/bin/oha
@@ -82,9 +82,20 @@ haproxy: ## Install HAProxy from Debian's packages if missing (the bench compare
 	  if [ "$$(id -u)" != 0 ]; then echo "need root to install haproxy" >&2; exit 1; fi; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy; }
 
-bench-tools: haproxy ## Install what make bench needs: HAProxy (Debian) and oha 1.16.0 (crates.io, built once into the cache)
+bench-tools: haproxy ## Install what make bench needs: HAProxy and valgrind (Debian), oha 1.16.0 (crates.io, built once into the cache)
+	@command -v valgrind >/dev/null 2>&1 || { \
+	  echo "installing: valgrind"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "need root to install valgrind" >&2; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind; }
 	@[ -x $(OHA) ] || $(CARGO) install oha --locked --version $(OHA_VERSION) --root $(BENCH_TOOLS)/oha-$(OHA_VERSION)
 
-bench: deps bench-tools ## Measure the sidecar against no proxy and HAProxy (about 8 minutes); writes bench/results/
-	$(CARGO) build --release -p breakwater-sidecar -p breakwater-fault -p breakwater-bench
-	./target/release/breakwater-bench --oha $(OHA) --out bench/results $(BENCH_ARGS)
+# The proxies are measured as they ship: the `dist` profile (fat LTO, one codegen unit).
+bench-build:
+	$(CARGO) build --profile dist -p breakwater-sidecar -p breakwater-fault
+	$(CARGO) build --release -p breakwater-bench
+
+bench: deps bench-tools bench-build ## Measure the sidecar against no proxy and HAProxy (about 12 minutes); writes bench/results/
+	./target/release/breakwater-bench --bin-dir target/dist --oha $(OHA) --out bench/results $(BENCH_ARGS)
+
+bench-instructions: deps bench-tools bench-build ## Count instructions per request of each proxy under callgrind (about 6 minutes; steady where timings are not)
+	./target/release/breakwater-bench --instructions --bin-dir target/dist --oha $(OHA) --out bench/results $(BENCH_ARGS)

@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 mod builtin;
+mod instructions;
 mod load;
 mod machine;
 mod plot;
@@ -88,6 +89,21 @@ struct Args {
     /// are not comparable with oha's).
     #[arg(long)]
     builtin_load: bool,
+    /// Instead of timing, count the user-space instructions each proxy executes per request,
+    /// under valgrind's callgrind (steady on a shared machine, where wall-clock figures move by
+    /// ±15 %). Writes instructions.md and instructions.json in --out.
+    #[arg(long)]
+    instructions: bool,
+    /// Requests counted per setup with --instructions (after --instructions-warmup more).
+    #[arg(long, default_value_t = 10_000)]
+    instructions_requests: u64,
+    /// Requests sent before counting starts with --instructions (fills the connection pools).
+    #[arg(long, default_value_t = 2_000)]
+    instructions_warmup: u64,
+    /// Keep callgrind's dumps (one per proxy, `callgrind.<pid>.<n>`) in this directory, for
+    /// `callgrind_annotate`; by default they go with the run's temporary directory.
+    #[arg(long)]
+    callgrind_dir: Option<PathBuf>,
 }
 
 // One thread: the harness mostly waits, and the children's parent-death signal is tied to the
@@ -185,7 +201,7 @@ async fn bench(args: &Args, backend_slot: &mut Option<Proc>) -> anyhow::Result<(
     let backend_addr = procs::free_port()?;
     let backend_args = vec!["--listen".to_owned(), backend_addr.to_string()];
     let mut b = Proc::spawn("backend", &load_cpus, &fault, &backend_args, dir.path())?;
-    b.wait_listening(backend_addr).await?;
+    b.wait_listening(backend_addr, Duration::from_secs(10)).await?;
     let backend_pid = b.pid();
     *backend_slot = Some(b);
 
@@ -195,7 +211,56 @@ async fn bench(args: &Args, backend_slot: &mut Option<Proc>) -> anyhow::Result<(
         proxy_cpus,
         backend: backend_addr,
         dir: dir.path().into(),
+        wrap: match (&args.instructions, &args.callgrind_dir) {
+            (false, _) => Vec::new(),
+            (true, Some(d)) => {
+                std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+                instructions::wrapper(&std::path::absolute(d)?)
+            }
+            (true, None) => instructions::wrapper(dir.path()),
+        },
     };
+    if args.instructions {
+        let Some(oha) = &oha else { bail!("--instructions needs oha, not --builtin-load") };
+        for tool in ["valgrind", "callgrind_control"] {
+            if which(tool).is_none() {
+                bail!("{tool} is missing: install valgrind (`make bench-tools` does)");
+            }
+        }
+        let counting = instructions::Counting {
+            env: &env,
+            oha,
+            load_cpus: &load_cpus,
+            connections: args.connections,
+            warmup: args.instructions_warmup,
+            requests: args.instructions_requests,
+        };
+        let dumps = args.callgrind_dir.clone().unwrap_or_else(|| dir.path().into());
+        let counted = instructions::run(&counting, &dumps, &plan.protocols, &plan.setups).await?;
+        let machine = machine::Machine::gather(&sidecar, &oha_label, &haproxy, pinning);
+        let header = format!(
+            "{}, commit {}, {} ({}), {}. Each proxy under `valgrind --tool=callgrind --instr-atstart=no`; \
+             {} requests over {} connections from oha to warm up, then counting on \
+             (`callgrind_control -i on`) for exactly {} requests, then dumped. All threads of every proxy \
+             of the setup; kernel time is not included.",
+            machine.date,
+            machine.commit,
+            machine.sidecar,
+            machine.cpu,
+            machine.haproxy,
+            args.instructions_warmup,
+            args.connections,
+            args.instructions_requests
+        );
+        let md = instructions::markdown(&counted, &header);
+        std::fs::create_dir_all(&args.out)
+            .with_context(|| format!("cannot create {}", args.out.display()))?;
+        std::fs::write(args.out.join("instructions.md"), &md)?;
+        std::fs::write(args.out.join("instructions.json"), serde_json::to_string_pretty(&counted)?)?;
+        println!("{md}");
+        eprintln!("wrote {}", args.out.join("instructions.md").display());
+        return Ok(());
+    }
     let load = LoadGen {
         oha: oha.clone(),
         cpus: load_cpus.clone(),

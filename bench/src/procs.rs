@@ -85,9 +85,10 @@ impl Proc {
         lines[lines.len().saturating_sub(15)..].join("\n")
     }
 
-    /// Waits until `addr` accepts connections (10 s at most), failing early if the process exits.
-    pub async fn wait_listening(&mut self, addr: SocketAddr) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    /// Waits until `addr` accepts connections (`within` at most), failing early if the process
+    /// exits.
+    pub async fn wait_listening(&mut self, addr: SocketAddr, within: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + within;
         while tokio::time::Instant::now() < deadline {
             self.check_alive()?;
             if TcpStream::connect(addr).await.is_ok() {
@@ -95,7 +96,11 @@ impl Proc {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        bail!("{} did not listen on {addr} within 10s; its log ends with:\n{}", self.name, self.log_tail())
+        bail!(
+            "{} did not listen on {addr} within {within:?}; its log ends with:\n{}",
+            self.name,
+            self.log_tail()
+        )
     }
 
     /// Kills the process and waits for it.

@@ -114,6 +114,31 @@ pub struct Env {
     pub backend: SocketAddr,
     /// Configuration files and logs.
     pub dir: PathBuf,
+    /// A program (and its arguments) every proxy runs under, e.g. valgrind for `--instructions`;
+    /// empty for none. Start-up then gets [`WRAPPED_STARTUP`] instead of 10 s.
+    pub wrap: Vec<String>,
+}
+
+/// How long a proxy under a wrapper (valgrind) may take to start.
+pub const WRAPPED_STARTUP: std::time::Duration = std::time::Duration::from_secs(120);
+
+impl Env {
+    /// Starts `program args` on the proxy CPUs, under the wrapper when there is one.
+    fn spawn_proxy(&self, tag: &str, program: &Path, args: &[String]) -> anyhow::Result<Proc> {
+        match self.wrap.split_first() {
+            None => Proc::spawn(tag, &self.proxy_cpus, program, args, &self.dir),
+            Some((wrapper, wrap_args)) => {
+                let mut all = wrap_args.to_vec();
+                all.push(program.display().to_string());
+                all.extend_from_slice(args);
+                Proc::spawn(tag, &self.proxy_cpus, Path::new(wrapper), &all, &self.dir)
+            }
+        }
+    }
+
+    fn startup(&self) -> std::time::Duration {
+        if self.wrap.is_empty() { std::time::Duration::from_secs(10) } else { WRAPPED_STARTUP }
+    }
 }
 
 /// A setup, started.
@@ -146,8 +171,8 @@ pub async fn start(env: &Env, setup: Setup, protocol: Protocol, round: usize) ->
             let cfg = env.dir.join(format!("{tag}.cfg"));
             write(&cfg, &haproxy_config(entry, env.backend, protocol))?;
             let args = vec!["-db".to_owned(), "-f".to_owned(), cfg.display().to_string()];
-            let mut p = Proc::spawn(&tag, &env.proxy_cpus, &env.haproxy, &args, &env.dir)?;
-            p.wait_listening(entry).await?;
+            let mut p = env.spawn_proxy(&tag, &env.haproxy, &args)?;
+            p.wait_listening(entry, env.startup()).await?;
             let cmd = command(&env.proxy_cpus, &env.haproxy, &args);
             Running { entry, proxies: vec![p], commands: vec![cmd] }
         }
@@ -233,15 +258,15 @@ async fn sidecar(
     write(&path, &config(&l))?;
     let args: Vec<String> =
         ["run", "--config", &path.display().to_string(), "--no-watch"].map(String::from).into();
-    let mut p = Proc::spawn(tag, &env.proxy_cpus, &env.sidecar, &args, &env.dir)?;
-    p.wait_listening(l.admin).await?;
-    wait_ready(&mut p, l.admin).await?;
+    let mut p = env.spawn_proxy(tag, &env.sidecar, &args)?;
+    p.wait_listening(l.admin, env.startup()).await?;
+    wait_ready(&mut p, l.admin, env.startup()).await?;
     Ok((p, l, command(&env.proxy_cpus, &env.sidecar, &args)))
 }
 
-/// Waits for the admin `/ready` to answer 200 (10 s at most).
-async fn wait_ready(p: &mut Proc, admin: SocketAddr) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+/// Waits for the admin `/ready` to answer 200 (`within` at most).
+async fn wait_ready(p: &mut Proc, admin: SocketAddr, within: std::time::Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + within;
     while tokio::time::Instant::now() < deadline {
         p.check_alive()?;
         if matches!(procs::probe(admin, "/ready", "admin").await, Ok(200)) {
@@ -249,7 +274,7 @@ async fn wait_ready(p: &mut Proc, admin: SocketAddr) -> anyhow::Result<()> {
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    bail!("{} was not ready within 10s; its log ends with:\n{}", p.name(), p.log_tail())
+    bail!("{} was not ready within {within:?}; its log ends with:\n{}", p.name(), p.log_tail())
 }
 
 fn write(path: &Path, text: &str) -> anyhow::Result<()> {

@@ -11,7 +11,6 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
 use std::{
-    any::Any,
     collections::VecDeque,
     pin::Pin,
     task::{Context, Poll},
@@ -22,30 +21,31 @@ use http_body_util::BodyExt;
 
 /// A body that keeps something alive (a bulkhead slot, an in-flight mark) until the body ends
 /// or is dropped — what "the call is over" means for a streamed response.
-pub struct Guarded {
+pub struct Guarded<G> {
     inner: ProxyBody,
-    guards: Vec<Box<dyn Any + Send>>,
+    guard: Option<G>,
 }
 
-impl Guarded {
-    /// Wraps `inner`, holding `guard`.
-    pub fn wrap(inner: ProxyBody, guard: Box<dyn Any + Send>) -> ProxyBody {
-        Self { inner, guards: vec![guard] }.boxed_unsync()
+impl<G: Send + Unpin + 'static> Guarded<G> {
+    /// Wraps `inner`, holding `guard` (one allocation: the box of the result).
+    pub fn wrap(inner: ProxyBody, guard: G) -> ProxyBody {
+        Self { inner, guard: Some(guard) }.boxed_unsync()
     }
 }
 
-impl Body for Guarded {
+impl<G: Unpin> Body for Guarded<G> {
     type Data = Bytes;
     type Error = BoxError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if let Poll::Ready(None) = polled {
             // The body ended: release now rather than when the connection drops it.
-            self.guards.clear();
+            this.guard = None;
         }
         polled
     }
@@ -57,6 +57,11 @@ impl Body for Guarded {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// An empty body; boxing it allocates nothing (every part of it is zero-sized).
+pub fn empty() -> ProxyBody {
+    http_body_util::Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync()
 }
 
 /// Frames already read, followed by the rest of a body.

@@ -6,13 +6,15 @@
 //! response, because gRPC clients ignore HTTP statuses.
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 
 use super::body::ProxyBody;
 
 /// The header that names why Breakwater answered.
-pub const ERROR_HEADER: &str = "breakwater-error";
+pub const ERROR_HEADER: HeaderName = HeaderName::from_static("breakwater-error");
+/// gRPC's status, in headers (trailers-only responses) or trailers.
+pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// Why Breakwater answered instead of the upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -78,7 +80,7 @@ impl Refusal {
             builder = builder
                 .status(StatusCode::OK)
                 .header(header::CONTENT_TYPE, "application/grpc")
-                .header("grpc-status", HeaderValue::from(u16::from(self.grpc_status())))
+                .header(GRPC_STATUS, HeaderValue::from(u16::from(self.grpc_status())))
                 .header("grpc-message", grpc_message(self, detail));
             Bytes::new()
         } else {

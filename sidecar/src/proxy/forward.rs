@@ -31,7 +31,7 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 use super::{
     balance,
     body::{BoxError, Buffered, Chain, Guarded, ProxyBody},
-    error::{ERROR_HEADER, Refusal},
+    error::{ERROR_HEADER, GRPC_STATUS, Refusal},
     http::{AttemptError, forward_once},
     routes::Target,
 };
@@ -83,6 +83,7 @@ pub struct HttpRequest {
 impl HttpRequest {
     fn into_http(mut self) -> Option<Request<ProxyBody>> {
         let body = match &self.replay {
+            Some(frames) if frames.is_empty() => super::body::empty(),
             Some(frames) => Chain::wrap(frames.iter().filter_map(clone_frame).collect(), None),
             None => self.stream.take()?,
         };
@@ -154,10 +155,7 @@ impl RetryResponse for HttpResponse {
 impl AttachPermit for HttpResponse {
     fn attach_permit(self, permit: Permit) -> Self {
         let (parts, body) = self.inner.into_parts();
-        Self {
-            inner: Response::from_parts(parts, Guarded::wrap(body, Box::new(permit))),
-            outcome: self.outcome,
-        }
+        Self { inner: Response::from_parts(parts, Guarded::wrap(body, permit)), outcome: self.outcome }
     }
 }
 
@@ -288,19 +286,20 @@ pub async fn call(target: &Arc<Target>, req: Request<ProxyBody>, grpc: bool) -> 
     let inner =
         ServiceBuilder::new().option_layer(breaker_layer).option_layer(bulkhead_layer).service(attempt);
 
-    let timeout = TimeoutLayer::new(target.request_timeout, enforce, observer.clone());
+    // No layer at all without a deadline (its future would still be boxed).
+    let timeout = target.request_timeout.map(|t| TimeoutLayer::new(Some(t), enforce, observer.clone()));
     let result = match retry {
         Some((settings, budget)) => {
             let o: Arc<dyn crate::resilience::retry::RetryObserver> = observer.clone();
             let policy =
                 RetryPolicy::for_call(settings.clone(), budget.clone(), o, classify_error, enforce, deadline);
             let svc = ServiceBuilder::new()
-                .layer(timeout)
+                .option_layer(timeout)
                 .layer(tower::retry::RetryLayer::new(policy))
                 .service(inner);
             svc.oneshot(request).await
         }
-        None => ServiceBuilder::new().layer(timeout).service(inner).oneshot(request).await,
+        None => ServiceBuilder::new().option_layer(timeout).service(inner).oneshot(request).await,
     };
     match result {
         Ok(resp) => resp.inner,
@@ -367,16 +366,19 @@ impl Service<HttpRequest> for AttemptService {
         } else {
             spans::attempt(req.attempt)
         };
+        if span.is_disabled() {
+            return Box::pin(async move { attempt(&target, req).await });
+        }
         Box::pin(
             async move {
                 let result = attempt(&target, req).await;
                 let span = tracing::Span::current();
-                if !span.is_disabled() {
+                {
                     match &result {
                         Ok(r) => {
                             let failure = r.outcome.failure.map(|f| f.reason());
                             span.record("breakwater.outcome", failure.unwrap_or("ok"));
-                            let status = r.inner.headers().get("grpc-status").and_then(|v| v.to_str().ok());
+                            let status = r.inner.headers().get(GRPC_STATUS).and_then(|v| v.to_str().ok());
                             spans::record_response(&span, r.inner.status().as_u16(), failure, status);
                         }
                         Err(e) => {
@@ -509,7 +511,7 @@ fn classify_response(resp: &Response<ProxyBody>, target: &Target) -> Outcome {
         target.resilience.retry.as_ref().map(|(s, _)| s.statuses.as_slice()).unwrap_or_default();
     let grpc_status = resp
         .headers()
-        .get("grpc-status")
+        .get(GRPC_STATUS)
         .or_else(|| resp.extensions().get::<GrpcTrailerStatus>().map(|t| &t.0))
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u8>().ok());
@@ -535,14 +537,14 @@ struct GrpcTrailerStatus(HeaderValue);
 /// the trailers can decide a retry — unary gRPC puts the status there. A streaming response is
 /// passed on as a stream.
 async fn read_grpc_trailers(resp: Response<ProxyBody>) -> Response<ProxyBody> {
-    if resp.headers().contains_key("grpc-status") {
+    if resp.headers().contains_key(GRPC_STATUS) {
         return resp; // trailers-only response: the status is in the headers
     }
     let (mut parts, body) = resp.into_parts();
     match super::body::buffer(body, GRPC_TRAILER_BUFFER, BUFFER_IDLE).await {
         Buffered::Whole(frames) => {
             if let Some(status) =
-                frames.iter().filter_map(Frame::trailers_ref).find_map(|t| t.get("grpc-status"))
+                frames.iter().filter_map(Frame::trailers_ref).find_map(|t| t.get(GRPC_STATUS))
             {
                 parts.extensions.insert(GrpcTrailerStatus(status.clone()));
             }

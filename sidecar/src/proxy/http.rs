@@ -95,7 +95,9 @@ async fn handle(mut req: Request<Incoming>, ctx: &ConnContext) -> Response<Proxy
     let published = ctx.store.load();
     let routes = &published.routes;
     let grpc = is_grpc(&req);
-    let request_id = telemetry::propagation::request_id(req.headers_mut());
+    telemetry::propagation::ensure_request_id(req.headers_mut());
+    // Absolute form once, here: routing, spans and the upstream request all read this authority.
+    absolute_uri(&mut req);
     let dest = match ctx.direction {
         Direction::Outbound => route_outbound(routes, &req, ctx.orig_dst),
         Direction::Inbound => match &routes.inbound {
@@ -109,7 +111,7 @@ async fn handle(mut req: Request<Incoming>, ctx: &ConnContext) -> Response<Proxy
     };
     // Spans only for requests the sampler records (always none with tracing off).
     let span = if telemetry::sampling::record(req.headers()) {
-        request_span(ctx.direction, &req, &dest, &request_id, grpc)
+        request_span(ctx.direction, &req, &dest, grpc)
     } else {
         tracing::Span::none()
     };
@@ -138,10 +140,13 @@ async fn handle(mut req: Request<Incoming>, ctx: &ConnContext) -> Response<Proxy
             }
         }
     };
+    if span.is_disabled() {
+        return work.await;
+    }
     let resp = work.instrument(span.clone()).await;
-    if !span.is_disabled() {
+    {
         let error = resp.headers().get(super::ERROR_HEADER).and_then(|v| v.to_str().ok());
-        let grpc_status = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok());
+        let grpc_status = resp.headers().get(super::GRPC_STATUS).and_then(|v| v.to_str().ok());
         spans::record_response(&span, resp.status().as_u16(), error, grpc_status);
     }
     resp
@@ -152,10 +157,9 @@ fn request_span(
     direction: Direction,
     req: &Request<Incoming>,
     dest: &Result<Dest<'_>, String>,
-    request_id: &str,
     grpc: bool,
 ) -> tracing::Span {
-    let authority = authority(req);
+    let authority = req.uri().authority();
     let (service, policy, mode) = match dest {
         Ok(Dest::Target(t, _)) => (
             t.service.to_string(),
@@ -170,12 +174,12 @@ fn request_span(
         method: req.method(),
         uri: req.uri(),
         version: req.version(),
-        host: authority.as_ref().map_or("", |a| a.host()),
-        port: authority.as_ref().and_then(|a| a.port_u16()),
+        host: authority.map_or("", |a| a.host()),
+        port: authority.and_then(|a| a.port_u16()),
         service: &service,
         policy: &policy,
         mode,
-        request_id,
+        request_id: telemetry::propagation::request_id(req.headers()),
         grpc,
     };
     match direction {
@@ -203,7 +207,9 @@ fn route_outbound<'a>(
             None => Dest::Passthrough(dst),
         });
     }
-    let authority = authority(req)
+    let authority = req
+        .uri()
+        .authority()
         .ok_or_else(|| "the request names no host (no Host header or absolute URI)".to_owned())?;
     let port = authority.port_u16();
     let route = routes
@@ -358,20 +364,34 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
+/// Gives an origin-form request (HTTP/1) the absolute URI its `Host` header implies, which is
+/// what routing reads and the client needs. Without a host the URI stays as it is.
+fn absolute_uri<B>(req: &mut Request<B>) {
+    if req.uri().scheme().is_some() && req.uri().authority().is_some() {
+        return;
+    }
+    let Some(authority) = authority(req) else { return };
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(authority);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
+}
+
 /// Gives the request an absolute URI (what the client needs) while keeping its authority, and
 /// removes hop-by-hop headers.
 fn prepare_request(req: &mut Request<ProxyBody>, upgrade: bool) {
-    if req.uri().scheme().is_none() || req.uri().authority().is_none() {
-        let authority = authority(req).unwrap_or_else(|| Authority::from_static("localhost"));
+    absolute_uri(req);
+    if req.uri().authority().is_none() {
         let mut parts = std::mem::take(req.uri_mut()).into_parts();
         parts.scheme = Some(http::uri::Scheme::HTTP);
-        parts.authority = Some(authority);
+        parts.authority = Some(Authority::from_static("localhost"));
         if parts.path_and_query.is_none() {
             parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
         }
-        if let Ok(uri) = Uri::from_parts(parts) {
-            *req.uri_mut() = uri;
-        }
+        *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
     }
     if req.version() == Version::HTTP_10 {
         *req.version_mut() = Version::HTTP_11;

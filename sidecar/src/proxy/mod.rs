@@ -15,6 +15,6 @@ pub mod routes;
 pub mod tcp;
 
 pub use self::{
-    error::{ERROR_HEADER, Refusal},
+    error::{ERROR_HEADER, GRPC_STATUS, Refusal},
     routes::Routes,
 };

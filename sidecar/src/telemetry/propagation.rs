@@ -17,8 +17,9 @@ use opentelemetry::{
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use rand::Rng;
 
-/// The correlation ID header.
-pub const REQUEST_ID: &str = "x-request-id";
+/// The correlation ID header (a `HeaderName`: a `&str` would be parsed, and copied on insert,
+/// for every request).
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 static EXTRACT: LazyLock<TextMapCompositePropagator> = LazyLock::new(|| {
     TextMapCompositePropagator::new(vec![
@@ -117,10 +118,10 @@ pub fn inject(cx: &Context, headers: &mut HeaderMap) {
     INJECT.inject_context(cx, &mut HeadersMut(headers));
 }
 
-/// The request's correlation ID, set on the request when it had none.
-pub fn request_id(headers: &mut HeaderMap) -> String {
-    if let Some(id) = headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()) {
-        return id.to_owned();
+/// Gives the request a correlation ID when it has none.
+pub fn ensure_request_id(headers: &mut HeaderMap) {
+    if headers.contains_key(REQUEST_ID) {
+        return;
     }
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes: [u8; 16] = rand::rng().random();
@@ -129,13 +130,16 @@ pub fn request_id(headers: &mut HeaderMap) -> String {
         id[2 * i] = HEX[usize::from(b >> 4)];
         id[2 * i + 1] = HEX[usize::from(b & 0xf)];
     }
-    let id = String::from_utf8_lossy(&id).into_owned();
-    if let Ok(mut v) = HeaderValue::from_str(&id) {
+    if let Ok(mut v) = HeaderValue::from_bytes(&id) {
         // A value never seen twice would only churn HTTP/2's header compression table.
         v.set_sensitive(true);
         headers.insert(REQUEST_ID, v);
     }
-    id
+}
+
+/// The request's correlation ID (after [`ensure_request_id`]).
+pub fn request_id(headers: &HeaderMap) -> &str {
+    headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
 #[cfg(test)]
@@ -173,9 +177,14 @@ mod tests {
     #[test]
     fn keeps_or_generates_the_request_id() {
         let mut h = HeaderMap::new();
-        let id = request_id(&mut h);
+        ensure_request_id(&mut h);
+        let id = request_id(&h).to_owned();
         assert_eq!(id.len(), 32);
-        assert_eq!(h.get(REQUEST_ID).and_then(|v| v.to_str().ok()), Some(id.as_str()));
-        assert_eq!(request_id(&mut h), id, "an existing ID is kept");
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+        ensure_request_id(&mut h);
+        assert_eq!(request_id(&h), id, "an existing ID is kept");
+        let mut other = HeaderMap::new();
+        ensure_request_id(&mut other);
+        assert_ne!(request_id(&other), id, "a new request gets a new ID");
     }
 }
