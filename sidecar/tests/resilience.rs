@@ -100,6 +100,30 @@ async fn a_slow_upstream_is_cut_at_the_request_timeout_retries_included() {
 }
 
 #[tokio::test]
+async fn a_retry_goes_to_an_endpoint_the_call_has_not_tried() {
+    // One pod always answers 503, the other never; no breaker, so the failing pod stays in the
+    // set and keeps getting first attempts. With two attempts, every call must still succeed:
+    // a retry to the pod that just failed would fail again.
+    let failing = fault(Faults { name: "failing".into(), fail_rate: 1.0, ..Default::default() }).await;
+    let healthy = fault(Faults { name: "healthy".into(), ..Default::default() }).await;
+    let spec = "  retries: {attempts: 2, backoff: {base: 1ms, max: 2ms}, budget: {ratio: 1.0, minPerSecond: 1000}}\n";
+    let sc = sidecar_with(&[failing.addr(), healthy.addr()], spec).await;
+    let calls = 40;
+    for _ in 0..calls {
+        let got = get(sc.outbound, "http://payments/").await;
+        assert_eq!(got.status, 200, "the retry went to the other pod");
+        assert_eq!(got.header("x-served-by"), Some("healthy"));
+    }
+    let first_attempts_to_failing = failing.stats().requests();
+    assert!(first_attempts_to_failing > 0, "the failing pod was tried (else this proves nothing)");
+    assert_eq!(
+        healthy.stats().requests(),
+        calls,
+        "each call reached the healthy pod exactly once: first try or the retry"
+    );
+}
+
+#[tokio::test]
 async fn a_dead_endpoint_trips_its_breaker_and_traffic_moves_to_the_healthy_one() {
     let healthy = fault(Faults { name: "healthy".into(), ..Default::default() }).await;
     let dead = closed_port().await;
