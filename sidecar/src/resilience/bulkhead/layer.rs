@@ -81,7 +81,7 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
+    type Future = AttachFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         if self.permit.is_none() && self.acquiring.is_none() {
@@ -119,8 +119,34 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         let permit = self.permit.take().expect("poll_ready must be called first");
-        let fut = self.inner.call(req);
-        Box::pin(async move { fut.await.map(|r| r.attach_permit(permit)) })
+        AttachFuture { inner: self.inner.call(req), permit: Some(permit) }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The call; its response gets the permit (a named future: this is on every request's path).
+    pub struct AttachFuture<F> {
+        #[pin]
+        inner: F,
+        permit: Option<Permit>,
+    }
+}
+
+impl<F, T> Future for AttachFuture<F>
+where
+    F: Future<Output = Result<T, BoxError>>,
+    T: AttachPermit,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        // Without a permit (polled again after completing) the response just goes without one.
+        Poll::Ready(match this.permit.take() {
+            Some(permit) => result.map(|r| r.attach_permit(permit)),
+            None => result,
+        })
     }
 }
 

@@ -83,33 +83,65 @@ pub struct Timeout<S> {
 impl<S, Req> Service<Req> for Timeout<S>
 where
     S: Service<Req, Error = BoxError>,
-    S::Future: Send + 'static,
-    S::Response: Send + 'static,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
+    type Future = TimeoutFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let fut = self.inner.call(req);
-        let Some(limit) = self.layer.limit else { return Box::pin(fut) };
-        let (enforce, observer) = (self.layer.enforce, self.layer.observer.clone());
-        Box::pin(async move {
-            tokio::pin!(fut);
-            tokio::select! {
-                // The call finished in time.
-                r = &mut fut => r,
-                // The deadline passed first.
-                _ = tokio::time::sleep(limit) => {
-                    observer.timed_out(limit, enforce);
-                    if enforce { Err(Elapsed(limit).into()) } else { fut.await }
-                }
+        TimeoutFuture {
+            inner: self.inner.call(req),
+            sleep: self.layer.limit.map(tokio::time::sleep),
+            layer: self.layer.clone(),
+            fired: false,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A call under a deadline (a named future rather than a boxed one: this is on every
+    /// request's path).
+    pub struct TimeoutFuture<F> {
+        #[pin]
+        inner: F,
+        // None: no deadline.
+        #[pin]
+        sleep: Option<tokio::time::Sleep>,
+        layer: TimeoutLayer,
+        // The deadline passed (DryRun goes on after reporting it once).
+        fired: bool,
+    }
+}
+
+impl<F, T> Future for TimeoutFuture<F>
+where
+    F: Future<Output = Result<T, BoxError>>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        // The call finished in time.
+        if let Poll::Ready(r) = this.inner.poll(cx) {
+            return Poll::Ready(r);
+        }
+        if !*this.fired
+            && let Some(sleep) = this.sleep.as_pin_mut()
+            && sleep.poll(cx).is_ready()
+        {
+            // The deadline passed first.
+            *this.fired = true;
+            let limit = this.layer.limit.unwrap_or_default();
+            this.layer.observer.timed_out(limit, this.layer.enforce);
+            if this.layer.enforce {
+                return Poll::Ready(Err(Elapsed(limit).into()));
             }
-        })
+        }
+        Poll::Pending
     }
 }
 
