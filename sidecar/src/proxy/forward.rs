@@ -159,6 +159,17 @@ impl AttachPermit for HttpResponse {
     }
 }
 
+/// A target's service-scope breaker layer, built on first use: its classifier and DryRun hook
+/// are the same for every call under one configuration.
+#[derive(Default)]
+pub struct ServiceBreakerLayer(std::sync::OnceLock<CircuitBreakerLayer<HttpResponse>>);
+
+impl std::fmt::Debug for ServiceBreakerLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() { "ServiceBreakerLayer(built)" } else { "ServiceBreakerLayer" })
+    }
+}
+
 /// A per-try deadline passed.
 #[derive(Debug, thiserror::Error)]
 #[error("attempt {attempt} got no response within its deadline")]
@@ -263,22 +274,28 @@ pub async fn call(target: &Arc<Target>, req: Request<ProxyBody>, grpc: bool) -> 
     let observer = res.observer.clone();
     let enforce = res.enforce;
     let breaker_layer = match &res.breakers {
-        Some(crate::resilience::Breakers::Service(b)) => {
-            let fail_on = res.fail_on.clone();
-            let would = observer.clone();
-            Some(CircuitBreakerLayer::<HttpResponse>::new(
-                b.clone(),
-                Arc::new(move |r: &Result<HttpResponse, BoxError>| {
-                    let outcome = match r {
-                        Ok(resp) => resp.outcome,
-                        Err(e) => classify_error(e),
-                    };
-                    outcome.failure.is_some_and(|f| f.counts_for_breaker(&fail_on))
-                }),
-                enforce,
-                Arc::new(move || would.metrics.dryrun("circuit-open")),
-            ))
-        }
+        Some(crate::resilience::Breakers::Service(b)) => Some(
+            target
+                .service_breaker
+                .0
+                .get_or_init(|| {
+                    let fail_on = res.fail_on.clone();
+                    let would = observer.clone();
+                    CircuitBreakerLayer::<HttpResponse>::new(
+                        b.clone(),
+                        Arc::new(move |r: &Result<HttpResponse, BoxError>| {
+                            let outcome = match r {
+                                Ok(resp) => resp.outcome,
+                                Err(e) => classify_error(e),
+                            };
+                            outcome.failure.is_some_and(|f| f.counts_for_breaker(&fail_on))
+                        }),
+                        enforce,
+                        Arc::new(move || would.metrics.dryrun("circuit-open")),
+                    )
+                })
+                .clone(),
+        ),
         _ => None,
     };
     let bulkhead_layer =

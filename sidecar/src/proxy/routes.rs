@@ -83,6 +83,9 @@ pub struct Target {
     pub metrics: ServiceMetrics,
     /// Retries, breakers, bulkheads.
     pub resilience: Resilience,
+    /// The service-scope breaker as a tower layer, built on first use (once per configuration
+    /// rather than per call).
+    pub service_breaker: super::forward::ServiceBreakerLayer,
 }
 
 impl Target {
@@ -130,6 +133,7 @@ impl Target {
             per_try_timeout: effective.and_then(|e| e.timeouts.per_try),
             metrics: service_metrics,
             resilience,
+            service_breaker: Default::default(),
         })
     }
 

@@ -11,7 +11,7 @@ use std::{
 
 use tower::{Layer, Service};
 
-use super::{Breaker, CircuitOpen};
+use super::{Breaker, CircuitOpen, Permit};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -78,7 +78,7 @@ where
 {
     type Response = Res;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Res, BoxError>> + Send>>;
+    type Future = BreakerFuture<S::Future, Res>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
@@ -87,18 +87,52 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         let permit = match self.layer.breaker.try_admit() {
             Ok(p) => p,
-            Err(CircuitOpen) if self.layer.enforce => return Box::pin(async { Err(CircuitOpen.into()) }),
+            Err(CircuitOpen) if self.layer.enforce => return BreakerFuture::Rejected,
             Err(CircuitOpen) => {
                 (self.layer.on_would_reject)();
                 self.layer.breaker.admit_anyway()
             }
         };
-        let classify = self.layer.classify.clone();
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let result = fut.await;
-            permit.record(classify(&result));
-            result
-        })
+        BreakerFuture::Called {
+            inner: self.inner.call(req),
+            permit: Some(permit),
+            classify: self.layer.classify.clone(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A call behind the breaker (a named future: it is on every call's path).
+    #[project = BreakerFutureProj]
+    pub enum BreakerFuture<F, Res> {
+        /// The breaker is open: refused without calling.
+        Rejected,
+        /// Admitted: the outcome is recorded when the call completes.
+        Called {
+            #[pin]
+            inner: F,
+            permit: Option<Permit>,
+            classify: FailureClassifier<Res>,
+        },
+    }
+}
+
+impl<F, Res> Future for BreakerFuture<F, Res>
+where
+    F: Future<Output = Result<Res, BoxError>>,
+{
+    type Output = Result<Res, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            BreakerFutureProj::Rejected => Poll::Ready(Err(CircuitOpen.into())),
+            BreakerFutureProj::Called { inner, permit, classify } => {
+                let result = std::task::ready!(inner.poll(cx));
+                if let Some(permit) = permit.take() {
+                    permit.record(classify(&result));
+                }
+                Poll::Ready(result)
+            }
+        }
     }
 }
