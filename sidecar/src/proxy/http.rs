@@ -370,7 +370,13 @@ fn absolute_uri<B>(req: &mut Request<B>) {
     if req.uri().scheme().is_some() && req.uri().authority().is_some() {
         return;
     }
-    let Some(authority) = authority(req) else { return };
+    if let Some(authority) = authority(req) {
+        set_absolute(req, authority);
+    }
+}
+
+/// `http://AUTHORITY/path?query` from the request's path and query.
+fn set_absolute<B>(req: &mut Request<B>, authority: Authority) {
     let mut parts = std::mem::take(req.uri_mut()).into_parts();
     parts.scheme = Some(http::uri::Scheme::HTTP);
     parts.authority = Some(authority);
@@ -385,13 +391,7 @@ fn absolute_uri<B>(req: &mut Request<B>) {
 fn prepare_request(req: &mut Request<ProxyBody>, upgrade: bool) {
     absolute_uri(req);
     if req.uri().authority().is_none() {
-        let mut parts = std::mem::take(req.uri_mut()).into_parts();
-        parts.scheme = Some(http::uri::Scheme::HTTP);
-        parts.authority = Some(Authority::from_static("localhost"));
-        if parts.path_and_query.is_none() {
-            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-        }
-        *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
+        set_absolute(req, Authority::from_static("localhost"));
     }
     if req.version() == Version::HTTP_10 {
         *req.version_mut() = Version::HTTP_11;
