@@ -7,6 +7,8 @@
 //! - [`EffectivePolicy`]: a valid spec with all defaults applied, what sidecars enforce;
 //! - [`precedence`]: which policy wins when several select the same Service;
 //! - [`load`]: strict reading of YAML documents, as `kubectl apply` would;
+//! - [`snapshot`]: what one pod's sidecar enforces, as the operator and local mode compile it,
+//!   and the selection and per-port precedence both use;
 //! - [`crd()`]: the CustomResourceDefinition, written into the Helm chart by `crdgen`.
 //!
 //! This crate never depends on tokio or hyper: it is plain data and pure functions.
@@ -21,6 +23,7 @@ pub mod load;
 pub mod policy;
 pub mod precedence;
 pub mod selector;
+pub mod snapshot;
 mod validate;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -33,7 +36,7 @@ pub use self::{
         Backoff, BreakerScope, Bulkhead, BulkheadLimits, CONDITION_ACCEPTED, CONDITION_CONFLICTED,
         CONDITION_READY, CircuitBreaker, CommunicationPolicy, CommunicationPolicySpec,
         CommunicationPolicyStatus, FailureCondition, FailureRate, GROUP, GrpcCode, Mode, ResolvedTarget,
-        Retries, RetryBudget, RetryCondition, RetryOn, Source, TargetRef, Timeouts, VERSION,
+        Retries, RetryBudget, RetryCondition, RetryOn, Source, TargetRef, Timeouts, VERSION, reasons,
     },
     validate::{FieldError, ValidationErrors, validate},
 };

@@ -103,7 +103,7 @@ pub fn policy(value: &Value) -> Result<CommunicationPolicy, ValidationErrors> {
 
 /// `serde_path_to_error` writes `spec.targetRef.ports[1]`, `serde_ignored` writes
 /// `spec.targetRef.ports.1`: settle on the first, the API server's form.
-fn normalise_path(path: &str) -> String {
+pub(crate) fn normalise_path(path: &str) -> String {
     let mut out = String::with_capacity(path.len());
     // `serde_ignored` marks the inside of an `Option` with `?`.
     for (i, part) in path.split('.').filter(|p| *p != "?").enumerate() {

@@ -117,5 +117,5 @@ fn names_printer_columns_and_status_as_documented() {
     assert_eq!(v.name, "v1alpha1");
     assert!(v.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(), "status subresource");
     let columns: Vec<_> = v.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
-    assert_eq!(columns, ["Target", "Mode", "Accepted", "Age"]);
+    assert_eq!(columns, ["Target", "Mode", "Accepted", "Ready", "Age"]);
 }

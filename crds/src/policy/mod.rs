@@ -26,6 +26,7 @@ pub use self::{
     retries::{Backoff, GrpcCode, Retries, RetryBudget, RetryCondition, RetryOn},
     status::{
         CONDITION_ACCEPTED, CONDITION_CONFLICTED, CONDITION_READY, CommunicationPolicyStatus, ResolvedTarget,
+        reasons,
     },
     target::{Source, TargetRef},
     timeouts::Timeouts,
@@ -75,6 +76,12 @@ pub const VERSION: &str = "v1alpha1";
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Accepted\")].status",
         description = "Whether the operator accepted the policy"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        description = "Resolved, NoMatchingTargets, Pending or Programmed"
     ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]

@@ -15,6 +15,33 @@ pub const CONDITION_READY: &str = "Ready";
 /// Condition type: another policy wins precedence for at least one target; the message names it.
 pub const CONDITION_CONFLICTED: &str = "Conflicted";
 
+/// Condition reasons, CamelCase as Kubernetes conventions ask. Tests and dashboards match on
+/// them, so they are API: add, never rename.
+pub mod reasons {
+    /// `Accepted=True`: the policy is valid and compiled.
+    pub const VALID: &str = "Valid";
+    /// `Accepted=False`: the policy breaks a rule the API server's schema cannot check; the
+    /// message names the field.
+    pub const INVALID: &str = "Invalid";
+    /// `Ready=True`: every target Service was found and the policy is compiled into the
+    /// snapshots of the sidecars it concerns.
+    pub const RESOLVED: &str = "Resolved";
+    /// `Ready=False`: no Service matches `targetRef` (yet).
+    pub const NO_MATCHING_TARGETS: &str = "NoMatchingTargets";
+    /// `Ready=False`: the policy is not accepted, so nothing enforces it.
+    pub const NOT_ACCEPTED: &str = "NotAccepted";
+    /// `Ready=True`: every sidecar that must enforce the policy acknowledged its current
+    /// generation (reported once sidecars acknowledge snapshots).
+    pub const PROGRAMMED: &str = "Programmed";
+    /// `Ready=False`: some sidecars that must enforce the policy have not acknowledged it yet.
+    pub const PENDING: &str = "Pending";
+    /// `Conflicted=True`: another policy wins precedence on at least one target port; the
+    /// message names it and why.
+    pub const OVERRIDDEN: &str = "Overridden";
+    /// `Conflicted=False`: this policy is in force wherever it applies.
+    pub const NO_CONFLICT: &str = "NoConflict";
+}
+
 /// The observed state of a `CommunicationPolicy`, written by the operator.
 #[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
