@@ -174,13 +174,8 @@ fn validate(file: &std::path::Path) -> ExitCode {
     };
     match breakwater_sidecar::config::check(&text) {
         Ok(Checked::Sidecar(c)) => {
-            let policies: usize = c.services.iter().map(|s| s.policies.len()).sum();
-            println!(
-                "{}: valid ({} services, {} policy attachments)",
-                file.display(),
-                c.services.len(),
-                policies
-            );
+            let (services, attachments) = c.counts();
+            println!("{}: valid ({services} services, {attachments} policy attachments)", file.display());
             ExitCode::SUCCESS
         }
         Ok(Checked::Policies(n)) => {
@@ -216,7 +211,7 @@ fn run(
             compiled.telemetry.as_ref(),
             telemetry::process_env,
             &compiled.default_service_name(),
-            (compiled.pod.0.as_deref(), compiled.pod.1.as_deref()),
+            compiled.pod(),
         )?;
         let started = telemetry::Telemetry::start(settings)?;
         let (telemetry, tracer) = match started {

@@ -112,6 +112,7 @@ pub struct Metrics {
     duration: Family<ServiceDirection, Histogram, fn() -> Histogram>,
     connect_failures: Family<ServiceLabel, Counter>,
     config_reloads: Family<ResultLabel, Counter>,
+    snapshot_unknown_fields: Counter,
     open_connections: Family<DirectionLabel, Gauge>,
     retries: Family<ServiceReason, Counter>,
     retries_skipped: Family<ServiceReason, Counter>,
@@ -145,6 +146,7 @@ impl Metrics {
             duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             connect_failures: Family::default(),
             config_reloads: Family::default(),
+            snapshot_unknown_fields: Counter::default(),
             open_connections: Family::default(),
             retries: Family::default(),
             retries_skipped: Family::default(),
@@ -173,6 +175,11 @@ impl Metrics {
             m.connect_failures.clone(),
         );
         registry.register("config_reloads", "Configuration reloads, by result", m.config_reloads.clone());
+        registry.register(
+            "config_unknown_fields",
+            "Fields of applied snapshots that this sidecar does not know (ignored; a newer operator)",
+            m.snapshot_unknown_fields.clone(),
+        );
         registry.register(
             "open_connections",
             "Client connections open, by direction",
@@ -261,6 +268,11 @@ impl Metrics {
         self.config_reloads
             .get_or_create(&ResultLabel { result: if ok { "success" } else { "failure" } })
             .inc();
+    }
+
+    /// Counts fields of an applied snapshot that this build ignored.
+    pub fn snapshot_unknown_fields(&self, n: usize) {
+        self.snapshot_unknown_fields.inc_by(n as u64);
     }
 
     /// The gauge of open client connections in `direction`.

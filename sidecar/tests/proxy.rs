@@ -295,10 +295,10 @@ async fn admin_reports_liveness_readiness_metrics_and_config() {
     );
     let config: serde_json::Value = serde_json::from_slice(&admin(&sc, "/config").await.body).expect("json");
     assert_eq!(config["version"], 1);
-    let svc = &config["config"]["services"][0];
-    assert_eq!(svc["policies"][0]["name"], "shop/p");
-    assert_eq!(svc["policies"][0]["effective"]["timeouts"]["request"], "2s");
-    assert_eq!(svc["policies"][0]["effective"]["retries"]["attempts"], 2);
+    let svc = &config["config"]["snapshot"]["services"][0];
+    assert_eq!(svc["ports"][0]["policy"]["name"], "shop/p");
+    assert_eq!(svc["ports"][0]["policy"]["effective"]["timeouts"]["request"], "2s");
+    assert_eq!(svc["ports"][0]["policy"]["effective"]["retries"]["attempts"], 2);
 }
 
 #[tokio::test]

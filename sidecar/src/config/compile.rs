@@ -8,7 +8,13 @@ use std::{
     time::Duration,
 };
 
-use breakwater_crds::{CommunicationPolicy, EffectivePolicy, load, precedence};
+use breakwater_crds::{
+    CommunicationPolicy, load,
+    snapshot::{
+        AppliedPolicy, EndpointSnapshot, Identity, InboundPort, PortSnapshot, ServiceSnapshot, Snapshot,
+        select::{self, ServiceRef},
+    },
+};
 use serde::Serialize;
 
 use super::model::{self, SidecarConfig};
@@ -26,62 +32,6 @@ impl std::fmt::Display for ServiceKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}.{}", self.name, self.namespace)
     }
-}
-
-/// A policy as applied to one Service.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AppliedPolicy {
-    /// `namespace/name` of the policy.
-    pub name: String,
-    /// Service ports it is limited to (empty: all).
-    pub ports: Vec<u16>,
-    /// The policy with defaults.
-    pub effective: EffectivePolicy,
-}
-
-impl AppliedPolicy {
-    /// Whether it applies to calls to `port` (`None`: port unknown, applies).
-    pub fn applies_to_port(&self, port: Option<u16>) -> bool {
-        self.ports.is_empty() || port.is_none_or(|p| self.ports.contains(&p))
-    }
-}
-
-/// A Service this pod may call, resolved.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ServiceConfig {
-    /// Its name.
-    pub key: ServiceKey,
-    /// Ports callers use (empty: any).
-    pub ports: Vec<u16>,
-    /// Endpoints.
-    pub endpoints: Vec<SocketAddr>,
-    /// Virtual addresses routed here.
-    pub addresses: Vec<SocketAddr>,
-    /// Policies selecting it, in precedence order (the first that covers a call's port wins).
-    pub policies: Vec<AppliedPolicy>,
-    /// Policies that select it but lose to a more specific or older one (for `/config`).
-    pub shadowed: Vec<String>,
-}
-
-impl ServiceConfig {
-    /// The policy in force for calls to `port`.
-    pub fn policy_for(&self, port: Option<u16>) -> Option<&AppliedPolicy> {
-        self.policies.iter().find(|p| p.applies_to_port(port))
-    }
-}
-
-/// The application behind the inbound listener.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct InboundConfig {
-    /// Where the application listens.
-    pub app: SocketAddr,
-    /// The Service it backs.
-    pub service: Option<ServiceKey>,
-    /// The policy whose `bulkhead.inbound` (and mode) applies here.
-    pub policy: Option<AppliedPolicy>,
 }
 
 /// Listener addresses, resolved.
@@ -120,31 +70,55 @@ mod humantime_serde {
     }
 }
 
-/// A complete, valid configuration.
+/// A complete, valid configuration: this sidecar's own settings, and the snapshot it enforces.
+///
+/// The settings (listeners, limits, telemetry, the application's address) belong to the sidecar
+/// and come from its file or flags; the [`Snapshot`] is what a file's Services and policies
+/// compile to here, and what the operator will stream in a cluster — one type, so both are
+/// enforced by the same code.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Config {
     /// Listener addresses.
     pub listeners: ListenerAddrs,
-    /// The local application, if any.
-    pub inbound: Option<InboundConfig>,
-    /// Callable Services, sorted by name.
-    pub services: Vec<ServiceConfig>,
     /// Proxy limits.
     pub proxy: ProxyLimits,
     /// The `telemetry` section.
     pub telemetry: Option<crate::telemetry::TelemetryConfig>,
-    /// This pod's name and namespace, when the file says.
-    pub pod: (Option<String>, Option<String>),
+    /// Where the application listens (inbound calls go to this IP, at the port they were
+    /// addressed to); `None` without an inbound listener.
+    pub inbound_app: Option<SocketAddr>,
+    /// What this sidecar enforces.
+    pub snapshot: Snapshot,
 }
 
 impl Config {
     /// The name spans carry when nothing else names them: the Service this pod serves.
     pub fn default_service_name(&self) -> String {
-        self.inbound
-            .as_ref()
-            .and_then(|i| i.service.as_ref())
-            .map_or_else(|| "breakwater-sidecar".to_owned(), |s| s.name.clone())
+        self.snapshot
+            .inbound
+            .iter()
+            .flat_map(|p| p.services.first())
+            .next()
+            .and_then(|s| s.split('.').next())
+            .map_or_else(|| "breakwater-sidecar".to_owned(), str::to_owned)
+    }
+
+    /// This pod's name and namespace, when the file (or the operator) names the pod.
+    pub fn pod(&self) -> (Option<&str>, Option<&str>) {
+        let id = &self.snapshot.identity;
+        match id.name.as_str() {
+            "" => (None, None),
+            name => (Some(name), Some(id.namespace.as_str())),
+        }
+    }
+
+    /// How many Services and policy attachments (ports with a policy) the snapshot holds.
+    pub fn counts(&self) -> (usize, usize) {
+        let services = self.snapshot.services.len();
+        let attachments =
+            self.snapshot.services.iter().flat_map(|s| &s.ports).filter(|p| p.policy.is_some()).count();
+        (services, attachments)
     }
 }
 
@@ -245,7 +219,7 @@ pub fn compile(text: &str) -> Result<Config, ConfigError> {
         client_idle_timeout: p.duration("proxy.clientIdleTimeout", &sidecar.proxy.client_idle_timeout),
     };
 
-    let identity = sidecar.pod.clone().unwrap_or_else(|| model::PodIdentity {
+    let pod = sidecar.pod.clone().unwrap_or_else(|| model::PodIdentity {
         namespace: sidecar
             .inbound
             .as_ref()
@@ -253,14 +227,15 @@ pub fn compile(text: &str) -> Result<Config, ConfigError> {
             .map_or_else(model::default_namespace, |s| s.namespace.clone()),
         ..Default::default()
     });
-    let caller_policies: Vec<&CommunicationPolicy> = policies
-        .iter()
-        .filter(|pol| {
-            pol.spec.selects_caller(&identity.namespace, &identity.namespace_labels, &identity.labels)
-        })
-        .collect();
+    let identity = Identity {
+        name: pod.name.clone(),
+        namespace: pod.namespace.clone(),
+        labels: pod.labels.clone(),
+        namespace_labels: pod.namespace_labels.clone(),
+        ..Default::default()
+    };
+    let mut snapshot = Snapshot::new(identity);
 
-    let mut services = Vec::new();
     let mut seen = BTreeMap::new();
     for (i, s) in sidecar.services.iter().enumerate() {
         let at = format!("services[{i}]");
@@ -268,83 +243,115 @@ pub fn compile(text: &str) -> Result<Config, ConfigError> {
         if let Some(first) = seen.insert(key.clone(), i) {
             p.push(format!("{at}: duplicate of services[{first}] ({key})"));
         }
-        if s.endpoints.is_empty() {
-            p.push(format!("{at}.endpoints: must list at least one endpoint"));
+        let endpoints: Vec<EndpointSnapshot> = s
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(j, e)| EndpointSnapshot { address: p.addr(&format!("{at}.endpoints[{j}]"), e), pod: None })
+            .collect();
+        let mut addresses: Vec<SocketAddr> = Vec::new();
+        for (j, a) in s.addresses.iter().enumerate() {
+            let addr = p.addr(&format!("{at}.addresses[{j}]"), a);
+            if !s.ports.is_empty() && addr.port() != 0 && !s.ports.contains(&addr.port()) {
+                p.push(format!(
+                    "{at}.addresses[{j}]: port {} is not one of the Service's ports {:?}",
+                    addr.port(),
+                    s.ports
+                ));
+            }
+            addresses.push(addr);
         }
-        let endpoints =
-            s.endpoints.iter().enumerate().map(|(j, e)| p.addr(&format!("{at}.endpoints[{j}]"), e)).collect();
-        let addresses =
-            s.addresses.iter().enumerate().map(|(j, a)| p.addr(&format!("{at}.addresses[{j}]"), a)).collect();
-        let (policies, shadowed) = policies_for(&caller_policies, &s.name, &s.namespace, &s.labels);
-        services.push(ServiceConfig {
-            key,
-            ports: s.ports.clone(),
+        let service = ServiceRef { name: &s.name, namespace: &s.namespace, labels: &s.labels };
+        snapshot.services.push(local_service(
+            &policies,
+            &service,
+            &snapshot.identity,
+            &s.ports,
             endpoints,
             addresses,
-            policies,
-            shadowed,
-        });
+        ));
     }
-    services.sort_by(|a, b| a.key.cmp(&b.key));
+    snapshot.services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
 
-    let inbound = sidecar.inbound.as_ref().map(|i| {
-        let service =
-            i.service.as_ref().map(|s| ServiceKey { name: s.name.clone(), namespace: s.namespace.clone() });
-        // Inbound: every policy targeting this pod's Service applies, whoever the caller is.
-        let all: Vec<&CommunicationPolicy> = policies.iter().collect();
-        let policy = service.as_ref().and_then(|s| {
+    let mut inbound_app = None;
+    if let Some(i) = &sidecar.inbound {
+        let app = p.addr("inbound.app", &i.app);
+        inbound_app = Some(app);
+        // Inbound: every policy selecting this pod's Service applies, whoever the caller is.
+        let mut services = Vec::new();
+        let mut policy = None;
+        if let Some(s) = &i.service {
             let labels = sidecar
                 .services
                 .iter()
                 .find(|e| e.name == s.name && e.namespace == s.namespace)
                 .map(|e| e.labels.clone())
                 .unwrap_or_default();
-            policies_for(&all, &s.name, &s.namespace, &labels).0.into_iter().next()
-        });
-        InboundConfig { app: p.addr("inbound.app", &i.app), service, policy }
-    });
+            let service = ServiceRef { name: &s.name, namespace: &s.namespace, labels: &labels };
+            policy = select::selecting(&policies, &service, None).first().map(|p| applied(p));
+            services.push(format!("{}.{}", s.name, s.namespace));
+        }
+        snapshot.inbound.push(InboundPort { port: app.port(), services, policy });
+    }
 
     if problems.is_empty() {
-        let pod = sidecar.pod.as_ref().map_or((None, None), |p| {
-            (Some(p.name.clone()).filter(|n| !n.is_empty()), Some(p.namespace.clone()))
-        });
-        Ok(Config { listeners, inbound, services, proxy, telemetry: sidecar.telemetry.clone(), pod })
+        snapshot.version.hash = snapshot.content_hash();
+        Ok(Config { listeners, proxy, telemetry: sidecar.telemetry.clone(), inbound_app, snapshot })
     } else {
         Err(ConfigError { problems })
     }
 }
 
-/// The policies (already filtered by caller) that select a Service, in precedence order, and
-/// the names of those that never win for any port.
-fn policies_for(
-    policies: &[&CommunicationPolicy],
-    name: &str,
-    namespace: &str,
-    labels: &BTreeMap<String, String>,
-) -> (Vec<AppliedPolicy>, Vec<String>) {
-    let mut selecting: Vec<&CommunicationPolicy> = policies
+/// One Service of a local file as a snapshot: the policies selecting it for this caller, in
+/// precedence order, resolved per port. A file that lists no ports gets one entry per port a
+/// policy names and a catch-all for the rest; every port leads to the same endpoints (a local
+/// file names endpoints, not target ports).
+fn local_service(
+    policies: &[CommunicationPolicy],
+    service: &ServiceRef<'_>,
+    caller: &Identity,
+    ports: &[u16],
+    endpoints: Vec<EndpointSnapshot>,
+    addresses: Vec<SocketAddr>,
+) -> ServiceSnapshot {
+    let sorted = select::selecting(policies, service, Some(caller));
+    let ports: Vec<Option<u16>> = if ports.is_empty() {
+        select::ports_named(&sorted)
+    } else {
+        ports.iter().copied().map(Some).collect()
+    };
+    let (chosen, shadowed) = select::resolve_ports(&sorted, &ports);
+    let listed: Vec<u16> = ports.iter().flatten().copied().collect();
+    let ports = ports
         .iter()
-        .copied()
-        .filter(|p| p.namespace_or_default() == namespace)
-        .filter(|p| p.spec.selects_service(name, labels))
+        .zip(chosen)
+        .map(|(port, policy)| PortSnapshot {
+            port: *port,
+            // A virtual address belongs to the port it names, or to the catch-all.
+            addresses: addresses
+                .iter()
+                .filter(|a| match port {
+                    Some(p) => a.port() == *p,
+                    None => !listed.contains(&a.port()),
+                })
+                .copied()
+                .collect(),
+            endpoints: endpoints.clone(),
+            policy: policy.map(applied),
+            ..Default::default()
+        })
         .collect();
-    precedence::sort(&mut selecting);
-    let mut applied = Vec::new();
-    let mut shadowed = Vec::new();
-    let mut covers_all = false;
-    for p in selecting {
-        let full = p.full_name();
-        if covers_all {
-            shadowed.push(full);
-            continue;
-        }
-        let effective = EffectivePolicy::resolve(&p.spec).expect("load::policy validated it");
-        let ports: Vec<u16> =
-            p.spec.target_ref.ports.iter().flatten().filter_map(|p| u16::try_from(*p).ok()).collect();
-        covers_all = ports.is_empty();
-        applied.push(AppliedPolicy { name: full, ports, effective });
+    ServiceSnapshot {
+        name: service.name.to_owned(),
+        namespace: service.namespace.to_owned(),
+        headless: false,
+        ports,
+        shadowed,
     }
-    (applied, shadowed)
+}
+
+fn applied(policy: &CommunicationPolicy) -> AppliedPolicy {
+    AppliedPolicy::from_policy(policy).expect("load::policy validated it")
 }
 
 struct Problems<'a> {

@@ -1,5 +1,6 @@
 //! Configuration: a local file (or, later, the operator's stream) compiled into one current
-//! [`Config`], published through [`Store`] for lock-free reads on the request path.
+//! [`Config`] — the sidecar's own settings plus the [`breakwater_crds::snapshot::Snapshot`] it
+//! enforces — published through [`Store`] for lock-free reads on the request path.
 
 mod compile;
 pub mod model;
@@ -7,10 +8,7 @@ mod store;
 mod watch;
 
 pub use self::{
-    compile::{
-        AppliedPolicy, Checked, Config, ConfigError, InboundConfig, ListenerAddrs, ProxyLimits,
-        ServiceConfig, ServiceKey, check, compile,
-    },
+    compile::{Checked, Config, ConfigError, ListenerAddrs, ProxyLimits, ServiceKey, check, compile},
     store::{Published, Store},
     watch::watch_file,
 };

@@ -144,7 +144,9 @@ pub struct ServiceEntry {
     /// Service ports callers use. Empty: any port.
     #[serde(default)]
     pub ports: Vec<u16>,
-    /// The endpoints (pods) behind it, `ip:port` or `localhost:port`.
+    /// The endpoints (pods) behind it, `ip:port` or `localhost:port`. May be empty (no pod is
+    /// ready): calls are then refused with `no-healthy-endpoints`.
+    #[serde(default)]
     pub endpoints: Vec<String>,
     /// Virtual (cluster) addresses, `ip:port`: a connection intercepted for one of them is
     /// routed to this Service.

@@ -2,9 +2,10 @@
 //!
 //! The request path calls [`Store::load`] — an `ArcSwap` read, no lock — and keeps the
 //! snapshot it got for the whole request, so a reload mid-request never mixes two
-//! configurations. A reload compiles the new file completely before swapping; a file that
-//! fails validation is reported (log, `breakwater_config_reloads_total{result="failure"}`,
-//! `/config`) and never replaces the running configuration.
+//! configurations. A reload compiles the new file (or decodes the new snapshot) completely
+//! before swapping; one that fails validation is reported (log,
+//! `breakwater_config_reloads_total{result="failure"}`, `/config`) and never replaces the
+//! running configuration.
 
 use std::sync::Arc;
 
@@ -90,28 +91,56 @@ impl Store {
         }
         match super::compile(text) {
             Ok(config) => {
-                let routes = Routes::build(&config, Some(&current.routes), &self.metrics);
-                let version = current.version + 1;
-                self.current.store(Arc::new(Published {
-                    version,
-                    config: Arc::new(config),
-                    routes,
-                    source_hash: h,
-                }));
-                self.last_error.store(Arc::new(None));
-                self.metrics.config_reload(true);
-                tracing::info!(version, "configuration reloaded");
+                self.publish(&current, config, h);
                 Ok(true)
             }
-            Err(e) => {
-                let at_unix = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
-                self.last_error.store(Arc::new(Some(ReloadError { at_unix, problems: e.problems.clone() })));
-                self.metrics.config_reload(false);
-                tracing::error!(problems = %e.problems.join("; "), "configuration rejected; keeping the running one");
-                Err(e)
-            }
+            Err(e) => Err(self.reject(e)),
         }
+    }
+
+    /// Applies a snapshot in its wire form (JSON) — what the operator sends — keeping this
+    /// sidecar's own settings (listeners, limits, telemetry, application address). Fields this
+    /// build does not know are ignored and counted; a snapshot of another schema, or with a
+    /// bad value, is refused and recorded, and the running configuration stays. A snapshot with
+    /// the content already running is a no-op (`Ok(false)`).
+    pub fn apply_snapshot(&self, bytes: &[u8]) -> Result<bool, ConfigError> {
+        let decoded = match breakwater_crds::snapshot::decode(bytes) {
+            Ok(d) => d,
+            Err(e) => {
+                return Err(self.reject(ConfigError { problems: vec![format!("snapshot refused: {e}")] }));
+            }
+        };
+        if !decoded.unknown_fields.is_empty() {
+            self.metrics.snapshot_unknown_fields(decoded.unknown_fields.len());
+            tracing::info!(fields = %decoded.unknown_fields.join(", "), "snapshot fields unknown to this sidecar ignored");
+        }
+        let current = self.current.load();
+        let snapshot = decoded.snapshot;
+        if snapshot.content_hash() == current.config.snapshot.content_hash() {
+            return Ok(false);
+        }
+        let config = super::Config { snapshot, ..Config::clone(&current.config) };
+        let h = current.source_hash;
+        self.publish(&current, config, h);
+        Ok(true)
+    }
+
+    fn publish(&self, current: &Published, config: Config, source_hash: u64) {
+        let routes = Routes::build(&config, Some(&current.routes), &self.metrics);
+        let version = current.version + 1;
+        let snapshot = config.snapshot.version.to_string();
+        self.current.store(Arc::new(Published { version, config: Arc::new(config), routes, source_hash }));
+        self.last_error.store(Arc::new(None));
+        self.metrics.config_reload(true);
+        tracing::info!(version, %snapshot, "configuration reloaded");
+    }
+
+    fn reject(&self, e: ConfigError) -> ConfigError {
+        let at_unix =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        self.last_error.store(Arc::new(Some(ReloadError { at_unix, problems: e.problems.clone() })));
+        self.metrics.config_reload(false);
+        tracing::error!(problems = %e.problems.join("; "), "configuration rejected; keeping the running one");
+        e
     }
 }

@@ -35,6 +35,9 @@ pub enum Refusal {
     BulkheadFull,
     /// The sidecar is shutting down.
     Draining,
+    /// The Service exists but none of its endpoints is ready (a cluster: every pod is starting,
+    /// failing its readiness probe or terminating).
+    NoHealthyEndpoints,
 }
 
 impl Refusal {
@@ -49,6 +52,7 @@ impl Refusal {
             Self::CircuitOpen => "circuit-open",
             Self::BulkheadFull => "bulkhead-full",
             Self::Draining => "draining",
+            Self::NoHealthyEndpoints => "no-healthy-endpoints",
         }
     }
 
@@ -58,7 +62,9 @@ impl Refusal {
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::ConnectFailed | Self::UpstreamProtocol | Self::UpstreamReset => StatusCode::BAD_GATEWAY,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::CircuitOpen | Self::BulkheadFull | Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            Self::CircuitOpen | Self::BulkheadFull | Self::Draining | Self::NoHealthyEndpoints => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 

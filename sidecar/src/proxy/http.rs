@@ -101,11 +101,14 @@ async fn handle(mut req: Request<Incoming>, ctx: &ConnContext) -> Response<Proxy
     let dest = match ctx.direction {
         Direction::Outbound => route_outbound(routes, &req, ctx.orig_dst),
         Direction::Inbound => match &routes.inbound {
-            // Redirected to another local port than the configured app: forward there.
-            Some(inbound) => match ctx.orig_dst.filter(|d| d.port() != inbound.app.port()) {
-                Some(dst) => Ok(Dest::Passthrough(SocketAddr::new(inbound.app.ip(), dst.port()))),
-                None => Ok(Dest::Target(&inbound.target, None)),
-            },
+            Some(inbound) => {
+                let port = ctx.orig_dst.map_or(inbound.default_port, |d| d.port());
+                match inbound.target(port) {
+                    Some(target) => Ok(Dest::Target(target, Some(port))),
+                    // A port no Service routes to: forward it to the application as it is.
+                    None => Ok(Dest::Passthrough(SocketAddr::new(inbound.app_ip, port))),
+                }
+            }
             None => Err("this sidecar has no inbound application configured".to_owned()),
         },
     };
@@ -203,7 +206,7 @@ fn route_outbound<'a>(
 ) -> Result<Dest<'a>, String> {
     if let Some(dst) = orig_dst {
         return Ok(match routes.by_addr(&dst) {
-            Some(route) => Dest::Target(route.target(Some(dst.port())), Some(dst.port())),
+            Some(target) => Dest::Target(target, Some(dst.port())),
             None => Dest::Passthrough(dst),
         });
     }
@@ -215,10 +218,10 @@ fn route_outbound<'a>(
     let route = routes
         .by_host(authority.host())
         .ok_or_else(|| format!("no Service is configured for host {:?}", authority.host()))?;
-    if !route.accepts_port(port) {
-        return Err(format!("Service {} has no port {}", route.key, port.unwrap_or_default()));
+    match route.target(port) {
+        Some(target) => Ok(Dest::Target(target, port)),
+        None => Err(format!("Service {} has no port {}", route.key, port.unwrap_or_default())),
     }
-    Ok(Dest::Target(route.target(port), port))
 }
 
 /// The request's authority: the URI's (absolute form, HTTP/2) or the `Host` header's.
@@ -239,7 +242,13 @@ async fn forward_to_target(
     grpc: bool,
     start: Instant,
 ) -> Response<ProxyBody> {
-    let resp = super::forward::call(target, req.map(box_incoming), grpc).await;
+    // A Service with no ready endpoint: refuse at once, without retries and without counting
+    // it against a breaker (nothing was tried).
+    let resp = if target.endpoints.is_empty() {
+        Refusal::NoHealthyEndpoints.response(grpc, &format!("{} has no ready endpoint", target.service))
+    } else {
+        super::forward::call(target, req.map(box_incoming), grpc).await
+    };
     target.metrics.response(resp.status().as_u16(), start.elapsed().as_secs_f64());
     resp
 }

@@ -8,7 +8,7 @@
 
 use std::{
     collections::HashMap,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -16,11 +16,14 @@ use std::{
     time::Duration,
 };
 
-use breakwater_crds::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, EffectivePolicy, Mode};
+use breakwater_crds::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, EffectivePolicy, Mode,
+    snapshot::{AppliedPolicy, PortSnapshot, ServiceSnapshot},
+};
 
 use super::client::{EndpointClients, PoolSettings};
 use crate::{
-    config::{AppliedPolicy, Config, ProxyLimits, ServiceConfig, ServiceKey},
+    config::{Config, ProxyLimits, ServiceKey},
     metrics::{Direction, Metrics, ServiceMetrics},
     resilience::Resilience,
 };
@@ -153,80 +156,123 @@ impl Target {
     }
 }
 
-/// A Service with its targets by port.
+/// A Service with a target per port.
 #[derive(Debug)]
 pub struct ServiceRoute {
     /// The Service.
     pub key: ServiceKey,
-    /// Ports callers use (empty: any).
-    pub ports: Vec<u16>,
-    /// Policies with a port filter, in precedence order.
-    by_port: Vec<Arc<Target>>,
-    /// The target for calls no port-filtered policy covers.
-    fallback: Arc<Target>,
+    /// Its ports, in the snapshot's order (the catch-all, if any, last).
+    ports: Vec<PortRoute>,
+}
+
+/// One port of a Service: its target and, for a headless Service, one target per endpoint.
+#[derive(Debug)]
+struct PortRoute {
+    port: Option<u16>,
+    target: Arc<Target>,
+    /// Headless Services: a call to an endpoint's own address goes to that endpoint only.
+    pinned: Vec<Arc<Target>>,
 }
 
 impl ServiceRoute {
-    /// The target for a call to `port` (`None` when unknown).
-    pub fn target(&self, port: Option<u16>) -> &Arc<Target> {
-        self.by_port
-            .iter()
-            .find(|t| t.policy.as_ref().is_some_and(|p| p.applies_to_port(port)))
-            .unwrap_or(&self.fallback)
-    }
-
-    /// Whether the Service accepts calls on `port`.
-    pub fn accepts_port(&self, port: Option<u16>) -> bool {
-        self.ports.is_empty() || port.is_none_or(|p| self.ports.contains(&p))
+    /// The target for a call to `port`: the port's own, else the catch-all. An unknown port
+    /// (`None`: a `Host` without one) means the Service's only port, else the catch-all, else
+    /// its first port. `None` when the Service has no such port.
+    pub fn target(&self, port: Option<u16>) -> Option<&Arc<Target>> {
+        let catch_all = || self.ports.iter().find(|p| p.port.is_none());
+        let found = match port {
+            Some(port) => self.ports.iter().find(|p| p.port == Some(port)).or_else(catch_all),
+            None if self.ports.len() == 1 => self.ports.first(),
+            None => catch_all().or_else(|| self.ports.first()),
+        };
+        found.map(|p| &p.target)
     }
 
     /// Every target (for `/breakers` and tests).
     pub fn targets(&self) -> impl Iterator<Item = &Arc<Target>> {
-        self.by_port.iter().chain(std::iter::once(&self.fallback))
+        self.ports.iter().flat_map(|p| std::iter::once(&p.target).chain(&p.pinned))
     }
 
-    fn build(s: &ServiceConfig, prev: Option<&ServiceRoute>, metrics: &Arc<Metrics>) -> Self {
-        let find_prev = |policy: Option<&str>| {
-            prev.and_then(|p| p.targets().find(|t| t.policy.as_ref().map(|p| p.name.as_str()) == policy))
-        };
-        let mut by_port = Vec::new();
-        let mut fallback = None;
-        for policy in &s.policies {
-            let t = Target::build(
-                &s.key,
-                &s.endpoints,
-                Some(policy),
-                Direction::Outbound,
-                find_prev(Some(&policy.name)),
-                metrics,
-            );
-            if policy.ports.is_empty() {
-                fallback = Some(t);
-                break;
-            }
-            by_port.push(t);
-        }
-        let fallback = fallback.unwrap_or_else(|| {
-            Target::build(&s.key, &s.endpoints, None, Direction::Outbound, find_prev(None), metrics)
-        });
-        Self { key: s.key.clone(), ports: s.ports.clone(), by_port, fallback }
+    fn build(
+        s: &ServiceSnapshot,
+        key: &ServiceKey,
+        prev: Option<&ServiceRoute>,
+        metrics: &Arc<Metrics>,
+    ) -> Self {
+        let ports = s
+            .ports
+            .iter()
+            .map(|p| {
+                let prev_port = prev.and_then(|r| r.ports.iter().find(|q| q.port == p.port));
+                let same_policy =
+                    |t: &&Arc<Target>| t.policy_name() == p.policy.as_ref().map_or("-", |a| a.name.as_str());
+                let endpoints: Vec<SocketAddr> = p.endpoints.iter().map(|e| e.address).collect();
+                let target = Target::build(
+                    key,
+                    &endpoints,
+                    p.policy.as_ref(),
+                    Direction::Outbound,
+                    prev_port.map(|q| &q.target).filter(same_policy),
+                    metrics,
+                );
+                let pinned = if s.headless { pinned_targets(key, p, prev_port, metrics) } else { Vec::new() };
+                PortRoute { port: p.port, target, pinned }
+            })
+            .collect();
+        Self { key: key.clone(), ports }
     }
 }
 
-/// Where inbound calls go.
+/// One target per endpoint of a headless Service's port, reusing the previous ones' state.
+fn pinned_targets(
+    key: &ServiceKey,
+    p: &PortSnapshot,
+    prev: Option<&PortRoute>,
+    metrics: &Arc<Metrics>,
+) -> Vec<Arc<Target>> {
+    p.endpoints
+        .iter()
+        .map(|e| {
+            let prev = prev.and_then(|q| {
+                q.pinned.iter().find(|t| {
+                    t.endpoints.first().map(|x| x.addr) == Some(e.address)
+                        && t.policy_name() == p.policy.as_ref().map_or("-", |a| a.name.as_str())
+                })
+            });
+            Target::build(key, &[e.address], p.policy.as_ref(), Direction::Outbound, prev, metrics)
+        })
+        .collect()
+}
+
+/// Where inbound calls go: the application, at the port each call was addressed to.
 #[derive(Debug)]
 pub struct InboundRoute {
-    /// The application's address.
-    pub app: SocketAddr,
-    /// The app as a target, with the inbound bulkhead of the policy targeting this pod's Service.
-    pub target: Arc<Target>,
+    /// The application's IP.
+    pub app_ip: IpAddr,
+    /// The port a call without an original destination goes to (the configured application's).
+    pub default_port: u16,
+    /// The pod's ports that Services route to, each with the inbound policy in force there.
+    ports: HashMap<u16, Arc<Target>>,
+}
+
+impl InboundRoute {
+    /// The target for a call to the pod's `port`; `None` for a port no Service routes to
+    /// (forwarded to the application as it is).
+    pub fn target(&self, port: u16) -> Option<&Arc<Target>> {
+        self.ports.get(&port)
+    }
+
+    /// Every inbound target.
+    pub fn targets(&self) -> impl Iterator<Item = &Arc<Target>> {
+        self.ports.values()
+    }
 }
 
 /// The complete routing table.
 #[derive(Debug)]
 pub struct Routes {
     by_name: HashMap<String, Arc<ServiceRoute>>,
-    by_addr: HashMap<SocketAddr, Arc<ServiceRoute>>,
+    by_addr: HashMap<SocketAddr, Arc<Target>>,
     services: Vec<Arc<ServiceRoute>>,
     /// Inbound, when this pod serves an application.
     pub inbound: Option<InboundRoute>,
@@ -286,35 +332,61 @@ impl Passthrough {
 impl Routes {
     /// Builds the table for `config`, reusing `prev`'s runtime state where settings match.
     pub fn build(config: &Config, prev: Option<&Routes>, metrics: &Arc<Metrics>) -> Self {
-        let own_ns = config.inbound.as_ref().and_then(|i| i.service.as_ref()).map(|s| s.namespace.as_str());
+        let snapshot = &config.snapshot;
+        let own_ns = Some(snapshot.identity.namespace.as_str()).filter(|n| !n.is_empty());
         let mut by_name = HashMap::new();
         let mut by_addr = HashMap::new();
         let mut services = Vec::new();
-        for s in &config.services {
-            let prev_route = prev.and_then(|p| p.services.iter().find(|r| r.key == s.key)).map(Arc::as_ref);
-            let route = Arc::new(ServiceRoute::build(s, prev_route, metrics));
-            let (name, ns) = (s.key.name.to_ascii_lowercase(), s.key.namespace.to_ascii_lowercase());
+        for s in &snapshot.services {
+            let key = ServiceKey { name: s.name.clone(), namespace: s.namespace.clone() };
+            let prev_route = prev.and_then(|p| p.services.iter().find(|r| r.key == key)).map(Arc::as_ref);
+            let route = Arc::new(ServiceRoute::build(s, &key, prev_route, metrics));
+            let (name, ns) = (s.name.to_ascii_lowercase(), s.namespace.to_ascii_lowercase());
             for host in
                 [format!("{name}.{ns}"), format!("{name}.{ns}.svc"), format!("{name}.{ns}.svc.cluster.local")]
             {
                 by_name.insert(host, route.clone());
             }
             // The bare name means the Service in our own namespace when there is one.
-            if own_ns.is_none_or(|o| o == s.key.namespace) || !by_name.contains_key(&name) {
+            if own_ns.is_none_or(|o| o == s.namespace) || !by_name.contains_key(&name) {
                 by_name.insert(name, route.clone());
             }
-            for a in &s.addresses {
-                by_addr.insert(*a, route.clone());
+            for (p, r) in s.ports.iter().zip(&route.ports) {
+                for a in &p.addresses {
+                    by_addr.insert(*a, r.target.clone());
+                }
+                for t in &r.pinned {
+                    if let Some(e) = t.endpoints.first() {
+                        by_addr.insert(e.addr, t.clone());
+                    }
+                }
             }
             services.push(route);
         }
-        let inbound = config.inbound.as_ref().map(|i| {
-            let key =
-                i.service.clone().unwrap_or(ServiceKey { name: "inbound".into(), namespace: "-".into() });
-            let prev_target = prev.and_then(|p| p.inbound.as_ref()).map(|r| &r.target);
-            let target =
-                Target::build(&key, &[i.app], i.policy.as_ref(), Direction::Inbound, prev_target, metrics);
-            InboundRoute { app: i.app, target }
+        let inbound = config.inbound_app.map(|app| {
+            let ports = snapshot
+                .inbound
+                .iter()
+                .map(|p| {
+                    let key = p.services.first().and_then(|s| s.split_once('.')).map_or_else(
+                        || ServiceKey { name: "inbound".into(), namespace: "-".into() },
+                        |(name, namespace)| ServiceKey { name: name.into(), namespace: namespace.into() },
+                    );
+                    let prev_target =
+                        prev.and_then(|r| r.inbound.as_ref()).and_then(|r| r.ports.get(&p.port));
+                    let endpoint = SocketAddr::new(app.ip(), p.port);
+                    let target = Target::build(
+                        &key,
+                        &[endpoint],
+                        p.policy.as_ref(),
+                        Direction::Inbound,
+                        prev_target,
+                        metrics,
+                    );
+                    (p.port, target)
+                })
+                .collect();
+            InboundRoute { app_ip: app.ip(), default_port: app.port(), ports }
         });
         let passthrough = prev.map_or_else(|| Arc::new(Passthrough::new(metrics)), |p| p.passthrough.clone());
         Self { by_name, by_addr, services, inbound, limits: config.proxy, passthrough }
@@ -329,13 +401,102 @@ impl Routes {
         self.by_name.get(host)
     }
 
-    /// The Service owning a virtual address.
-    pub fn by_addr(&self, addr: &SocketAddr) -> Option<&Arc<ServiceRoute>> {
+    /// The target of a virtual address (a cluster IP:port, or a headless Service's endpoint).
+    pub fn by_addr(&self, addr: &SocketAddr) -> Option<&Arc<Target>> {
         self.by_addr.get(addr)
     }
 
     /// Every Service route.
     pub fn services(&self) -> &[Arc<ServiceRoute>] {
         &self.services
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use breakwater_crds::snapshot::{EndpointSnapshot, InboundPort, Snapshot};
+
+    use super::*;
+
+    fn config(snapshot: Snapshot) -> Config {
+        let text = "apiVersion: breakwater.dev/v1alpha1\nkind: SidecarConfig\n\
+                    inbound: {app: 127.0.0.1:8080}\nservices: []\n";
+        let mut config = crate::config::compile(text).expect("a valid file");
+        config.snapshot = snapshot;
+        config
+    }
+
+    fn applied(name: &str) -> AppliedPolicy {
+        let spec = breakwater_crds::CommunicationPolicySpec {
+            target_ref: breakwater_crds::TargetRef::service("payments"),
+            bulkhead: Some(breakwater_crds::Bulkhead {
+                inbound: Some(breakwater_crds::BulkheadLimits {
+                    max_concurrent_requests: 1,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let effective = EffectivePolicy::resolve(&spec).expect("valid");
+        AppliedPolicy { name: name.into(), generation: Some(1), effective }
+    }
+
+    #[test]
+    fn inbound_ports_each_get_their_own_policy_and_others_pass_through() {
+        let s = Snapshot {
+            inbound: vec![
+                InboundPort {
+                    port: 8080,
+                    services: vec!["payments.shop".into()],
+                    policy: Some(applied("shop/web")),
+                },
+                InboundPort {
+                    port: 9000,
+                    services: vec!["payments-admin.shop".into(), "payments-grpc.shop".into()],
+                    policy: None,
+                },
+            ],
+            ..Default::default()
+        };
+        let routes = Routes::build(&config(s), None, &Arc::new(Metrics::new()));
+        let inbound = routes.inbound.as_ref().expect("an inbound route");
+        let web = inbound.target(8080).expect("port 8080 is served");
+        assert_eq!(web.policy_name(), "shop/web");
+        assert_eq!(web.service.to_string(), "payments.shop");
+        assert_eq!(web.endpoints[0].addr, "127.0.0.1:8080".parse().expect("an address"));
+        let admin = inbound.target(9000).expect("port 9000 is served");
+        assert_eq!(admin.policy_name(), "-");
+        assert_eq!(admin.service.to_string(), "payments-admin.shop", "the first Service names it");
+        assert!(inbound.target(7000).is_none(), "a port no Service routes to passes through");
+    }
+
+    #[test]
+    fn a_headless_service_pins_calls_to_the_endpoint_addressed() {
+        let eps = ["198.18.0.5:8080", "198.18.0.6:8080"];
+        let mut s = Snapshot::default();
+        s.services.push(ServiceSnapshot {
+            name: "db".into(),
+            namespace: "shop".into(),
+            headless: true,
+            ports: vec![PortSnapshot {
+                port: Some(8080),
+                endpoints: eps
+                    .iter()
+                    .map(|e| EndpointSnapshot { address: e.parse().expect("an address"), pod: None })
+                    .collect(),
+                ..Default::default()
+            }],
+            shadowed: vec![],
+        });
+        let routes = Routes::build(&config(s), None, &Arc::new(Metrics::new()));
+        for e in eps {
+            let addr: SocketAddr = e.parse().expect("an address");
+            let target = routes.by_addr(&addr).expect("each endpoint address is routed");
+            assert_eq!(target.endpoints.len(), 1);
+            assert_eq!(target.endpoints[0].addr, addr, "to that endpoint only");
+        }
+        let by_name = routes.by_host("db.shop").and_then(|r| r.target(Some(8080))).expect("by name");
+        assert_eq!(by_name.endpoints.len(), 2, "by name, every endpoint");
     }
 }

@@ -24,7 +24,7 @@ where
     let routes = &published.routes;
     let upstream = match (ctx.direction, ctx.orig_dst) {
         (Direction::Outbound, Some(dst)) => match routes.by_addr(&dst) {
-            Some(route) => connect_target(route.target(Some(dst.port())), None).await,
+            Some(target) => connect_target(target, None).await,
             None => connect(dst, DEFAULT_CONNECT_TIMEOUT)
                 .await
                 .map(|s| (s, None))
@@ -36,8 +36,16 @@ where
         }
         (Direction::Inbound, dst) => match &routes.inbound {
             Some(inbound) => {
-                let port = dst.map_or(inbound.app.port(), |d| d.port());
-                connect_target(&inbound.target, Some(SocketAddr::new(inbound.app.ip(), port))).await
+                let port = dst.map_or(inbound.default_port, |d| d.port());
+                let addr = SocketAddr::new(inbound.app_ip, port);
+                match inbound.target(port) {
+                    Some(target) => connect_target(target, Some(addr)).await,
+                    // A port no Service routes to: straight to the application.
+                    None => connect(addr, DEFAULT_CONNECT_TIMEOUT)
+                        .await
+                        .map(|s| (s, None))
+                        .map_err(|e| format!("{addr}: {e}")),
+                }
             }
             None => return,
         },
@@ -88,10 +96,10 @@ async fn connect_target(
                 }
             });
             let Some((i, e)) = choice else {
-                return Err(format!(
-                    "{}: no endpoint available (circuit open or none configured)",
-                    target.service
-                ));
+                if target.endpoints.is_empty() {
+                    return Err(format!("{}: no-healthy-endpoints (no endpoint is ready)", target.service));
+                }
+                return Err(format!("{}: no endpoint available (every circuit is open)", target.service));
             };
             (Some(i), e.addr)
         }
