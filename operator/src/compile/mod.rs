@@ -1,0 +1,305 @@
+//! `compile`: policies, Services, EndpointSlices, Namespaces and one Pod → that pod's sidecar
+//! [`Snapshot`]. A pure function: the same objects give the same snapshot, whatever order they
+//! come in, so every operator replica computes the same content hash.
+//!
+//! [`World::new`] indexes the objects once (valid policies with their effective form, Services
+//! with their per-port endpoints, which pods back which Services); [`World::compile`] then
+//! builds one pod's snapshot in time proportional to the policies and the Services they govern,
+//! not to the cluster, so recompiling the pods a change concerns stays cheap.
+//!
+//! What a snapshot holds, and why:
+//! - **the Services a policy governs for this pod as a caller** (its `sources` select the pod):
+//!   calls to any other Service pass through the sidecar untouched and reach the Service as
+//!   they would without it (kube-proxy balances them), so listing every Service of the cluster
+//!   in every pod would only make each snapshot, and each push, as large as the cluster — the
+//!   scaling problem of full-mesh configuration (istio/istio#7665);
+//! - per Service port: its cluster IPs, its **ready** endpoints from the EndpointSlices (the
+//!   slice controller resolved `targetPort`, by name or number, on each pod; terminating
+//!   endpoints are left out, so they drain), and the policy in force there after precedence;
+//! - **inbound**: each port of this pod that a Service routes to, with every such Service and
+//!   the one policy whose `bulkhead.inbound` applies there;
+//! - the pod's **identity** and a content hash (the counter is the hub's, see
+//!   [`crate::snapshots`]).
+//!
+//! Precedence, selection and validation are `breakwater-crds`' — the same functions the
+//! sidecar's local mode runs — so operator and sidecar can never disagree.
+
+mod endpoints;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
+
+use breakwater_crds::{
+    CommunicationPolicy, precedence,
+    snapshot::{
+        AppliedPolicy, EndpointSnapshot, Identity, InboundPort, PortSnapshot, ServiceSnapshot, Snapshot,
+        select,
+    },
+};
+use k8s_openapi::api::{
+    core::v1::{Namespace, Pod, Service},
+    discovery::v1::EndpointSlice,
+};
+use kube::ResourceExt;
+
+use crate::key::ObjKey;
+
+/// A valid policy, ready to compile.
+#[derive(Debug, Clone)]
+pub struct PolicyEntry {
+    /// `namespace/name`.
+    pub name: String,
+    /// The policy as stored.
+    pub policy: Arc<CommunicationPolicy>,
+    /// Its effective form, as snapshots carry it.
+    pub applied: AppliedPolicy,
+    /// The Services it selects, sorted.
+    pub targets: Vec<ObjKey>,
+}
+
+/// A Service, indexed.
+#[derive(Debug, Clone)]
+pub struct ServiceEntry {
+    /// Its key.
+    pub key: ObjKey,
+    /// Labels (for `targetRef.selector`).
+    pub labels: BTreeMap<String, String>,
+    /// No cluster IP.
+    pub headless: bool,
+    /// Ports with addresses and ready endpoints.
+    pub ports: Vec<PortEntry>,
+    /// Valid policies selecting it, as indexes into [`World::policies`], in precedence order
+    /// (callers not considered).
+    pub policies: Vec<usize>,
+}
+
+/// One Service port, indexed.
+#[derive(Debug, Clone)]
+pub struct PortEntry {
+    /// The Service port.
+    pub port: u16,
+    /// Its name.
+    pub name: Option<String>,
+    /// Its `appProtocol`.
+    pub app_protocol: Option<String>,
+    /// Cluster IP(s) at this port.
+    pub addresses: Vec<SocketAddr>,
+    /// Ready endpoints, sorted and deduplicated.
+    pub endpoints: Vec<EndpointSnapshot>,
+}
+
+/// A pod backs a Service port at one of its own ports.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Backing {
+    /// The Service.
+    pub service: ObjKey,
+    /// The Service port.
+    pub service_port: u16,
+    /// The pod's port it leads to.
+    pub pod_port: u16,
+}
+
+/// Every object compile needs, indexed; see the module docs.
+#[derive(Debug, Default)]
+pub struct World {
+    namespaces: HashMap<String, BTreeMap<String, String>>,
+    /// Valid policies, sorted by key.
+    policies: Vec<PolicyEntry>,
+    services: BTreeMap<ObjKey, ServiceEntry>,
+    /// Pod → the Service ports it backs.
+    backing: HashMap<ObjKey, Vec<Backing>>,
+}
+
+impl World {
+    /// Indexes the objects. Invalid policies (those `validate()` refuses: their status says
+    /// why) and `ExternalName` Services (no endpoints to govern) are left out.
+    pub fn new(
+        policies: &[Arc<CommunicationPolicy>],
+        services: &[Arc<Service>],
+        slices: &[Arc<EndpointSlice>],
+        namespaces: &[Arc<Namespace>],
+    ) -> Self {
+        let namespaces: HashMap<String, BTreeMap<String, String>> =
+            namespaces.iter().map(|n| (n.name_any(), n.labels().clone())).collect();
+
+        let slices_by_service = endpoints::group_by_service(slices);
+        let mut entries: BTreeMap<ObjKey, ServiceEntry> = BTreeMap::new();
+        let mut backing: HashMap<ObjKey, Vec<Backing>> = HashMap::new();
+        for svc in services {
+            let Some(key) = ObjKey::of(svc.as_ref()) else { continue };
+            let Some(spec) = svc.spec.as_ref() else { continue };
+            if spec.type_.as_deref() == Some("ExternalName") {
+                continue;
+            }
+            let slices = slices_by_service.get(&key).map(Vec::as_slice).unwrap_or_default();
+            let indexed = endpoints::index_service(&key, spec, slices);
+            for (pod, b) in indexed.backing {
+                backing.entry(pod).or_default().push(b);
+            }
+            entries.insert(
+                key.clone(),
+                ServiceEntry {
+                    key,
+                    labels: svc.labels().clone(),
+                    headless: indexed.headless,
+                    ports: indexed.ports,
+                    policies: Vec::new(),
+                },
+            );
+        }
+        for list in backing.values_mut() {
+            list.sort();
+            list.dedup();
+        }
+
+        let mut valid: Vec<PolicyEntry> = policies
+            .iter()
+            .filter_map(|p| {
+                let applied = AppliedPolicy::from_policy(p).ok()?;
+                let namespace = p.namespace_or_default().to_owned();
+                let targets: Vec<ObjKey> = match &p.spec.target_ref.name {
+                    Some(name) => {
+                        let key = ObjKey::new(&namespace, name);
+                        entries.contains_key(&key).then_some(key).into_iter().collect()
+                    }
+                    None => entries
+                        .range(ObjKey::new(&namespace, "")..)
+                        .take_while(|(k, _)| k.namespace == namespace)
+                        .filter(|(k, s)| p.spec.selects_service(&k.name, &s.labels))
+                        .map(|(k, _)| k.clone())
+                        .collect(),
+                };
+                Some(PolicyEntry { name: p.full_name(), policy: p.clone(), applied, targets })
+            })
+            .collect();
+        valid.sort_by(|a, b| a.name.cmp(&b.name));
+        for (i, entry) in valid.iter().enumerate() {
+            for target in &entry.targets {
+                if let Some(s) = entries.get_mut(target) {
+                    s.policies.push(i);
+                }
+            }
+        }
+        for s in entries.values_mut() {
+            s.policies.sort_by(|a, b| precedence::compare(&valid[*a].policy, &valid[*b].policy));
+        }
+        World { namespaces, policies: valid, services: entries, backing }
+    }
+
+    /// The valid policies, sorted by `namespace/name`.
+    pub fn policies(&self) -> &[PolicyEntry] {
+        &self.policies
+    }
+
+    /// A Service, if indexed.
+    pub fn service(&self, key: &ObjKey) -> Option<&ServiceEntry> {
+        self.services.get(key)
+    }
+
+    /// The Service ports `pod` backs.
+    pub fn backing(&self, pod: &ObjKey) -> &[Backing] {
+        self.backing.get(pod).map(Vec::as_slice).unwrap_or_default()
+    }
+
+    /// The identity of `pod` as policies' `sources` see it.
+    pub fn identity(&self, pod: &Pod) -> Identity {
+        let namespace = pod.namespace().unwrap_or_default();
+        Identity {
+            name: pod.name_any(),
+            namespace_labels: self.namespaces.get(&namespace).cloned().unwrap_or_default(),
+            namespace,
+            uid: pod.metadata.uid.clone(),
+            service_account: pod.spec.as_ref().and_then(|s| s.service_account_name.clone()),
+            labels: pod.labels().clone(),
+        }
+    }
+
+    /// Whether `policy` governs calls made by a pod with `identity`.
+    pub fn applies_to(policy: &CommunicationPolicy, identity: &Identity) -> bool {
+        policy.spec.selects_caller(&identity.namespace, &identity.namespace_labels, &identity.labels)
+    }
+
+    /// `pod`'s snapshot; see the module docs. Its version carries the content hash and a zero
+    /// counter.
+    pub fn compile(&self, pod: &Pod) -> Snapshot {
+        let identity = self.identity(pod);
+        let key = ObjKey::new(&identity.namespace, &identity.name);
+
+        // Outbound: the policies that select this pod as a caller, and the Services they govern.
+        let mine: Vec<bool> = self.policies.iter().map(|e| Self::applies_to(&e.policy, &identity)).collect();
+        let governed: BTreeSet<&ObjKey> =
+            self.policies.iter().zip(&mine).filter(|(_, m)| **m).flat_map(|(e, _)| &e.targets).collect();
+        let mut snapshot = Snapshot::new(identity);
+        for service in governed.into_iter().filter_map(|k| self.services.get(k)) {
+            let sorted: Vec<usize> = service.policies.iter().copied().filter(|i| mine[*i]).collect();
+            snapshot.services.push(self.service_snapshot(service, &sorted));
+        }
+
+        // Inbound: this pod's ports that Services route to.
+        let mut by_port: BTreeMap<u16, Vec<&Backing>> = BTreeMap::new();
+        for b in self.backing(&key) {
+            by_port.entry(b.pod_port).or_default().push(b);
+        }
+        for (port, backings) in by_port {
+            let mut services: Vec<String> =
+                backings.iter().map(|b| format!("{}.{}", b.service.name, b.service.namespace)).collect();
+            services.sort();
+            services.dedup();
+            let candidates = backings.iter().filter_map(|b| {
+                let s = self.services.get(&b.service)?;
+                let sorted = self.sorted(&s.policies);
+                select::in_force(&sorted, Some(b.service_port))
+            });
+            let policy = candidates.min_by(|a, b| precedence::compare(a, b)).and_then(|p| self.applied(p));
+            snapshot.inbound.push(InboundPort { port, services, policy });
+        }
+        snapshot.version.hash = snapshot.content_hash();
+        snapshot
+    }
+
+    fn service_snapshot(&self, service: &ServiceEntry, policies: &[usize]) -> ServiceSnapshot {
+        let sorted = self.sorted(policies);
+        let ports: Vec<Option<u16>> = service.ports.iter().map(|p| Some(p.port)).collect();
+        let (chosen, shadowed) = select::resolve_ports(&sorted, &ports);
+        ServiceSnapshot {
+            name: service.key.name.clone(),
+            namespace: service.key.namespace.clone(),
+            headless: service.headless,
+            ports: service
+                .ports
+                .iter()
+                .zip(chosen)
+                .map(|(p, policy)| PortSnapshot {
+                    port: Some(p.port),
+                    name: p.name.clone(),
+                    app_protocol: p.app_protocol.clone(),
+                    addresses: p.addresses.clone(),
+                    endpoints: p.endpoints.clone(),
+                    policy: policy.and_then(|p| self.applied(p)),
+                })
+                .collect(),
+            shadowed,
+        }
+    }
+
+    /// The policies at `indexes`, in that order.
+    fn sorted(&self, indexes: &[usize]) -> Vec<&CommunicationPolicy> {
+        indexes.iter().map(|i| self.policies[*i].policy.as_ref()).collect()
+    }
+
+    fn applied(&self, policy: &CommunicationPolicy) -> Option<AppliedPolicy> {
+        let name = policy.full_name();
+        let i = self.policies.binary_search_by(|e| e.name.as_str().cmp(&name)).ok()?;
+        Some(self.policies[i].applied.clone())
+    }
+}
+
+/// `ip` at `port`.
+fn socket(ip: &str, port: u16) -> Option<SocketAddr> {
+    ip.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, port))
+}
