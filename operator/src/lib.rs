@@ -1,11 +1,200 @@
 //! `breakwater-operator`: the control plane.
 //!
+//! - [`index`]: one watch per kind (CommunicationPolicy, Service, EndpointSlice, Pod, Namespace)
+//!   into reflector stores, each change turned into a trigger;
 //! - [`compile`]: policies, Services, EndpointSlices, Namespaces and a Pod → that pod's sidecar
 //!   snapshot (a pure function);
-//! - [`key`]: the `namespace/name` keys the indexes use.
+//! - [`snapshots`]: the hub holding every pod's snapshot in a watch channel, recompiling only
+//!   the pods a change concerns;
+//! - [`controller`]: each policy reconciled into its status, written by the lease holder only
+//!   ([`leader`]);
+//! - [`admin`]: health, metrics and the loopback debug view of snapshots; [`settings`]: every
+//!   knob, as flags and `BREAKWATER_*` variables.
+//!
+//! [`run`] wires them together; `main.rs` only parses arguments, installs logging and waits
+//! for signals.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, rust_2018_idioms)]
 
+pub mod admin;
 pub mod compile;
+pub mod controller;
+mod error;
+pub mod index;
 pub mod key;
+pub mod leader;
+pub mod metrics;
+pub mod settings;
+pub mod snapshots;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use breakwater_crds::CommunicationPolicy;
+use kube::{
+    Api, Client, Config,
+    api::ListParams,
+    config::{KubeConfigOptions, Kubeconfig},
+    runtime::controller as kube_controller,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use self::{
+    admin::{AdminState, Endpoints},
+    index::{Index, Lenient},
+    leader::Leader,
+    metrics::Metrics,
+    snapshots::Hub,
+};
+pub use self::{
+    error::{Error, Result},
+    settings::{LogFormat, Settings},
+};
+
+/// Runs the operator until `shutdown` resolves, then stops within `settings.shutdown_timeout`:
+/// stop accepting work, let reconciles in flight finish, release the lease.
+pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    let client = client(&settings).await?;
+    check_crd(&client).await?;
+    let identity = settings.identity();
+    let metrics = Arc::new(Metrics::new());
+
+    // Health and metrics first, so the kubelet sees a live process while the indexes sync.
+    let stop = CancellationToken::new();
+    let health =
+        admin::bind(SocketAddr::new(settings.bind_address, settings.health_port), "/live and /ready").await?;
+    let metrics_listener =
+        admin::bind(SocketAddr::new(settings.bind_address, settings.metrics_port), "/metrics").await?;
+    let debug = match settings.debug_address.0 {
+        Some(addr) => Some(admin::bind(addr, "/debug/snapshots").await?),
+        None => None,
+    };
+
+    let (triggers, queue) = index::triggers();
+    let (index, policy_stream, mut tasks) =
+        Index::start(&client, &settings.pod_selector, triggers, metrics.clone());
+    let hub = Arc::new(Hub::new(metrics.clone()));
+    let (concerned_tx, concerned_rx) = mpsc::channel(1024);
+    tasks.push(tokio::spawn(hub.clone().run(index.clone(), queue, concerned_tx, settings.snapshot_debounce)));
+
+    let state = AdminState { index: index.clone(), metrics: metrics.clone(), hub };
+    let mut servers = vec![
+        tokio::spawn(admin::serve(health, Endpoints::Health, state.clone(), stop.clone().cancelled_owned())),
+        tokio::spawn(admin::serve(
+            metrics_listener,
+            Endpoints::Metrics,
+            state.clone(),
+            stop.clone().cancelled_owned(),
+        )),
+    ];
+    if let Some(debug) = debug {
+        servers.push(tokio::spawn(admin::serve(
+            debug,
+            Endpoints::Debug,
+            state,
+            stop.clone().cancelled_owned(),
+        )));
+    }
+
+    let leader = Leader::join(
+        client.clone(),
+        &settings.namespace,
+        &settings.lease_name,
+        &identity,
+        settings.lease_duration,
+        settings.lease_renew_before,
+    )
+    .await?;
+    tasks.push(tokio::spawn(report_leadership(leader.subscribe(), metrics.clone())));
+
+    let ctx = Arc::new(controller::Context {
+        client: client.clone(),
+        index,
+        leader: leader.subscribe(),
+        recorder: controller::recorder(client, &identity),
+        metrics,
+        deliveries: None,
+        resync: settings.resync,
+    });
+    let inputs = controller::Inputs {
+        policies: policy_stream,
+        concerned: concerned_rx,
+        config: kube_controller::Config::default()
+            .debounce(settings.reconcile_debounce)
+            .concurrency(settings.reconcile_concurrency),
+    };
+    let mut controller = tokio::spawn(controller::run(ctx, inputs, stop.clone().cancelled_owned()));
+    tracing::info!(%identity, version = env!("CARGO_PKG_VERSION"), "breakwater-operator started");
+
+    tokio::select! {
+        // SIGTERM or SIGINT.
+        _ = shutdown => tracing::info!("shutting down"),
+        // The controller ended on its own (its watch stream closed).
+        _ = &mut controller => tracing::warn!("the controller stopped"),
+    }
+    let deadline = tokio::time::Instant::now() + settings.shutdown_timeout;
+    stop.cancel();
+    let half = settings.shutdown_timeout / 2;
+    if tokio::time::timeout(half, &mut controller).await.is_err() {
+        tracing::warn!(?half, "reconciles still running at shutdown were cut");
+        controller.abort();
+        let _ = controller.await;
+    }
+    for t in tasks.into_iter().chain(servers) {
+        t.abort();
+        let _ = t.await;
+    }
+    leader.release(deadline.saturating_duration_since(tokio::time::Instant::now())).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn report_leadership(mut rx: tokio::sync::watch::Receiver<bool>, metrics: Arc<Metrics>) {
+    loop {
+        let leader = *rx.borrow_and_update();
+        metrics.set_leader(leader);
+        tracing::info!(
+            leader,
+            "lease {}",
+            if leader {
+                "acquired: writing status"
+            } else {
+                "not held: status is written by another replica"
+            }
+        );
+        // A closed channel: the election stopped.
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A client from `--kubeconfig`, else `KUBECONFIG` or `~/.kube/config`, else the pod's
+/// ServiceAccount.
+async fn client(settings: &Settings) -> Result<Client> {
+    let config = match &settings.kubeconfig {
+        Some(path) => {
+            let kubeconfig = Kubeconfig::read_from(path)
+                .map_err(|e| Error::ClientConfig(format!("{}: {e}", path.display())))?;
+            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| Error::ClientConfig(e.to_string()))?
+        }
+        None => Config::infer().await.map_err(|e| Error::ClientConfig(e.to_string()))?,
+    };
+    Client::try_from(config).map_err(|e| Error::ClientConfig(e.to_string()))
+}
+
+/// Fails with an install hint when the CRD is not installed (controller-rs's start-up check).
+async fn check_crd(client: &Client) -> Result<()> {
+    let api: Api<Lenient<CommunicationPolicy>> = Api::all(client.clone());
+    match api.list(&ListParams::default().limit(1)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Err(Error::CrdMissing(kube::Error::Api(s))),
+        Err(kube::Error::Api(s)) if s.code == 403 => {
+            Err(Error::Forbidden { what: "list communicationpolicies".into(), source: kube::Error::Api(s) })
+        }
+        Err(source) => Err(Error::Kube { what: "listing CommunicationPolicies".into(), source }),
+    }
+}

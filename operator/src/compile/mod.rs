@@ -28,6 +28,8 @@ mod endpoints;
 #[cfg(test)]
 mod tests;
 
+pub use self::endpoints::SERVICE_NAME_LABEL;
+
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::{IpAddr, SocketAddr},
@@ -113,6 +115,8 @@ pub struct World {
     services: BTreeMap<ObjKey, ServiceEntry>,
     /// Pod → the Service ports it backs.
     backing: HashMap<ObjKey, Vec<Backing>>,
+    /// Service → the pods backing it.
+    backers: HashMap<ObjKey, BTreeSet<ObjKey>>,
 }
 
 impl World {
@@ -152,9 +156,13 @@ impl World {
                 },
             );
         }
-        for list in backing.values_mut() {
+        let mut backers: HashMap<ObjKey, BTreeSet<ObjKey>> = HashMap::new();
+        for (pod, list) in backing.iter_mut() {
             list.sort();
             list.dedup();
+            for b in list.iter() {
+                backers.entry(b.service.clone()).or_default().insert(pod.clone());
+            }
         }
 
         let mut valid: Vec<PolicyEntry> = policies
@@ -188,7 +196,7 @@ impl World {
         for s in entries.values_mut() {
             s.policies.sort_by(|a, b| precedence::compare(&valid[*a].policy, &valid[*b].policy));
         }
-        World { namespaces, policies: valid, services: entries, backing }
+        World { namespaces, policies: valid, services: entries, backing, backers }
     }
 
     /// The valid policies, sorted by `namespace/name`.
@@ -204,6 +212,28 @@ impl World {
     /// The Service ports `pod` backs.
     pub fn backing(&self, pod: &ObjKey) -> &[Backing] {
         self.backing.get(pod).map(Vec::as_slice).unwrap_or_default()
+    }
+
+    /// The pods backing `service`.
+    pub fn backers_of(&self, service: &ObjKey) -> impl Iterator<Item = &ObjKey> {
+        self.backers.get(service).into_iter().flatten()
+    }
+
+    /// The valid policy `key`, if indexed.
+    pub fn policy(&self, key: &ObjKey) -> Option<&PolicyEntry> {
+        let name = key.to_string();
+        self.policies.binary_search_by(|e| e.name.as_str().cmp(&name)).ok().map(|i| &self.policies[i])
+    }
+
+    /// The Services of `namespace` that `policy` selects (whether or not it is valid).
+    pub fn selected_by(&self, policy: &CommunicationPolicy) -> Vec<ObjKey> {
+        let namespace = policy.namespace_or_default();
+        self.services
+            .range(ObjKey::new(namespace, "")..)
+            .take_while(|(k, _)| k.namespace == namespace)
+            .filter(|(k, s)| policy.spec.selects_service(&k.name, &s.labels))
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 
     /// The identity of `pod` as policies' `sources` see it.

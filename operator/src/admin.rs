@@ -1,0 +1,140 @@
+//! The operator's HTTP endpoints: `/live` and `/ready` on the health port, `/metrics` on the
+//! metrics port (both where the kubelet and Prometheus reach them), and on loopback only
+//! `/debug/snapshots` (the pods with a snapshot) and `/debug/snapshots/NAMESPACE/POD` (one
+//! pod's snapshot, as its sidecar would receive it).
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+use crate::{Error, Result, index::Index, key::ObjKey, metrics::Metrics, snapshots::Hub};
+
+/// What the endpoints read.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    /// Readiness comes from the index.
+    pub index: Index,
+    /// Metrics to encode.
+    pub metrics: Arc<Metrics>,
+    /// Snapshots, for the debug endpoints.
+    pub hub: Arc<Hub>,
+}
+
+/// Which endpoints a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoints {
+    /// `/live`, `/ready`.
+    Health,
+    /// `/metrics`.
+    Metrics,
+    /// `/debug/snapshots...`.
+    Debug,
+}
+
+/// Binds `addr` for `what`.
+pub async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|source| Error::Listen { what, addr, source })
+}
+
+/// Serves `endpoints` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    endpoints: Endpoints,
+    state: AdminState,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            // A client connected.
+            a = listener.accept() => a,
+            // Stop accepting.
+            _ = &mut shutdown => return,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(route(endpoints, &state, req).await) }
+            });
+            let conn = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(e) = conn.serve_connection(TokioIo::new(stream), service).await {
+                tracing::debug!(error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+}
+
+fn text(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("a response from constants is valid")
+}
+
+async fn route(endpoints: Endpoints, state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());
+    }
+    let path = req.uri().path();
+    match (endpoints, path) {
+        (Endpoints::Health, "/live") => text(StatusCode::OK, "text/plain", "live\n".into()),
+        (Endpoints::Health, "/ready") if state.index.is_ready() => {
+            text(StatusCode::OK, "text/plain", "ready\n".into())
+        }
+        (Endpoints::Health, "/ready") => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "indexes not synced yet\n".into())
+        }
+        (Endpoints::Metrics, "/metrics") => {
+            for (kind, n) in state.index.counts() {
+                state.metrics.indexed(kind, n);
+            }
+            text(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                state.metrics.encode(),
+            )
+        }
+        (Endpoints::Debug, "/debug/snapshots") => {
+            let pods: Vec<String> = state
+                .index
+                .pods
+                .state()
+                .iter()
+                .filter_map(|p| ObjKey::of(p.as_ref()))
+                .map(|k| k.to_string())
+                .collect();
+            text(StatusCode::OK, "application/json", format!("{:#}\n", serde_json::json!({"pods": pods})))
+        }
+        (Endpoints::Debug, p) if p.starts_with("/debug/snapshots/") => {
+            let rest = &p["/debug/snapshots/".len()..];
+            let Some((namespace, pod)) = rest.split_once('/') else {
+                return text(
+                    StatusCode::NOT_FOUND,
+                    "text/plain",
+                    "use /debug/snapshots/NAMESPACE/POD\n".into(),
+                );
+            };
+            match state.hub.current(&ObjKey::new(namespace, pod)).await {
+                Some(s) => text(StatusCode::OK, "application/json", format!("{:#}\n", serde_json::json!(*s))),
+                None => text(
+                    StatusCode::NOT_FOUND,
+                    "text/plain",
+                    format!(
+                        "no snapshot for pod {namespace}/{pod} (not a pod with a sidecar, or not indexed yet)\n"
+                    ),
+                ),
+            }
+        }
+        (Endpoints::Health, _) => text(StatusCode::NOT_FOUND, "text/plain", "try /live or /ready\n".into()),
+        (Endpoints::Metrics, _) => text(StatusCode::NOT_FOUND, "text/plain", "try /metrics\n".into()),
+        (Endpoints::Debug, _) => text(StatusCode::NOT_FOUND, "text/plain", "try /debug/snapshots\n".into()),
+    }
+}

@@ -1,0 +1,199 @@
+use std::sync::Arc;
+
+use breakwater_crds::{CommunicationPolicy, CommunicationPolicyStatus, reasons};
+use k8s_openapi::{
+    api::core::v1::Service,
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    jiff::Timestamp,
+};
+use serde_json::{Value, json};
+
+use super::*;
+
+fn at(secs: i64) -> Time {
+    Time(Timestamp::from_second(1_800_000_000 + secs).expect("a valid time"))
+}
+
+fn policy(name: &str, created: i64, spec: Value) -> CommunicationPolicy {
+    serde_json::from_value(json!({
+        "apiVersion": "breakwater.dev/v1alpha1",
+        "kind": "CommunicationPolicy",
+        "metadata": {"name": name, "namespace": "shop", "generation": 4, "creationTimestamp": at(created)},
+        "spec": spec,
+    }))
+    .expect("a valid policy")
+}
+
+fn service(name: &str, ports: &[u16]) -> Arc<Service> {
+    let ports: Vec<Value> = ports.iter().map(|p| json!({"port": p, "protocol": "TCP"})).collect();
+    Arc::new(
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "shop", "labels": {"tier": "backend"}},
+            "spec": {"clusterIP": "198.19.0.10", "ports": ports},
+        }))
+        .expect("a valid service"),
+    )
+}
+
+fn condition<'a>(s: &'a CommunicationPolicyStatus, type_: &str) -> &'a Condition {
+    s.conditions.iter().find(|c| c.type_ == type_).unwrap_or_else(|| panic!("no {type_} in {s:?}"))
+}
+
+fn reason(s: &CommunicationPolicyStatus, type_: &str) -> (String, String) {
+    let c = condition(s, type_);
+    (c.status.clone(), c.reason.clone())
+}
+
+fn status_of(
+    p: &CommunicationPolicy,
+    peers: &[&CommunicationPolicy],
+    services: &[Arc<Service>],
+) -> CommunicationPolicyStatus {
+    let services: Vec<&Service> = services.iter().map(Arc::as_ref).collect();
+    desired(p, peers, &services, None, None, &at(100))
+}
+
+fn payments() -> Value {
+    json!({"targetRef": {"name": "payments"}, "timeouts": {"request": "2s"}})
+}
+
+#[test]
+fn a_valid_policy_with_its_service_is_accepted_resolved_and_effective() {
+    let p = policy("p", 0, payments());
+    let s = status_of(&p, &[&p], &[service("payments", &[80, 9090])]);
+    assert_eq!(reason(&s, "Accepted"), ("True".into(), reasons::VALID.into()));
+    assert_eq!(reason(&s, "Ready"), ("True".into(), reasons::RESOLVED.into()));
+    assert_eq!(reason(&s, "Conflicted"), ("False".into(), reasons::NO_CONFLICT.into()));
+    assert_eq!(s.observed_generation, Some(4));
+    assert!(
+        s.conditions.iter().all(|c| c.observed_generation == Some(4) && c.last_transition_time == at(100))
+    );
+    assert_eq!(s.targets.len(), 1);
+    assert_eq!((s.targets[0].name.as_str(), s.targets[0].ports.as_slice()), ("payments", &[80, 9090][..]));
+    assert_eq!(s.targets[0].governed_by, None);
+    let effective = s.effective.expect("effective is filled");
+    assert_eq!(effective.timeouts.request, Some(std::time::Duration::from_secs(2)));
+    assert_eq!(effective.timeouts.connect, breakwater_crds::DEFAULT_CONNECT_TIMEOUT, "defaults filled in");
+    assert_eq!(s.sidecars, None, "no sidecar count until sidecars acknowledge");
+}
+
+#[test]
+fn a_missing_service_is_no_matching_targets_naming_what_was_looked_for() {
+    let p = policy("p", 0, payments());
+    let s = status_of(&p, &[&p], &[service("reports", &[80])]);
+    assert_eq!(reason(&s, "Accepted").1, reasons::VALID);
+    assert_eq!(reason(&s, "Ready"), ("False".into(), reasons::NO_MATCHING_TARGETS.into()));
+    assert!(condition(&s, "Ready").message.contains("no Service named payments in namespace shop"));
+    assert!(s.targets.is_empty());
+
+    let by_label = policy(
+        "q",
+        0,
+        json!({"targetRef": {"selector": {"matchLabels": {"tier": "frontend"}}}, "timeouts": {"request": "1s"}}),
+    );
+    let s = status_of(&by_label, &[&by_label], &[service("reports", &[80])]);
+    assert!(condition(&s, "Ready").message.contains("matches spec.targetRef.selector"), "{:?}", s.conditions);
+
+    let wrong_port = policy(
+        "r",
+        0,
+        json!({"targetRef": {"name": "payments", "ports": [8443]}, "timeouts": {"request": "1s"}}),
+    );
+    let s = status_of(&wrong_port, &[&wrong_port], &[service("payments", &[80])]);
+    assert_eq!(reason(&s, "Ready").1, reasons::NO_MATCHING_TARGETS);
+    let message = &condition(&s, "Ready").message;
+    assert!(message.contains("spec.targetRef.ports") && message.contains("it has 80"), "{message}");
+}
+
+#[test]
+fn the_loser_of_a_conflict_names_the_winner_and_why() {
+    let older = policy("older", 0, payments());
+    let newer = policy("newer", 50, payments());
+    let by_label = policy(
+        "tier",
+        -50,
+        json!({"targetRef": {"selector": {"matchLabels": {"tier": "backend"}}}, "timeouts": {"request": "5s"}}),
+    );
+    let peers = [&older, &newer, &by_label];
+    let services = [service("payments", &[80])];
+
+    let s = status_of(&newer, &peers, &services);
+    assert_eq!(reason(&s, "Conflicted"), ("True".into(), reasons::OVERRIDDEN.into()));
+    assert_eq!(condition(&s, "Conflicted").message, "payments: shop/older wins (it is older)");
+    assert_eq!(s.targets[0].governed_by.as_deref(), Some("shop/older"));
+    assert!(s.targets[0].ports.is_empty(), "in force on no port");
+    assert_eq!(reason(&s, "Ready").1, reasons::RESOLVED, "still resolved: it names its target");
+
+    let s = status_of(&by_label, &peers, &services);
+    assert_eq!(
+        condition(&s, "Conflicted").message,
+        "payments: shop/older wins (it names the Service; this policy selects it by label)"
+    );
+
+    let s = status_of(&older, &peers, &services);
+    assert_eq!(reason(&s, "Conflicted"), ("False".into(), reasons::NO_CONFLICT.into()));
+    assert_eq!(s.targets[0].ports, [80]);
+
+    // The winner deleted: the next in line takes over.
+    let s = status_of(&newer, &[&newer, &by_label], &services);
+    assert_eq!(reason(&s, "Conflicted").1, reasons::NO_CONFLICT);
+}
+
+#[test]
+fn invalid_peers_never_win() {
+    let broken = policy("broken", 0, json!({"targetRef": {"name": "payments"}, "retries": {"attempts": 0}}));
+    let p = policy("p", 50, payments());
+    let s = status_of(&p, &[&broken, &p], &[service("payments", &[80])]);
+    assert_eq!(reason(&s, "Conflicted").1, reasons::NO_CONFLICT);
+}
+
+#[test]
+fn what_the_schema_cannot_catch_is_not_accepted_with_its_field_path() {
+    let p = policy("p", 0, json!({"targetRef": {"name": "payments"}, "retries": {"attempts": 0}}));
+    let s = status_of(&p, &[&p], &[service("payments", &[80])]);
+    assert_eq!(reason(&s, "Accepted"), ("False".into(), reasons::INVALID.into()));
+    assert!(condition(&s, "Accepted").message.contains("spec.retries.attempts"), "{:?}", s.conditions);
+    assert_eq!(reason(&s, "Ready"), ("False".into(), reasons::NOT_ACCEPTED.into()));
+    assert!(s.effective.is_none() && s.targets.is_empty());
+
+    let s = unreadable(
+        Some(2),
+        "spec.retries.attempts: invalid type: string \"three\", expected u32",
+        None,
+        &at(0),
+    );
+    assert_eq!(reason(&s, "Accepted").1, reasons::INVALID);
+    assert!(condition(&s, "Accepted").message.contains("cannot be read: spec.retries.attempts"));
+    assert_eq!(s.observed_generation, Some(2));
+}
+
+#[test]
+fn recomputing_changes_nothing_and_transitions_keep_their_time_until_the_status_flips() {
+    let p = policy("p", 0, payments());
+    let first = status_of(&p, &[&p], &[]);
+    let services: Vec<&Service> = Vec::new();
+    let again = desired(&p, &[&p], &services, None, Some(&first), &at(500));
+    assert_eq!(again, first, "a restarted operator computes the same status: nothing to write");
+    assert!(transitions(Some(&first), &again).is_empty());
+
+    let svc = service("payments", &[80]);
+    let later = desired(&p, &[&p], &[svc.as_ref()], None, Some(&first), &at(900));
+    assert_eq!(condition(&later, "Ready").last_transition_time, at(900), "Ready flipped");
+    assert_eq!(condition(&later, "Accepted").last_transition_time, at(100), "Accepted did not");
+    let changed: Vec<_> = transitions(Some(&first), &later).iter().map(|c| c.reason.clone()).collect();
+    assert_eq!(changed, [reasons::RESOLVED]);
+    assert_eq!(transitions(None, &later).len(), 3, "a new status: every condition is news");
+}
+
+#[test]
+fn delivery_counts_turn_ready_into_pending_or_programmed() {
+    let p = policy("p", 0, payments());
+    let svc = service("payments", &[80]);
+    let pending =
+        desired(&p, &[&p], &[svc.as_ref()], Some(Delivery { acknowledged: 3, expected: 5 }), None, &at(0));
+    assert_eq!(reason(&pending, "Ready"), ("False".into(), reasons::PENDING.into()));
+    assert_eq!(pending.sidecars, Some(3));
+    let done =
+        desired(&p, &[&p], &[svc.as_ref()], Some(Delivery { acknowledged: 5, expected: 5 }), None, &at(0));
+    assert_eq!(reason(&done, "Ready"), ("True".into(), reasons::PROGRAMMED.into()));
+}

@@ -1,0 +1,166 @@
+//! The operator's Prometheus metrics (`breakwater_operator_*`), served on the metrics port.
+//!
+//! | metric | what |
+//! |---|---|
+//! | `reconciles_total` | policy reconciles run |
+//! | `reconcile_failures_total{error}` | failed reconciles, by [`crate::Error::metric_label`] |
+//! | `reconcile_duration_seconds` | time per reconcile |
+//! | `status_writes_total` / `status_unchanged_total` | status patches sent / skipped as unchanged |
+//! | `objects_indexed{kind}` | objects in each index |
+//! | `malformed_objects_total{kind}` | watched objects that could not be read (ignored) |
+//! | `watch_errors_total{kind}` | watch failures (retried with backoff) |
+//! | `leader` | 1 while this replica holds the lease (and writes status) |
+//! | `snapshots` | pods with a snapshot |
+//! | `snapshot_updates_total` | snapshots whose content changed |
+//! | `snapshot_compiles_total` / `snapshot_batch_seconds` | pods compiled, time per batch of changes |
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabel {
+    error: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+/// Every metric the operator exports.
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Counter,
+    reconcile_failures: Family<ErrorLabel, Counter>,
+    reconcile_duration: Histogram,
+    status_writes: Counter,
+    status_unchanged: Counter,
+    objects_indexed: Family<KindLabel, Gauge>,
+    malformed: Family<KindLabel, Counter>,
+    watch_errors: Family<KindLabel, Counter>,
+    leader: Gauge,
+    snapshots: Gauge,
+    snapshot_updates: Counter,
+    snapshot_compiles: Counter,
+    snapshot_batch: Histogram,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+const SECONDS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+impl Metrics {
+    /// Registers every family.
+    pub fn new() -> Self {
+        let mut m = Metrics {
+            registry: Registry::with_prefix("breakwater_operator"),
+            reconciles: Counter::default(),
+            reconcile_failures: Family::default(),
+            reconcile_duration: Histogram::new(SECONDS),
+            status_writes: Counter::default(),
+            status_unchanged: Counter::default(),
+            objects_indexed: Family::default(),
+            malformed: Family::default(),
+            watch_errors: Family::default(),
+            leader: Gauge::default(),
+            snapshots: Gauge::default(),
+            snapshot_updates: Counter::default(),
+            snapshot_compiles: Counter::default(),
+            snapshot_batch: Histogram::new(SECONDS),
+        };
+        let r = &mut m.registry;
+        r.register("reconciles", "Policy reconciles run", m.reconciles.clone());
+        r.register("reconcile_failures", "Failed policy reconciles, by error", m.reconcile_failures.clone());
+        r.register("reconcile_duration_seconds", "Time per policy reconcile", m.reconcile_duration.clone());
+        r.register("status_writes", "Policy status patches sent", m.status_writes.clone());
+        r.register(
+            "status_unchanged",
+            "Policy status patches skipped: nothing changed",
+            m.status_unchanged.clone(),
+        );
+        r.register("objects_indexed", "Objects in the in-memory indexes, by kind", m.objects_indexed.clone());
+        r.register(
+            "malformed_objects",
+            "Watched objects that could not be read, by kind",
+            m.malformed.clone(),
+        );
+        r.register("watch_errors", "Watch failures (retried), by kind", m.watch_errors.clone());
+        r.register("leader", "1 while this replica holds the lease and writes status", m.leader.clone());
+        r.register("snapshots", "Pods with a compiled snapshot", m.snapshots.clone());
+        r.register("snapshot_updates", "Snapshots whose content changed", m.snapshot_updates.clone());
+        r.register("snapshot_compiles", "Pod snapshots compiled", m.snapshot_compiles.clone());
+        r.register(
+            "snapshot_batch_seconds",
+            "Time to apply one batch of changes to the snapshots",
+            m.snapshot_batch.clone(),
+        );
+        m
+    }
+
+    /// A reconcile ended after `seconds`, failing with `error` if set.
+    pub fn reconciled(&self, seconds: f64, error: Option<&'static str>) {
+        self.reconciles.inc();
+        self.reconcile_duration.observe(seconds);
+        if let Some(error) = error {
+            self.reconcile_failures.get_or_create(&ErrorLabel { error }).inc();
+        }
+    }
+
+    /// A status patch was sent (`true`) or skipped as unchanged (`false`).
+    pub fn status_write(&self, sent: bool) {
+        if sent {
+            self.status_writes.inc()
+        } else {
+            self.status_unchanged.inc()
+        };
+    }
+
+    /// Sets how many `kind` objects are indexed.
+    pub fn indexed(&self, kind: &'static str, n: usize) {
+        self.objects_indexed.get_or_create(&KindLabel { kind }).set(n as i64);
+    }
+
+    /// A watched `kind` object could not be read.
+    pub fn malformed_object(&self, kind: &'static str) {
+        self.malformed.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    /// The `kind` watch failed.
+    pub fn watch_error(&self, kind: &'static str) {
+        self.watch_errors.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    /// Whether this replica leads.
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
+    }
+
+    /// A batch of changes compiled `pods` snapshots, `updated` of which changed, in `seconds`;
+    /// `total` pods have one.
+    pub fn snapshot_batch(&self, pods: usize, updated: usize, total: usize, seconds: f64) {
+        self.snapshot_compiles.inc_by(pods as u64);
+        self.snapshot_updates.inc_by(updated as u64);
+        self.snapshots.set(total as i64);
+        self.snapshot_batch.observe(seconds);
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}

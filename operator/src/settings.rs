@@ -1,0 +1,153 @@
+//! [`Settings`]: every knob of the operator, as a flag and as the `BREAKWATER_*` variable the
+//! Helm chart sets (`charts/breakwater/templates/deployment.yaml`).
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, ValueEnum};
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line (for log collectors).
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 250ms, 15s, 1m)"))
+}
+
+/// The operator's settings; see `breakwater-operator run --help`.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// The namespace the operator runs in: its Lease lives there.
+    #[arg(long, env = "BREAKWATER_NAMESPACE", default_value = "breakwater-system")]
+    pub namespace: String,
+
+    /// This replica's name: its identity in the Lease and in Events. Default: the host name.
+    #[arg(long, env = "BREAKWATER_POD_NAME")]
+    pub pod_name: Option<String>,
+
+    /// The Lease the replicas elect the status writer with. Every replica indexes, compiles and
+    /// serves; only the holder writes policy status and Events.
+    #[arg(long, env = "BREAKWATER_LEASE_NAME", default_value = "breakwater-operator")]
+    pub lease_name: String,
+
+    /// How long a lease holder that stops renewing keeps the lease: the longest a failed
+    /// holder's status writes are missing before another replica takes over.
+    #[arg(long, env = "BREAKWATER_LEASE_DURATION", default_value = "15s", value_parser = duration)]
+    pub lease_duration: Duration,
+
+    /// How long before the lease expires its holder renews it.
+    #[arg(long, env = "BREAKWATER_LEASE_RENEW_BEFORE", default_value = "5s", value_parser = duration)]
+    pub lease_renew_before: Duration,
+
+    /// Label selector of the Pods that get snapshots: the pods with a Breakwater sidecar (the
+    /// injector labels them).
+    #[arg(long, env = "BREAKWATER_POD_SELECTOR", default_value = "breakwater.dev/injected=true")]
+    pub pod_selector: String,
+
+    /// How long a burst of changes gathers before the affected snapshots are recompiled.
+    #[arg(long, env = "BREAKWATER_SNAPSHOT_DEBOUNCE", default_value = "100ms", value_parser = duration)]
+    pub snapshot_debounce: Duration,
+
+    /// How long a policy's changes gather before it is reconciled (kube-runtime's debounce).
+    #[arg(long, env = "BREAKWATER_RECONCILE_DEBOUNCE", default_value = "200ms", value_parser = duration)]
+    pub reconcile_debounce: Duration,
+
+    /// Most policies reconciled at once.
+    #[arg(long, env = "BREAKWATER_RECONCILE_CONCURRENCY", default_value_t = 8)]
+    pub reconcile_concurrency: u16,
+
+    /// How often every policy is reconciled even when nothing changed.
+    #[arg(long, env = "BREAKWATER_RESYNC", default_value = "5m", value_parser = duration)]
+    pub resync: Duration,
+
+    /// The address the health and metrics ports listen on.
+    #[arg(long, env = "BREAKWATER_BIND_ADDRESS", default_value = "0.0.0.0")]
+    pub bind_address: std::net::IpAddr,
+
+    /// Port of `/live` and `/ready` (ready once every index has its first list).
+    #[arg(long, env = "BREAKWATER_HEALTH_PORT", default_value_t = 8081)]
+    pub health_port: u16,
+
+    /// Port of `/metrics` (Prometheus text format).
+    #[arg(long, env = "BREAKWATER_METRICS_PORT", default_value_t = 8080)]
+    pub metrics_port: u16,
+
+    /// Where `/debug/snapshots/NAMESPACE/POD` shows a pod's compiled snapshot. Keep it on
+    /// loopback: snapshots describe the mesh. Empty: off.
+    #[arg(long, env = "BREAKWATER_DEBUG_ADDRESS", default_value = "127.0.0.1:9091", value_parser = debug_address)]
+    pub debug_address: MaybeAddr,
+
+    /// How long SIGTERM may take: stop reconciling, release the lease, exit.
+    #[arg(long, env = "BREAKWATER_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub shutdown_timeout: Duration,
+
+    /// A kubeconfig to use instead of the in-cluster ServiceAccount (or `KUBECONFIG`).
+    #[arg(long, env = "BREAKWATER_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Log filter: trace, debug, info, warn or error, or a tracing directive
+    /// (`breakwater_operator=debug,kube=info`).
+    #[arg(long, env = "BREAKWATER_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Log format.
+    #[arg(long, env = "BREAKWATER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+
+    /// Settings of the parts that come next (the sidecar injector and the config API). They are
+    /// accepted so the chart's environment is complete, and have no effect yet.
+    #[command(flatten)]
+    pub reserved: Reserved,
+}
+
+/// Settings the chart already sets for the injector and the config API. Accepted, unused.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Not used yet (the injector and the config API)")]
+pub struct Reserved {
+    /// The operator's Service (the webhook's and config API's name).
+    #[arg(long, env = "BREAKWATER_SERVICE_NAME")]
+    pub service_name: Option<String>,
+    /// The MutatingWebhookConfiguration whose caBundle the operator keeps current.
+    #[arg(long, env = "BREAKWATER_WEBHOOK_CONFIGURATION")]
+    pub webhook_configuration: Option<String>,
+    /// The Secret holding the webhook's certificate.
+    #[arg(long, env = "BREAKWATER_WEBHOOK_SECRET")]
+    pub webhook_secret: Option<String>,
+    /// HTTPS port of the injection webhook.
+    #[arg(long, env = "BREAKWATER_WEBHOOK_PORT")]
+    pub webhook_port: Option<u16>,
+    /// Port of the config API sidecars stream their snapshot from.
+    #[arg(long, env = "BREAKWATER_CONFIG_PORT")]
+    pub config_port: Option<u16>,
+    /// The injection template (the chart's `<release>-sidecar` ConfigMap).
+    #[arg(long, env = "BREAKWATER_SIDECAR_CONFIG")]
+    pub sidecar_config: Option<PathBuf>,
+}
+
+/// An address, or none (an empty value turns a listener off).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaybeAddr(pub Option<SocketAddr>);
+
+fn debug_address(s: &str) -> Result<MaybeAddr, String> {
+    if s.is_empty() {
+        return Ok(MaybeAddr(None));
+    }
+    s.parse()
+        .map(|a| MaybeAddr(Some(a)))
+        .map_err(|e| format!("{e}: expected host:port, e.g. 127.0.0.1:9091, or empty"))
+}
+
+impl Settings {
+    /// This replica's identity.
+    pub fn identity(&self) -> String {
+        self.pod_name.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| format!("breakwater-operator-{}", std::process::id()))
+        })
+    }
+}

@@ -1,0 +1,343 @@
+//! The snapshot hub: every pod with a sidecar has its current snapshot in a
+//! `tokio::sync::watch` channel (Linkerd's pattern: a stream serving a pod just watches its
+//! channel, and a burst of changes reaches it as the latest value only).
+//!
+//! The hub takes [`Trigger`]s from the index, waits a short debounce so a burst (a rollout, a
+//! scale-up) becomes one batch, rebuilds the [`World`] from the stores, and recompiles **only
+//! the pods the batch concerns**:
+//!
+//! | trigger | pods recompiled |
+//! |---|---|
+//! | Pod | that pod |
+//! | Namespace | the pods in it (its labels feed `sources.namespaceSelector`) |
+//! | Policy | the pods whose snapshot used it, the pods it now applies to as callers, the pods backing its targets |
+//! | Service or EndpointSlice | the pods whose snapshot lists the Service, the callers of every policy now selecting it, the pods backing it |
+//!
+//! "Used it" comes from each pod's last snapshot (its dependencies), so a deletion or a label
+//! that stops matching still reaches the pods it affected. A recompiled snapshot whose content
+//! hash did not change is not published. The same batch tells the controller which policies'
+//! status a Service change (or a peer policy) may have changed.
+
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use breakwater_crds::{CommunicationPolicy, snapshot::Snapshot};
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::reflector::ObjectRef;
+use tokio::sync::{RwLock, mpsc, watch};
+
+use crate::{
+    compile::World,
+    index::{Index, Lenient, Trigger, TriggerQueue, readable},
+    key::ObjKey,
+    metrics::Metrics,
+};
+
+/// Where the hub tells the controller which policies to reconcile again.
+pub type PolicyRefs = mpsc::Sender<ObjectRef<Lenient<CommunicationPolicy>>>;
+
+/// What a pod's snapshot depended on, to find it again when one of those changes.
+#[derive(Debug, Default, Clone)]
+struct Deps {
+    policies: BTreeSet<String>,
+    services: BTreeSet<ObjKey>,
+}
+
+/// Every pod's current snapshot; see the module docs.
+#[derive(Debug)]
+pub struct Hub {
+    channels: RwLock<HashMap<ObjKey, watch::Sender<Arc<Snapshot>>>>,
+    /// The next version counter (starts from the Unix time in milliseconds).
+    counter: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis() as u64);
+        Hub { channels: RwLock::default(), counter: AtomicU64::new(start), metrics }
+    }
+
+    /// The current snapshot of `pod`, if it has one.
+    pub async fn current(&self, pod: &ObjKey) -> Option<Arc<Snapshot>> {
+        self.channels.read().await.get(pod).map(|tx| tx.borrow().clone())
+    }
+
+    /// A receiver that sees every new snapshot of `pod` (the latest one when several come
+    /// quickly); `None` when the pod has none. The channel closes when the pod goes.
+    pub async fn subscribe(&self, pod: &ObjKey) -> Option<watch::Receiver<Arc<Snapshot>>> {
+        self.channels.read().await.get(pod).map(watch::Sender::subscribe)
+    }
+
+    /// How many pods have a snapshot.
+    pub async fn len(&self) -> usize {
+        self.channels.read().await.len()
+    }
+
+    /// Whether no pod has a snapshot.
+    pub async fn is_empty(&self) -> bool {
+        self.len().await == 0
+    }
+
+    /// Runs until `queue` closes: waits for the index, compiles every pod, then applies each
+    /// batch of triggers. `debounce` is how long a batch gathers after its first trigger.
+    pub async fn run(
+        self: Arc<Self>,
+        index: Index,
+        mut queue: TriggerQueue,
+        policies: PolicyRefs,
+        debounce: Duration,
+    ) {
+        index.wait_ready().await;
+        let mut state = State::default();
+        self.apply(&index, &mut state, &HashSet::from([Trigger::All]), &policies).await;
+        loop {
+            let Some(first) = queue.recv().await else { return };
+            let mut batch = HashSet::from([first]);
+            tokio::time::sleep(debounce).await;
+            while let Some(t) = queue.try_recv() {
+                // A deleted policy's last state is worth keeping over a bare key.
+                if matches!(t, Trigger::Policy(_, Some(_))) {
+                    batch.replace(t);
+                } else {
+                    batch.insert(t);
+                }
+            }
+            self.apply(&index, &mut state, &batch, &policies).await;
+        }
+    }
+
+    async fn apply(&self, index: &Index, state: &mut State, batch: &HashSet<Trigger>, policies: &PolicyRefs) {
+        let started = tokio::time::Instant::now();
+        let world = index.world();
+        let pods: HashMap<ObjKey, Arc<Pod>> =
+            readable(&index.pods).into_iter().filter_map(|p| Some((ObjKey::of(p.as_ref())?, p))).collect();
+
+        for p in concerned_policies(&world, index, batch) {
+            // A closed channel means the controller stopped: we are shutting down.
+            let _ = policies.send(p).await;
+        }
+
+        let affected = state.affected(&world, &pods, batch);
+        let mut updated = 0;
+        let mut channels = self.channels.write().await;
+        for key in &affected {
+            let Some(pod) = pods.get(key) else {
+                channels.remove(key);
+                state.forget(key);
+                continue;
+            };
+            let mut snapshot = world.compile(pod);
+            state.remember(key, &snapshot);
+            let unchanged =
+                channels.get(key).is_some_and(|tx| tx.borrow().version.hash == snapshot.version.hash);
+            if unchanged {
+                continue;
+            }
+            snapshot.version.counter = self.counter.fetch_add(1, Ordering::Relaxed);
+            updated += 1;
+            tracing::debug!(pod = %key, version = %snapshot.version, services = snapshot.services.len(), "snapshot updated");
+            let snapshot = Arc::new(snapshot);
+            match channels.get(key) {
+                Some(tx) => {
+                    tx.send_replace(snapshot);
+                }
+                None => {
+                    channels.insert(key.clone(), watch::Sender::new(snapshot));
+                }
+            }
+        }
+        let total = channels.len();
+        drop(channels);
+        self.metrics.snapshot_batch(affected.len(), updated, total, started.elapsed().as_secs_f64());
+        if updated > 0 {
+            tracing::info!(compiled = affected.len(), updated, pods = total, took = ?started.elapsed(), "snapshots updated");
+        }
+    }
+}
+
+/// The hub's memory of what each snapshot used.
+#[derive(Debug, Default)]
+struct State {
+    deps: HashMap<ObjKey, Deps>,
+    by_policy: HashMap<String, HashSet<ObjKey>>,
+    by_service: HashMap<ObjKey, HashSet<ObjKey>>,
+}
+
+impl State {
+    /// The pods `batch` concerns; see the module docs.
+    fn affected(
+        &self,
+        world: &World,
+        pods: &HashMap<ObjKey, Arc<Pod>>,
+        batch: &HashSet<Trigger>,
+    ) -> BTreeSet<ObjKey> {
+        if batch.contains(&Trigger::All) {
+            return pods.keys().chain(self.deps.keys()).cloned().collect();
+        }
+        let mut out = BTreeSet::new();
+        let callers = |policy: &CommunicationPolicy, out: &mut BTreeSet<ObjKey>| {
+            for (key, pod) in pods {
+                if World::applies_to(policy, &world.identity(pod)) {
+                    out.insert(key.clone());
+                }
+            }
+        };
+        for t in batch {
+            match t {
+                Trigger::All => {}
+                Trigger::Pod(key) => {
+                    out.insert(key.clone());
+                }
+                Trigger::Namespace(ns) => {
+                    out.extend(pods.keys().filter(|k| &k.namespace == ns).cloned());
+                }
+                Trigger::Policy(key, _) => {
+                    out.extend(self.by_policy.get(&key.to_string()).into_iter().flatten().cloned());
+                    if let Some(entry) = world.policy(key).filter(|e| !e.targets.is_empty()) {
+                        callers(&entry.policy, &mut out);
+                        for target in &entry.targets {
+                            out.extend(world.backers_of(target).cloned());
+                        }
+                    }
+                }
+                Trigger::Service(key) => {
+                    out.extend(self.by_service.get(key).into_iter().flatten().cloned());
+                    for entry in world.policies().iter().filter(|e| e.targets.contains(key)) {
+                        callers(&entry.policy, &mut out);
+                    }
+                    out.extend(world.backers_of(key).cloned());
+                }
+            }
+        }
+        out
+    }
+
+    fn remember(&mut self, pod: &ObjKey, snapshot: &Snapshot) {
+        self.forget(pod);
+        let mut deps = Deps::default();
+        for s in &snapshot.services {
+            deps.services.insert(ObjKey::new(&s.namespace, &s.name));
+            deps.policies.extend(s.shadowed.iter().cloned());
+        }
+        deps.policies.extend(snapshot.policies().into_keys());
+        for p in &snapshot.inbound {
+            for s in &p.services {
+                if let Some((name, namespace)) = s.split_once('.') {
+                    deps.services.insert(ObjKey::new(namespace, name));
+                }
+            }
+        }
+        for p in &deps.policies {
+            self.by_policy.entry(p.clone()).or_default().insert(pod.clone());
+        }
+        for s in &deps.services {
+            self.by_service.entry(s.clone()).or_default().insert(pod.clone());
+        }
+        self.deps.insert(pod.clone(), deps);
+    }
+
+    fn forget(&mut self, pod: &ObjKey) {
+        let Some(old) = self.deps.remove(pod) else { return };
+        for p in &old.policies {
+            if let Some(set) = self.by_policy.get_mut(p) {
+                set.remove(pod);
+                if set.is_empty() {
+                    self.by_policy.remove(p);
+                }
+            }
+        }
+        for s in &old.services {
+            if let Some(set) = self.by_service.get_mut(s) {
+                set.remove(pod);
+                if set.is_empty() {
+                    self.by_service.remove(s);
+                }
+            }
+        }
+    }
+}
+
+/// The policies whose status `batch` may have changed, besides the changed policies themselves
+/// (the controller sees those on its own): for a Service, the policies selecting it now or
+/// listing it in their status; for a policy, the others sharing a target with it or naming it
+/// as the winner.
+fn concerned_policies(
+    world: &World,
+    index: &Index,
+    batch: &HashSet<Trigger>,
+) -> HashSet<ObjectRef<Lenient<CommunicationPolicy>>> {
+    let stored = index.policies.state();
+    let reference = |p: &Lenient<CommunicationPolicy>| {
+        Some(ObjectRef::new(p.metadata.name.as_deref()?).within(p.metadata.namespace.as_deref()?))
+    };
+    let mut out = HashSet::new();
+    let lists = |p: &Lenient<CommunicationPolicy>, f: &dyn Fn(&breakwater_crds::ResolvedTarget) -> bool| {
+        p.get().and_then(|p| p.status.as_ref()).is_some_and(|s| s.targets.iter().any(f))
+    };
+    for t in batch {
+        match t {
+            Trigger::All => out.extend(stored.iter().filter_map(|p| reference(p))),
+            Trigger::Service(key) => {
+                for p in
+                    stored.iter().filter(|p| p.metadata.namespace.as_deref() == Some(key.namespace.as_str()))
+                {
+                    let selects =
+                        p.get().is_some_and(|p| p.spec.selects_service(&key.name, &world_labels(world, key)));
+                    if selects || lists(p, &|t| t.name == key.name) {
+                        out.extend(reference(p));
+                    }
+                }
+            }
+            Trigger::Policy(key, deleted) => {
+                let current = stored
+                    .iter()
+                    .find(|p| ObjKey::of(p.as_ref()).as_ref() == Some(key))
+                    .and_then(|p| p.get().cloned());
+                let Some(policy) = current.or_else(|| deleted.clone()) else { continue };
+                let targets: BTreeSet<ObjKey> = world.selected_by(&policy).into_iter().collect();
+                let me = key.to_string();
+                for p in
+                    stored.iter().filter(|p| p.metadata.namespace.as_deref() == Some(key.namespace.as_str()))
+                {
+                    if ObjKey::of(p.as_ref()).as_ref() == Some(key) {
+                        continue;
+                    }
+                    let shares = p
+                        .get()
+                        .is_some_and(|other| world.selected_by(other).iter().any(|t| targets.contains(t)));
+                    if shares || lists(p, &|t| t.governed_by.as_deref() == Some(me.as_str())) {
+                        out.extend(reference(p));
+                    }
+                }
+            }
+            Trigger::Pod(_) | Trigger::Namespace(_) => {}
+        }
+    }
+    out
+}
+
+fn world_labels(world: &World, key: &ObjKey) -> std::collections::BTreeMap<String, String> {
+    world.service(key).map(|s| s.labels.clone()).unwrap_or_default()
+}
+
+impl std::fmt::Display for Trigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Trigger::All => f.write_str("everything"),
+            Trigger::Pod(k) => write!(f, "pod {k}"),
+            Trigger::Namespace(n) => write!(f, "namespace {n}"),
+            Trigger::Service(k) => write!(f, "service {k}"),
+            Trigger::Policy(k, _) => write!(f, "policy {k}"),
+        }
+    }
+}
