@@ -23,6 +23,7 @@ use tokio::{
 
 use super::{
     images::ImageTable,
+    security::Security,
     volumes::{self, Mount},
 };
 
@@ -39,6 +40,8 @@ pub(crate) struct Launch {
     pub ports: BTreeMap<String, u16>,
     /// Bind mounts made in the container's mount namespace before it starts.
     pub mounts: Vec<Mount>,
+    /// User, groups, capabilities, read-only root.
+    pub security: Security,
 }
 
 impl Launch {
@@ -53,7 +56,7 @@ impl Launch {
         volumes: &BTreeMap<String, PathBuf>,
     ) -> Result<Launch, (&'static str, String)> {
         let image = container.image.clone().unwrap_or_default();
-        let binary = images.resolve(&image).map_err(|e| ("ErrImagePull", e))?.to_path_buf();
+        let binary = images.resolve_for_any_user(&image).map_err(|e| ("ErrImagePull", e))?;
         let mut env: Vec<(String, String)> = base_env.to_vec();
         for var in container.env.iter().flatten() {
             let value =
@@ -89,6 +92,7 @@ impl Launch {
             .filter_map(|p| Some((p.name.clone()?, u16::try_from(p.container_port).ok()?)))
             .collect();
         let mounts = volumes::mounts(container, volumes).map_err(|e| ("CreateContainerConfigError", e))?;
+        let security = Security::resolve(pod, container).map_err(|e| ("CreateContainerConfigError", e))?;
         Ok(Launch {
             name: container.name.clone(),
             image,
@@ -99,20 +103,20 @@ impl Launch {
             readiness: container.readiness_probe.clone(),
             ports,
             mounts,
+            security,
         })
     }
 
-    /// Starts the process inside `netns` (and, with volume mounts, through a shell that makes
-    /// them in the private mount namespace `ip netns exec` creates, then `exec`s the binary, so
-    /// the pid is the container's), with stdout and stderr appended to `log`.
+    /// Starts the process inside `netns`, through a script that makes its mounts in the
+    /// private mount namespace `ip netns exec` creates and applies its security settings, then
+    /// `exec`s the binary (so the pid is the container's), with stdout and stderr appended to
+    /// `log`.
     pub fn spawn(&self, netns: &str, log: &Path, default_dir: &Path) -> std::io::Result<Child> {
         let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
         let err = out.try_clone()?;
         let mut command = Command::new("ip");
         command.args(["netns", "exec", netns]);
-        if !self.mounts.is_empty() {
-            command.args(["sh", "-c", &volumes::mount_script(&self.mounts), "breakwater-e2e-mount"]);
-        }
+        command.args(["bash", "-c", &volumes::launch_script(&self.mounts, &self.security), "breakwater-e2e-container"]);
         command
             .arg(&self.binary)
             .args(&self.args)

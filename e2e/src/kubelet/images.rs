@@ -69,6 +69,52 @@ impl ImageTable {
             Some((_, path)) => Ok(path),
         }
     }
+
+    /// The binary for `image`, at a path every user can execute: containers run as their
+    /// `runAsUser`, and a workspace under a private home directory (`/root`, mode 0700) is not
+    /// reachable for them. Such a binary is hard-linked (or copied) once into
+    /// [`SHARED_BIN`], a world-readable directory, and run from there.
+    pub fn resolve_for_any_user(&self, image: &str) -> Result<PathBuf, String> {
+        let path = self.resolve(image)?;
+        if executable_by_anyone(path) {
+            return Ok(path.to_path_buf());
+        }
+        shared_copy(path).map_err(|e| format!("image {image:?}: making {} runnable for any user: {e}", path.display()))
+    }
+}
+
+/// Where binaries that other users could not reach are linked to (created 0755).
+pub const SHARED_BIN: &str = "/var/lib/breakwater-e2e/bin";
+
+/// Whether every directory on the way to `path` lets others through and `path` lets them run it.
+fn executable_by_anyone(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let others_x = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o001 != 0);
+    others_x(path) && path.ancestors().skip(1).filter(|a| !a.as_os_str().is_empty()).all(others_x)
+}
+
+/// `path` linked into [`SHARED_BIN`] under a name that changes when the binary is rebuilt.
+fn shared_copy(path: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(path)?;
+    let dir = Path::new(SHARED_BIN);
+    std::fs::create_dir_all(dir)?;
+    for d in dir.ancestors().take(2) {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("binary");
+    let target = dir.join(format!("{name}-{}-{}-{}", meta.dev(), meta.ino(), meta.mtime()));
+    if target.is_file() {
+        return Ok(target);
+    }
+    let tmp = dir.join(format!(".{name}-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    if std::fs::hard_link(path, &tmp).is_err() {
+        std::fs::copy(path, &tmp)?;
+    }
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::rename(&tmp, &target)?;
+    Ok(target)
 }
 
 /// `ghcr.io/x/breakwater/sidecar:0.1@sha256:..` → `ghcr.io/x/breakwater/sidecar`.

@@ -10,6 +10,7 @@
 mod container;
 mod images;
 mod pod;
+mod security;
 mod services;
 mod volumes;
 

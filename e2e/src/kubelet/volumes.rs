@@ -59,7 +59,10 @@ async fn fill(
     path: &Path,
 ) -> Result<(), String> {
     if volume.empty_dir.is_some() {
-        return Ok(());
+        // The kubelet makes an emptyDir world-writable, so a non-root container can write it.
+        use std::os::unix::fs::PermissionsExt;
+        return std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))
+            .map_err(|e| format!("making {} writable: {e}", path.display()));
     }
     if let Some(cm) = &volume.config_map {
         return config_map(client, namespace, &cm.name, cm.items.as_deref(), cm.optional, path).await;
@@ -312,17 +315,36 @@ pub(crate) fn mounts(
     Ok(out)
 }
 
-/// A shell script that performs `mounts` and then `exec`s its arguments.
-pub(crate) fn mount_script(mounts: &[Mount]) -> String {
+/// A bash script that prepares a container's mount namespace and `exec`s its arguments with
+/// its security settings.
+///
+/// Every volume's source is opened first and mounted through `/proc/$$/fd/N`: a later mount may
+/// cover the directory an earlier source lives in (an emptyDir over `/tmp`, where the harness
+/// keeps volumes), and an open descriptor still reaches it, as a kubelet's mounts into a
+/// separate root filesystem never hide each other. With `readOnlyRootFilesystem` the root is
+/// remounted read-only before the volumes (which stay writable) are mounted on it.
+pub(crate) fn launch_script(mounts: &[Mount], security: &super::security::Security) -> String {
     let mut script = String::from("set -e\n");
-    for m in mounts {
-        let (src, dst) = (quote(&m.source), quote(&m.target));
-        script.push_str(&format!("mount --bind {src} {dst}\n"));
+    let fd = |i: usize| i + 3;
+    if !mounts.is_empty() {
+        let opens: Vec<String> = mounts.iter().enumerate().map(|(i, m)| format!("{}<{}", fd(i), quote(&m.source))).collect();
+        script.push_str(&format!("exec {}\n", opens.join(" ")));
+    }
+    if security.read_only_root {
+        script.push_str("mount -o remount,bind,ro /\n");
+    }
+    for (i, m) in mounts.iter().enumerate() {
+        let dst = quote(&m.target);
+        script.push_str(&format!("mount -c --bind /proc/$$/fd/{} {dst}\n", fd(i)));
         if m.read_only {
             script.push_str(&format!("mount -o remount,bind,ro {dst}\n"));
         }
     }
-    script.push_str("exec \"$@\"\n");
+    if !mounts.is_empty() {
+        let closes: Vec<String> = (0..mounts.len()).map(|i| format!("{}<&-", fd(i))).collect();
+        script.push_str(&format!("exec {}\n", closes.join(" ")));
+    }
+    script.push_str(&format!("exec {} \"$@\"\n", security.setpriv().join(" ")));
     script
 }
 
@@ -336,15 +358,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mount_script_binds_remounts_read_only_and_quotes() {
-        let script = mount_script(&[
-            Mount { source: "/p/v/a".into(), target: "/var/run/x".into(), read_only: true },
-            Mount { source: "/p/it's".into(), target: "/data".into(), read_only: false },
-        ]);
+    fn launch_script_opens_every_source_first_then_mounts_and_drops_privileges() {
+        let security = super::super::security::Security {
+            uid: 65532,
+            gid: 65532,
+            groups: vec![],
+            caps: vec![],
+            no_new_privs: true,
+            read_only_root: true,
+        };
+        let script = launch_script(
+            &[
+                Mount { source: "/p/v/a".into(), target: "/var/run/x".into(), read_only: true },
+                Mount { source: "/p/it's".into(), target: "/data".into(), read_only: false },
+            ],
+            &security,
+        );
         assert_eq!(
             script,
-            "set -e\nmount --bind '/p/v/a' '/var/run/x'\nmount -o remount,bind,ro '/var/run/x'\n\
-             mount --bind '/p/it'\\''s' '/data'\nexec \"$@\"\n"
+            "set -e\nexec 3<'/p/v/a' 4<'/p/it'\\''s'\nmount -o remount,bind,ro /\n\
+             mount -c --bind /proc/$$/fd/3 '/var/run/x'\nmount -o remount,bind,ro '/var/run/x'\n\
+             mount -c --bind /proc/$$/fd/4 '/data'\nexec 3<&- 4<&-\n\
+             exec setpriv --reuid=65532 --regid=65532 --clear-groups --bounding-set=-all --inh-caps=-all \
+             --ambient-caps=-all --no-new-privs -- \"$@\"\n"
         );
     }
 

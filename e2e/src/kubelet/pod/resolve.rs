@@ -119,6 +119,7 @@ fn placeholder(c: &Container, reason: &'static str, message: &str) -> Running {
         readiness: None,
         ports: BTreeMap::new(),
         mounts: Vec::new(),
+        security: Default::default(),
     });
     r.waiting = Some((reason, message.to_owned()));
     r
