@@ -9,7 +9,8 @@
 //!   network namespace with an address in 198.18.0.0/16, its containers local processes started
 //!   from binaries of this workspace ([`ImageTable`]); Services reach their endpoints through
 //!   iptables DNAT from cluster IPs in 198.19.0.0/16.
-//! - [`Helm`]: the real `helm` against the cluster, and the chart's path.
+//! - [`Helm`]: the real `helm` against the cluster, and the chart's path; [`operator::Operator`]:
+//!   the chart installed, and what tests read from the operator's replicas.
 //!
 //! Why processes and network namespaces and not kind: kind needs Docker, which this machine (and
 //! CI) does not have; what the tests must prove — that the API server accepts our CRD, chart and
@@ -29,6 +30,7 @@ pub mod helm;
 pub mod kubelet;
 pub mod network;
 pub mod objects;
+pub mod operator;
 pub mod pki;
 pub mod process;
 pub mod reaper;

@@ -133,10 +133,8 @@ pub fn desired(
                 policy.namespace_or_default()
             ),
         };
-        let mut message = looked_for;
-        for m in &missing {
-            message = format!("{message}; {m}");
-        }
+        // A Service that matched but cannot be governed says more than "none found".
+        let message = if missing.is_empty() { looked_for } else { missing.join("; ") };
         conditions.make(CONDITION_READY, false, reasons::NO_MATCHING_TARGETS, message)
     } else {
         let names = list(targets.iter().map(|t| &t.name));

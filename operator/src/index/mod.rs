@@ -25,7 +25,7 @@ use std::{
 };
 
 use breakwater_crds::CommunicationPolicy;
-use futures_util::{StreamExt, future};
+use futures_util::StreamExt;
 use k8s_openapi::api::{
     core::v1::{Namespace, Pod, PodSpec, Service},
     discovery::v1::EndpointSlice,
@@ -39,7 +39,10 @@ use kube::{
     },
 };
 use serde::de::DeserializeOwned;
-use tokio::{sync::mpsc, task::JoinHandle};
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinHandle,
+};
 
 pub use self::lenient::Lenient;
 use crate::{compile::World, key::ObjKey, metrics::Metrics};
@@ -156,7 +159,35 @@ pub struct Index {
     pub pods: Store<Lenient<Pod>>,
     /// Every Namespace.
     pub namespaces: Store<Lenient<Namespace>>,
-    ready: Arc<AtomicBool>,
+    ready: Arc<Readiness>,
+}
+
+/// Which stores have had their first list. Tracked from the watch events rather than with
+/// `Store::wait_until_ready`, which wakes only one of several tasks waiting on it (its oneshot
+/// keeps one waker) — and the controller already waits on the policy store.
+struct Readiness {
+    synced: [AtomicBool; KINDS.len()],
+    all: watch::Sender<bool>,
+}
+
+/// The watched kinds, in the order [`Readiness`] tracks them.
+const KINDS: [&str; 5] = ["CommunicationPolicy", "Service", "EndpointSlice", "Pod", "Namespace"];
+
+impl Readiness {
+    fn new() -> Self {
+        Readiness { synced: Default::default(), all: watch::Sender::new(false) }
+    }
+
+    /// `kind` completed a list.
+    fn synced(&self, kind: &str) {
+        if let Some(i) = KINDS.iter().position(|k| *k == kind) {
+            self.synced[i].store(true, Ordering::Release);
+        }
+        if self.synced.iter().all(|s| s.load(Ordering::Acquire)) && !*self.all.borrow() {
+            self.all.send_replace(true);
+            tracing::info!("indexes synced");
+        }
+    }
 }
 
 impl Debug for Index {
@@ -184,39 +215,38 @@ impl Index {
         let (slices, slice_writer) = reflector::store();
         let (pods, pod_writer) = reflector::store();
         let (namespaces, namespace_writer) = reflector::store();
-        let index =
-            Index { policies, services, slices, pods, namespaces, ready: Arc::new(AtomicBool::new(false)) };
+        let ready = Arc::new(Readiness::new());
+        let index = Index { policies, services, slices, pods, namespaces, ready: ready.clone() };
 
         let tasks = vec![
             spawn_watch(
                 Api::<Lenient<Service>>::all(client.clone()),
                 watcher::Config::default(),
                 service_writer,
-                (triggers.clone(), metrics.clone(), "Service"),
+                (triggers.clone(), metrics.clone(), ready.clone(), "Service"),
                 |s| ObjKey::of(s).map(Trigger::Service),
             ),
             spawn_watch(
                 Api::<Lenient<EndpointSlice>>::all(client.clone()),
                 watcher::Config::default(),
                 slice_writer,
-                (triggers.clone(), metrics.clone(), "EndpointSlice"),
+                (triggers.clone(), metrics.clone(), ready.clone(), "EndpointSlice"),
                 slice_trigger,
             ),
             spawn_watch(
                 Api::<Lenient<Pod>>::all(client.clone()),
                 watcher::Config::default().labels(pod_selector),
                 pod_writer,
-                (triggers.clone(), metrics.clone(), "Pod"),
+                (triggers.clone(), metrics.clone(), ready.clone(), "Pod"),
                 |p| ObjKey::of(p).map(Trigger::Pod),
             ),
             spawn_watch(
                 Api::<Lenient<Namespace>>::all(client.clone()),
                 watcher::Config::default(),
                 namespace_writer,
-                (triggers.clone(), metrics.clone(), "Namespace"),
+                (triggers.clone(), metrics.clone(), ready.clone(), "Namespace"),
                 |n| Some(Trigger::Namespace(n.name_any())),
             ),
-            tokio::spawn(Self::watch_readiness(index.clone())),
         ];
 
         let policy_stream =
@@ -226,7 +256,7 @@ impl Index {
                 .reflect(policy_writer)
                 .inspect(move |event| {
                     // The controller polls this stream: no waiting here (see the module docs).
-                    let found = triggers_for(&metrics, "CommunicationPolicy", event, |p| {
+                    let found = triggers_for(&metrics, &ready, "CommunicationPolicy", event, |p| {
                         let key = ObjKey::of(p)?;
                         let deleted = matches!(event, Ok(watcher::Event::Delete(_)));
                         Some(Trigger::Policy(key, if deleted { p.get().cloned() } else { None }))
@@ -240,39 +270,16 @@ impl Index {
         (index, policy_stream, tasks)
     }
 
-    async fn watch_readiness(index: Index) {
-        let all = future::join5(
-            index.policies.wait_until_ready(),
-            index.services.wait_until_ready(),
-            index.slices.wait_until_ready(),
-            index.pods.wait_until_ready(),
-            index.namespaces.wait_until_ready(),
-        );
-        let (a, b, c, d, e) = all.await;
-        if a.is_ok() && b.is_ok() && c.is_ok() && d.is_ok() && e.is_ok() {
-            index.ready.store(true, Ordering::Release);
-            tracing::info!(
-                policies = index.policies.len(),
-                services = index.services.len(),
-                endpoint_slices = index.slices.len(),
-                pods = index.pods.len(),
-                namespaces = index.namespaces.len(),
-                "indexes synced"
-            );
-        }
-    }
-
     /// Whether every store has completed its first list.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        *self.ready.all.borrow()
     }
 
     /// Waits until [`Index::is_ready`].
     pub async fn wait_ready(&self) {
-        while !self.is_ready() {
-            // Readiness is set once by `watch_readiness`; poll it rarely, it happens once.
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        let mut rx = self.ready.all.subscribe();
+        // The sender lives as long as the index: an error cannot happen while we hold it.
+        let _ = rx.wait_for(|ready| *ready).await;
     }
 
     /// Everything compile needs, indexed from the stores as they are now.
@@ -315,7 +322,7 @@ fn spawn_watch<K>(
     api: Api<Lenient<K>>,
     config: watcher::Config,
     writer: reflector::store::Writer<Lenient<K>>,
-    (triggers, metrics, kind): (Triggers, Arc<Metrics>, &'static str),
+    (triggers, metrics, ready, kind): (Triggers, Arc<Metrics>, Arc<Readiness>, &'static str),
     key: fn(&Lenient<K>) -> Option<Trigger>,
 ) -> JoinHandle<()>
 where
@@ -325,7 +332,7 @@ where
         let stream = watcher(api, config).default_backoff().modify(strip).reflect(writer);
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
-            for t in triggers_for(&metrics, kind, &event, key) {
+            for t in triggers_for(&metrics, &ready, kind, &event, key) {
                 triggers.send(t).await;
             }
         }
@@ -336,6 +343,7 @@ where
 /// and never stop the watch.
 fn triggers_for<K>(
     metrics: &Metrics,
+    ready: &Readiness,
     kind: &'static str,
     event: &Result<watcher::Event<Lenient<K>>, watcher::Error>,
     key: impl Fn(&Lenient<K>) -> Option<Trigger>,
@@ -357,7 +365,10 @@ fn triggers_for<K>(
         }
         Ok(watcher::Event::Delete(o)) => key(o).into_iter().collect(),
         Ok(watcher::Event::Init) => Vec::new(),
-        Ok(watcher::Event::InitDone) => vec![Trigger::All],
+        Ok(watcher::Event::InitDone) => {
+            ready.synced(kind);
+            vec![Trigger::All]
+        }
         Err(error) => {
             metrics.watch_error(kind);
             tracing::warn!(kind, %error, "watch failed; retrying with backoff");
