@@ -25,19 +25,29 @@ pub struct Operator {
     pub release: String,
     /// The release namespace.
     pub namespace: String,
-    client: kube::Client,
+    /// A client is made per call: a `kube::Client` belongs to the runtime it was made on, and
+    /// each test has its own.
+    config: kube::Config,
 }
 
 impl std::fmt::Debug for Operator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Operator").field("release", &self.release).field("namespace", &self.namespace).finish()
+        f.debug_struct("Operator")
+            .field("release", &self.release)
+            .field("namespace", &self.namespace)
+            .finish()
     }
 }
 
 impl Operator {
     /// `helm install RELEASE charts/breakwater -n NAMESPACE --create-namespace --wait` with
     /// `--set` values, and waits for every operator replica to be ready.
-    pub async fn install(cluster: &TestCluster, release: &str, namespace: &str, set: &[&str]) -> Result<Operator> {
+    pub async fn install(
+        cluster: &TestCluster,
+        release: &str,
+        namespace: &str,
+        set: &[&str],
+    ) -> Result<Operator> {
         cluster.pod_runner().await?;
         let helm = Helm::for_cluster(cluster)?;
         let chart = chart_dir().display().to_string();
@@ -56,7 +66,12 @@ impl Operator {
             args.extend(["--set", s]);
         }
         helm.run(&args).await?;
-        Ok(Operator { helm, release: release.into(), namespace: namespace.into(), client: cluster.client()? })
+        Ok(Operator {
+            helm,
+            release: release.into(),
+            namespace: namespace.into(),
+            config: cluster.config().clone(),
+        })
     }
 
     /// The helm this release was installed with.
@@ -66,7 +81,8 @@ impl Operator {
 
     /// The operator pods that are running (not being deleted), by name.
     pub async fn pods(&self) -> Result<Vec<Pod>> {
-        let api = Api::<Pod>::namespaced(self.client.clone(), &self.namespace);
+        let client = kube::Client::try_from(self.config.clone()).map_err(Error::kube("building a client"))?;
+        let api = Api::<Pod>::namespaced(client, &self.namespace);
         let mut pods: Vec<Pod> = api
             .list(&ListParams::default().labels(OPERATOR_SELECTOR))
             .await
@@ -93,7 +109,8 @@ impl Operator {
     /// A replica's `/metrics` text (the metrics port, from the node, as Prometheus scrapes it).
     pub async fn metrics(&self, pod: &Pod) -> Result<String> {
         let ip: Ipv4Addr = pod_ip(pod)?;
-        let (status, body) = http_get(ip, 8080, "/metrics").await.map_err(Error::io("scraping the operator"))?;
+        let (status, body) =
+            http_get(ip, 8080, "/metrics").await.map_err(Error::io("scraping the operator"))?;
         if status != 200 {
             return Err(Error::Other(format!("{}: /metrics answered {status}: {body}", pod.name_any())));
         }
@@ -119,7 +136,13 @@ impl Operator {
     }
 
     /// The snapshot replica `pod` compiled for pod `namespace/name`, or `None` if it has none.
-    pub async fn snapshot(&self, runner: &PodRunner, pod: &Pod, namespace: &str, name: &str) -> Result<Option<Value>> {
+    pub async fn snapshot(
+        &self,
+        runner: &PodRunner,
+        pod: &Pod,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Value>> {
         let netns = runner
             .netns(&self.namespace, &pod.name_any())
             .ok_or_else(|| Error::Other(format!("{} has no network namespace", pod.name_any())))?;
@@ -132,7 +155,9 @@ impl Operator {
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
         match code {
-            "200" => serde_json::from_str(body).map(Some).map_err(|e| Error::Other(format!("{url}: {e}: {body}"))),
+            "200" => {
+                serde_json::from_str(body).map(Some).map_err(|e| Error::Other(format!("{url}: {e}: {body}")))
+            }
             "404" => Ok(None),
             _ => Err(Error::Other(format!("{url}: {code}: {body}{}", String::from_utf8_lossy(&out.stderr)))),
         }

@@ -116,7 +116,12 @@ impl Launch {
         let err = out.try_clone()?;
         let mut command = Command::new("ip");
         command.args(["netns", "exec", netns]);
-        command.args(["bash", "-c", &volumes::launch_script(&self.mounts, &self.security), "breakwater-e2e-container"]);
+        command.args([
+            "bash",
+            "-c",
+            &volumes::launch_script(&self.mounts, &self.security),
+            "breakwater-e2e-container",
+        ]);
         command
             .arg(&self.binary)
             .args(&self.args)

@@ -79,7 +79,8 @@ impl ImageTable {
         if executable_by_anyone(path) {
             return Ok(path.to_path_buf());
         }
-        shared_copy(path).map_err(|e| format!("image {image:?}: making {} runnable for any user: {e}", path.display()))
+        shared_copy(path)
+            .map_err(|e| format!("image {image:?}: making {} runnable for any user: {e}", path.display()))
     }
 }
 

@@ -69,11 +69,13 @@ impl Security {
         let gid = ctx.and_then(|c| c.run_as_group).or(pod_ctx.and_then(|p| p.run_as_group)).unwrap_or(0);
         let non_root = ctx.and_then(|c| c.run_as_non_root).or(pod_ctx.and_then(|p| p.run_as_non_root));
         if non_root == Some(true) && uid == 0 {
-            return Err(if ctx.and_then(|c| c.run_as_user).or(pod_ctx.and_then(|p| p.run_as_user)).is_some() {
-                "container's runAsUser breaks non-root policy".to_owned()
-            } else {
-                "container has runAsNonRoot and image will run as root".to_owned()
-            });
+            return Err(
+                if ctx.and_then(|c| c.run_as_user).or(pod_ctx.and_then(|p| p.run_as_user)).is_some() {
+                    "container's runAsUser breaks non-root policy".to_owned()
+                } else {
+                    "container has runAsNonRoot and image will run as root".to_owned()
+                },
+            );
         }
         let mut groups: Vec<i64> = pod_ctx.and_then(|p| p.fs_group).into_iter().collect();
         groups.extend(pod_ctx.and_then(|p| p.supplemental_groups.clone()).into_iter().flatten());
@@ -107,14 +109,15 @@ impl Security {
     /// The `setpriv` command line that applies these settings to the program after `--`.
     pub fn setpriv(&self) -> Vec<String> {
         let caps = |prefix: &str| {
-            let list: Vec<String> = self.caps.iter().map(|c| format!("+{}", c.to_ascii_lowercase())).collect();
-            format!("{prefix}=-all{}", if list.is_empty() { String::new() } else { format!(",{}", list.join(",")) })
+            let list: Vec<String> =
+                self.caps.iter().map(|c| format!("+{}", c.to_ascii_lowercase())).collect();
+            format!(
+                "{prefix}=-all{}",
+                if list.is_empty() { String::new() } else { format!(",{}", list.join(",")) }
+            )
         };
-        let mut args = vec![
-            "setpriv".to_owned(),
-            format!("--reuid={}", self.uid),
-            format!("--regid={}", self.gid),
-        ];
+        let mut args =
+            vec!["setpriv".to_owned(), format!("--reuid={}", self.uid), format!("--regid={}", self.gid)];
         if self.groups.is_empty() {
             args.push("--clear-groups".into());
         } else {
@@ -179,14 +182,18 @@ mod tests {
     #[test]
     fn run_as_non_root_refuses_root_as_the_kubelet_does() {
         let (p, c) = pod(json!({"runAsNonRoot": true}), json!({}));
-        assert_eq!(Security::resolve(&p, &c), Err("container has runAsNonRoot and image will run as root".into()));
+        assert_eq!(
+            Security::resolve(&p, &c),
+            Err("container has runAsNonRoot and image will run as root".into())
+        );
         let (p, c) = pod(json!({}), json!({"runAsNonRoot": true, "runAsUser": 0}));
         assert!(Security::resolve(&p, &c).is_err());
     }
 
     #[test]
     fn capabilities_start_from_the_runtime_default() {
-        let (p, c) = pod(json!({}), json!({"capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "CAP_NET_RAW"]}}));
+        let (p, c) =
+            pod(json!({}), json!({"capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "CAP_NET_RAW"]}}));
         let s = Security::resolve(&p, &c).expect("allowed");
         assert_eq!(s.caps, ["NET_ADMIN", "NET_RAW"]);
         assert!(s.setpriv().contains(&"--bounding-set=-all,+net_admin,+net_raw".to_owned()));

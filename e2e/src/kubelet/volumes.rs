@@ -327,7 +327,8 @@ pub(crate) fn launch_script(mounts: &[Mount], security: &super::security::Securi
     let mut script = String::from("set -e\n");
     let fd = |i: usize| i + 3;
     if !mounts.is_empty() {
-        let opens: Vec<String> = mounts.iter().enumerate().map(|(i, m)| format!("{}<{}", fd(i), quote(&m.source))).collect();
+        let opens: Vec<String> =
+            mounts.iter().enumerate().map(|(i, m)| format!("{}<{}", fd(i), quote(&m.source))).collect();
         script.push_str(&format!("exec {}\n", opens.join(" ")));
     }
     if security.read_only_root {
