@@ -326,8 +326,8 @@ async fn check_operator_rbac(cluster: &TestCluster, client: &Client) -> anyhow::
         ("watch", "discovery.k8s.io", "endpointslices", "", "", true),
         ("list", "", "pods", "", "", true),
         ("list", "", "namespaces", "", "", true),
-        ("create", "", "events", "shop", "", true),
         ("create", "events.k8s.io", "events", "shop", "", true),
+        ("patch", "events.k8s.io", "events", "shop", "", true),
         (
             "patch",
             "admissionregistration.k8s.io",
@@ -337,7 +337,8 @@ async fn check_operator_rbac(cluster: &TestCluster, client: &Client) -> anyhow::
             true,
         ),
         ("create", "coordination.k8s.io", "leases", NAMESPACE, "", true),
-        ("update", "coordination.k8s.io", "leases", NAMESPACE, "bw-breakwater-operator", true),
+        ("get", "coordination.k8s.io", "leases", NAMESPACE, "bw-breakwater-operator", true),
+        ("patch", "coordination.k8s.io", "leases", NAMESPACE, "bw-breakwater-operator", true),
         ("get", "", "secrets", NAMESPACE, "bw-breakwater-webhook-tls", true),
         // Denied: Secrets anywhere else, or any other in its namespace.
         ("list", "", "secrets", "", "", false),
@@ -370,8 +371,12 @@ async fn check_operator_rbac(cluster: &TestCluster, client: &Client) -> anyhow::
             false,
         ),
         ("create", "rbac.authorization.k8s.io", "clusterrolebindings", "", "", false),
-        ("update", "coordination.k8s.io", "leases", "kube-system", "bw-breakwater-operator", false),
-        ("update", "coordination.k8s.io", "leases", NAMESPACE, "someone-else", false),
+        ("patch", "coordination.k8s.io", "leases", "kube-system", "bw-breakwater-operator", false),
+        ("patch", "coordination.k8s.io", "leases", NAMESPACE, "someone-else", false),
+        // Nothing it does not use: core Events, replacing or watching its Lease.
+        ("create", "", "events", "shop", "", false),
+        ("update", "coordination.k8s.io", "leases", NAMESPACE, "bw-breakwater-operator", false),
+        ("watch", "coordination.k8s.io", "leases", NAMESPACE, "bw-breakwater-operator", false),
         ("get", "", "configmaps", "kube-system", "", false),
     ];
     let reviews = Api::<SubjectAccessReview>::all(client.clone());
