@@ -13,6 +13,7 @@
 //! | `snapshots` | pods with a snapshot |
 //! | `snapshot_updates_total` | snapshots whose content changed |
 //! | `snapshot_compiles_total` / `snapshot_batch_seconds` | pods compiled, time per batch of changes |
+//! | `snapshot_full_compile_seconds` | how long the last recompile of every pod took (start-up, relist) |
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -46,6 +47,7 @@ pub struct Metrics {
     snapshot_updates: Counter,
     snapshot_compiles: Counter,
     snapshot_batch: Histogram,
+    snapshot_full: prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -80,6 +82,7 @@ impl Metrics {
             snapshot_updates: Counter::default(),
             snapshot_compiles: Counter::default(),
             snapshot_batch: Histogram::new(SECONDS),
+            snapshot_full: Default::default(),
         };
         let r = &mut m.registry;
         r.register("reconciles", "Policy reconciles run", m.reconciles.clone());
@@ -155,6 +158,11 @@ impl Metrics {
         self.snapshot_updates.inc_by(updated as u64);
         self.snapshots.set(total as i64);
         self.snapshot_batch.observe(seconds);
+    }
+
+    /// Every pod's snapshot was recompiled in `seconds`.
+    pub fn snapshot_full_compile(&self, seconds: f64) {
+        self.snapshot_full.set(seconds);
     }
 
     /// The text exposition.

@@ -130,13 +130,14 @@ impl Hub {
         let affected = state.affected(&world, &pods, batch);
         let mut updated = 0;
         let mut channels = self.channels.write().await;
+        let mut shared = crate::compile::Shared::default();
         for key in &affected {
             let Some(pod) = pods.get(key) else {
                 channels.remove(key);
                 state.forget(key);
                 continue;
             };
-            let mut snapshot = world.compile(pod);
+            let mut snapshot = world.compile_shared(pod, &mut shared);
             state.remember(key, &snapshot);
             let unchanged =
                 channels.get(key).is_some_and(|tx| tx.borrow().version.hash == snapshot.version.hash);
@@ -158,7 +159,11 @@ impl Hub {
         }
         let total = channels.len();
         drop(channels);
-        self.metrics.snapshot_batch(affected.len(), updated, total, started.elapsed().as_secs_f64());
+        let took = started.elapsed().as_secs_f64();
+        self.metrics.snapshot_batch(affected.len(), updated, total, took);
+        if batch.contains(&Trigger::All) {
+            self.metrics.snapshot_full_compile(took);
+        }
         if updated > 0 {
             tracing::info!(compiled = affected.len(), updated, pods = total, took = ?started.elapsed(), "snapshots updated");
         }

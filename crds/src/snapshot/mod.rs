@@ -30,7 +30,7 @@ mod wire;
 
 pub mod select;
 
-use std::{collections::BTreeMap, fmt, net::SocketAddr};
+use std::{collections::BTreeMap, fmt, net::SocketAddr, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
@@ -53,9 +53,10 @@ pub struct Snapshot {
     #[serde(default)]
     pub identity: Identity,
     /// The Services this pod's calls are governed for, sorted by namespace and name. A call to
-    /// a destination not listed here is passed through unchanged.
+    /// a destination not listed here is passed through unchanged. Shared (`Arc`) because many
+    /// pods' snapshots hold the same Service with the same policies.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub services: Vec<ServiceSnapshot>,
+    pub services: Vec<Arc<ServiceSnapshot>>,
     /// This pod's own ports that Services route to, sorted by port.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inbound: Vec<InboundPort>,
@@ -137,6 +138,12 @@ impl ServiceSnapshot {
     pub fn key(&self) -> String {
         format!("{}.{}", self.name, self.namespace)
     }
+
+    /// SHA-256 of this Service's canonical JSON.
+    pub fn content_hash(&self) -> [u8; 32] {
+        use sha2::Digest;
+        sha2::Sha256::digest(serde_json::to_vec(self).expect("a Service snapshot serializes to JSON")).into()
+    }
 }
 
 /// One port of a Service.
@@ -210,16 +217,27 @@ impl Snapshot {
         Snapshot { schema: SCHEMA_VERSION, identity, ..Default::default() }
     }
 
-    /// The content hash: the first 16 hex digits of the SHA-256 of the canonical JSON of
-    /// everything but [`Snapshot::version`]. Lists are sorted by whoever builds a snapshot, so
-    /// equal content hashes equally.
+    /// The content hash: 16 hex digits of a SHA-256 over everything but [`Snapshot::version`]
+    /// — the schema, the identity, each Service's own hash ([`ServiceSnapshot::content_hash`])
+    /// in order, and the inbound ports — so that a snapshot of many shared Services hashes
+    /// without serializing them again. Lists are sorted by whoever builds a snapshot, so equal
+    /// content hashes equally.
     pub fn content_hash(&self) -> String {
+        self.content_hash_with(self.services.iter().map(|s| s.content_hash()))
+    }
+
+    /// [`Snapshot::content_hash`] with the Services' hashes given (in the order of
+    /// [`Snapshot::services`]), for a builder that already has them.
+    pub fn content_hash_with(&self, service_hashes: impl IntoIterator<Item = [u8; 32]>) -> String {
         use sha2::Digest;
-        let mut content = self.clone();
-        content.version = SnapshotVersion::default();
-        let json = serde_json::to_vec(&content).expect("a snapshot serializes to JSON");
-        let digest = sha2::Sha256::digest(&json);
-        digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+        let mut h = sha2::Sha256::new();
+        h.update(self.schema.to_be_bytes());
+        h.update(serde_json::to_vec(&self.identity).expect("an identity serializes to JSON"));
+        for s in service_hashes {
+            h.update(s);
+        }
+        h.update(serde_json::to_vec(&self.inbound).expect("inbound ports serialize to JSON"));
+        h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
     }
 
     /// Every policy this snapshot enforces (outbound and inbound), by `namespace/name`, with

@@ -5,7 +5,7 @@ use super::*;
 fn sample() -> Snapshot {
     let mut s =
         Snapshot::new(Identity { name: "checkout-1".into(), namespace: "shop".into(), ..Default::default() });
-    s.services.push(ServiceSnapshot {
+    s.services.push(std::sync::Arc::new(ServiceSnapshot {
         name: "payments".into(),
         namespace: "shop".into(),
         headless: false,
@@ -20,7 +20,7 @@ fn sample() -> Snapshot {
             ..Default::default()
         }],
         shadowed: vec![],
-    });
+    }));
     s
 }
 
@@ -74,14 +74,14 @@ fn the_hash_covers_content_but_not_the_version() {
     b.version = SnapshotVersion { counter: 99, hash: "x".into() };
     assert_eq!(a.content_hash(), b.content_hash(), "the version is not content");
     assert_eq!(a.content_hash().len(), 16);
-    b.services[0].ports[0].endpoints.clear();
+    std::sync::Arc::make_mut(&mut b.services[0]).ports[0].endpoints.clear();
     assert_ne!(a.content_hash(), b.content_hash());
 }
 
 #[test]
 fn a_service_without_endpoints_is_still_a_valid_snapshot() {
     let mut s = sample();
-    s.services[0].ports[0].endpoints.clear();
+    std::sync::Arc::make_mut(&mut s.services[0]).ports[0].endpoints.clear();
     let decoded = decode(&encode(&s)).expect("no endpoints is valid");
     assert!(decoded.snapshot.services[0].ports[0].endpoints.is_empty());
 }

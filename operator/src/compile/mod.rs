@@ -106,6 +106,13 @@ pub struct Backing {
     pub pod_port: u16,
 }
 
+/// Service snapshots built while compiling one batch of pods against one [`World`].
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// By Service and the policies (indexes into [`World::policies`]) that apply to the caller.
+    built: HashMap<(ObjKey, Vec<usize>), (Arc<ServiceSnapshot>, [u8; 32])>,
+}
+
 /// Every object compile needs, indexed; see the module docs.
 #[derive(Debug, Default)]
 pub struct World {
@@ -257,6 +264,13 @@ impl World {
     /// `pod`'s snapshot; see the module docs. Its version carries the content hash and a zero
     /// counter.
     pub fn compile(&self, pod: &Pod) -> Snapshot {
+        self.compile_shared(pod, &mut Shared::default())
+    }
+
+    /// [`World::compile`], reusing the Service snapshots already built for other pods of the
+    /// same batch (`shared` belongs to this `World`): pods whose callers' policies agree on a
+    /// Service share one copy of it, and its hash.
+    pub fn compile_shared(&self, pod: &Pod, shared: &mut Shared) -> Snapshot {
         let identity = self.identity(pod);
         let key = ObjKey::new(&identity.namespace, &identity.name);
 
@@ -265,9 +279,17 @@ impl World {
         let governed: BTreeSet<&ObjKey> =
             self.policies.iter().zip(&mine).filter(|(_, m)| **m).flat_map(|(e, _)| &e.targets).collect();
         let mut snapshot = Snapshot::new(identity);
+        let mut hashes = Vec::with_capacity(governed.len());
         for service in governed.into_iter().filter_map(|k| self.services.get(k)) {
-            let sorted: Vec<usize> = service.policies.iter().copied().filter(|i| mine[*i]).collect();
-            snapshot.services.push(self.service_snapshot(service, &sorted));
+            let policies: Vec<usize> = service.policies.iter().copied().filter(|i| mine[*i]).collect();
+            let (built, hash) =
+                shared.built.entry((service.key.clone(), policies)).or_insert_with_key(|(_, policies)| {
+                    let s = self.service_snapshot(service, policies);
+                    let hash = s.content_hash();
+                    (Arc::new(s), hash)
+                });
+            snapshot.services.push(built.clone());
+            hashes.push(*hash);
         }
 
         // Inbound: this pod's ports that Services route to.
@@ -288,7 +310,7 @@ impl World {
             let policy = candidates.min_by(|a, b| precedence::compare(a, b)).and_then(|p| self.applied(p));
             snapshot.inbound.push(InboundPort { port, services, policy });
         }
-        snapshot.version.hash = snapshot.content_hash();
+        snapshot.version.hash = snapshot.content_hash_with(hashes);
         snapshot
     }
 

@@ -262,14 +262,14 @@ pub fn compile(text: &str) -> Result<Config, ConfigError> {
             addresses.push(addr);
         }
         let service = ServiceRef { name: &s.name, namespace: &s.namespace, labels: &s.labels };
-        snapshot.services.push(local_service(
+        snapshot.services.push(std::sync::Arc::new(local_service(
             &policies,
             &service,
             &snapshot.identity,
             &s.ports,
             endpoints,
             addresses,
-        ));
+        )));
     }
     snapshot.services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
 

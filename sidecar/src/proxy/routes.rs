@@ -475,7 +475,7 @@ mod tests {
     fn a_headless_service_pins_calls_to_the_endpoint_addressed() {
         let eps = ["198.18.0.5:8080", "198.18.0.6:8080"];
         let mut s = Snapshot::default();
-        s.services.push(ServiceSnapshot {
+        s.services.push(Arc::new(ServiceSnapshot {
             name: "db".into(),
             namespace: "shop".into(),
             headless: true,
@@ -488,7 +488,7 @@ mod tests {
                 ..Default::default()
             }],
             shadowed: vec![],
-        });
+        }));
         let routes = Routes::build(&config(s), None, &Arc::new(Metrics::new()));
         for e in eps {
             let addr: SocketAddr = e.parse().expect("an address");
