@@ -71,7 +71,7 @@ e2e: deps k8s-bins ## Only the tests against a real control plane (e2e/)
 # (1 hop, 1 hop with every policy layer, 2 hops), over HTTP/1.1 and h2c; ratios in bench/results/.
 # The load generator, oha, is built once from crates.io into $BREAKWATER_CACHE/tools; HAProxy comes
 # from Debian's packages. `make test` needs both too: it runs the harness's smoke test.
-.PHONY: bench bench-tools bench-build bench-instructions haproxy
+.PHONY: bench bench-tools bench-build bench-instructions bench-operator haproxy
 BENCH_TOOLS := $(or $(BREAKWATER_CACHE),$(HOME)/.cache/breakwater)/tools
 OHA_VERSION := 1.16.0
 OHA := $(BENCH_TOOLS)/oha-$(OHA_VERSION)/bin/oha
@@ -99,3 +99,9 @@ bench: deps bench-tools bench-build ## Measure the sidecar against no proxy and 
 
 bench-instructions: deps bench-tools bench-build ## Count instructions per request of each proxy under callgrind (about 6 minutes; steady where timings are not)
 	./target/release/breakwater-bench --instructions --bin-dir target/dist --oha $(OHA) --out bench/results $(BENCH_ARGS)
+
+# make bench-operator: the operator at scale (1,000 policies, 2,000 Services, 10,000 endpoints,
+# 5,000 pods) on a real API server from the e2e harness; bench/results/operator.md.
+bench-operator: deps k8s-bins ## Measure the operator at scale on a real API server (about 10 minutes); writes bench/results/operator.md
+	$(CARGO) build --release -p breakwater-operator -p breakwater-bench
+	./target/release/breakwater-bench-operator --operator target/release/breakwater-operator --out bench/results $(BENCH_ARGS)

@@ -14,6 +14,7 @@
 //! | `snapshot_updates_total` | snapshots whose content changed |
 //! | `snapshot_compiles_total` / `snapshot_batch_seconds` | pods compiled, time per batch of changes |
 //! | `snapshot_full_compile_seconds` | how long the last recompile of every pod took (start-up, relist) |
+//! | `snapshot_services` | Service entries over every pod's snapshot (their average size is this / `snapshots`) |
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -44,6 +45,7 @@ pub struct Metrics {
     watch_errors: Family<KindLabel, Counter>,
     leader: Gauge,
     snapshots: Gauge,
+    snapshot_services: Gauge,
     snapshot_updates: Counter,
     snapshot_compiles: Counter,
     snapshot_batch: Histogram,
@@ -79,6 +81,7 @@ impl Metrics {
             watch_errors: Family::default(),
             leader: Gauge::default(),
             snapshots: Gauge::default(),
+            snapshot_services: Gauge::default(),
             snapshot_updates: Counter::default(),
             snapshot_compiles: Counter::default(),
             snapshot_batch: Histogram::new(SECONDS),
@@ -104,6 +107,11 @@ impl Metrics {
         r.register("leader", "1 while this replica holds the lease and writes status", m.leader.clone());
         r.register("snapshots", "Pods with a compiled snapshot", m.snapshots.clone());
         r.register("snapshot_updates", "Snapshots whose content changed", m.snapshot_updates.clone());
+        r.register(
+            "snapshot_services",
+            "Service entries over every pod's snapshot",
+            m.snapshot_services.clone(),
+        );
         r.register("snapshot_compiles", "Pod snapshots compiled", m.snapshot_compiles.clone());
         r.register(
             "snapshot_batch_seconds",
@@ -152,11 +160,12 @@ impl Metrics {
     }
 
     /// A batch of changes compiled `pods` snapshots, `updated` of which changed, in `seconds`;
-    /// `total` pods have one.
-    pub fn snapshot_batch(&self, pods: usize, updated: usize, total: usize, seconds: f64) {
+    /// `total` pods have one, holding `services` Service entries in all.
+    pub fn snapshot_batch(&self, pods: usize, updated: usize, total: usize, services: usize, seconds: f64) {
         self.snapshot_compiles.inc_by(pods as u64);
         self.snapshot_updates.inc_by(updated as u64);
         self.snapshots.set(total as i64);
+        self.snapshot_services.set(services as i64);
         self.snapshot_batch.observe(seconds);
     }
 

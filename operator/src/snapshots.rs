@@ -158,9 +158,10 @@ impl Hub {
             }
         }
         let total = channels.len();
+        let services = channels.values().map(|tx| tx.borrow().services.len()).sum();
         drop(channels);
         let took = started.elapsed().as_secs_f64();
-        self.metrics.snapshot_batch(affected.len(), updated, total, took);
+        self.metrics.snapshot_batch(affected.len(), updated, total, services, took);
         if batch.contains(&Trigger::All) {
             self.metrics.snapshot_full_compile(took);
         }

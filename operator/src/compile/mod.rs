@@ -110,8 +110,11 @@ pub struct Backing {
 #[derive(Debug, Default)]
 pub struct Shared {
     /// By Service and the policies (indexes into [`World::policies`]) that apply to the caller.
-    built: HashMap<(ObjKey, Vec<usize>), (Arc<ServiceSnapshot>, [u8; 32])>,
+    built: HashMap<(ObjKey, Vec<usize>), Built>,
 }
+
+/// One shared Service snapshot and its content hash.
+type Built = (Arc<ServiceSnapshot>, [u8; 32]);
 
 /// Every object compile needs, indexed; see the module docs.
 #[derive(Debug, Default)]
