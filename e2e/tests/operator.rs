@@ -180,7 +180,7 @@ async fn a_policy_for_a_missing_service_is_resolved_when_it_appears() -> anyhow:
     );
 
     // Events record the transitions, as `kubectl describe` shows them.
-    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client, &ns);
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), &ns);
     let reasons_seen = wait::until_ok("the policy's Events", TIMEOUT, || async {
         let list = events.list(&Default::default()).await.map_err(|e| e.to_string())?;
         let seen: Vec<String> = list
@@ -195,6 +195,26 @@ async fn a_policy_for_a_missing_service_is_resolved_when_it_appears() -> anyhow:
     for r in [reasons::VALID, reasons::NO_MATCHING_TARGETS, reasons::RESOLVED] {
         assert!(reasons_seen.iter().any(|s| s == r), "an Event for {r}: {reasons_seen:?}");
     }
+
+    // What `kubectl get cpol` prints: the API server's Table, from the CRD's printer columns.
+    let request = http::Request::get(format!(
+        "/apis/breakwater.dev/v1alpha1/namespaces/{}/communicationpolicies",
+        ns.name()
+    ))
+    .header("Accept", "application/json;as=Table;g=meta.k8s.io;v=v1")
+    .body(Vec::new())?;
+    let table: Value = client.request(request).await?;
+    let columns: Vec<&str> = table["columnDefinitions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(columns, ["Name", "Target", "Mode", "Accepted", "Ready", "Age"]);
+    let cells = &table["rows"][0]["cells"];
+    assert_eq!(cells[1], "payments");
+    assert_eq!(cells[3], "True", "Accepted column: {table}");
+    assert_eq!(cells[4], reasons::RESOLVED, "Ready column: {table}");
     Ok(())
 }
 
@@ -449,6 +469,7 @@ async fn a_restarted_operator_leaves_every_status_as_it_was() -> anyhow::Result<
 
     let pods = Api::<Pod>::namespaced(client.clone(), NAMESPACE);
     let old: Vec<String> = op.pods().await?.iter().map(|p| p.name_any()).collect();
+    let stopping = tokio::time::Instant::now();
     for name in &old {
         pods.delete(name, &DeleteParams::default()).await?;
     }
@@ -463,6 +484,15 @@ async fn a_restarted_operator_leaves_every_status_as_it_was() -> anyhow::Result<
     .await?;
     let leader = op.leader(TAKEOVER).await?;
     assert!(fresh.iter().any(|p| p.name_any() == leader.name_any()));
+    // SIGTERM made the old leader release the lease and exit cleanly.
+    eprintln!("lease taken by a new replica {:?} after the old ones got SIGTERM", stopping.elapsed());
+    let runner = cluster.pod_runner().await?;
+    let logs: Vec<String> = old.iter().filter_map(|p| runner.logs(NAMESPACE, p, "operator").ok()).collect();
+    assert!(
+        logs.iter().any(|l| l.contains("lease released")),
+        "the old leader released its lease:\n{logs:?}"
+    );
+    assert!(logs.iter().all(|l| l.contains("\"stopped\"")), "both old replicas stopped cleanly");
     // The new leader reconciled every policy and found nothing to write.
     wait::until_ok("the new leader to reconcile", TIMEOUT, || async {
         let text = op.metrics(&leader).await.map_err(|e| e.to_string())?;
@@ -492,7 +522,7 @@ async fn a_restarted_operator_leaves_every_status_as_it_was() -> anyhow::Result<
 #[tokio::test]
 async fn a_policy_the_api_server_accepts_but_the_operator_cannot_use_says_why() -> anyhow::Result<()> {
     let _exclusive = DISRUPTIVE.write().await;
-    let (cluster, _op) = operator().await?;
+    let (cluster, op) = operator().await?;
     let ns = cluster.namespace("skew").await?;
     let client = cluster.client()?;
     // An older or hand-edited CRD (crds.install=false) that checks less than this operator: let
@@ -530,6 +560,14 @@ async fn a_policy_the_api_server_accepts_but_the_operator_cannot_use_says_why() 
     };
     create("fifty-attempts", json!(50)).await?;
     create("three-attempts", json!("three")).await?;
+    let leader = op.leader(TAKEOVER).await?;
+    wait::until_ok("the unreadable policy to be counted", TIMEOUT, || async {
+        let text = op.metrics(&leader).await.map_err(|e| e.to_string())?;
+        let n = metric(&text, "breakwater_operator_malformed_objects_total{kind=\"CommunicationPolicy\"}")
+            .unwrap_or(0.0);
+        if n >= 1.0 { Ok(()) } else { Err(format!("{n} counted")) }
+    })
+    .await?;
 
     let api = policies(&client, &ns);
     let invalid =

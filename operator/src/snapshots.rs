@@ -13,10 +13,12 @@
 //! | Policy | the pods whose snapshot used it, the pods it now applies to as callers, the pods backing its targets |
 //! | Service or EndpointSlice | the pods whose snapshot lists the Service, the callers of every policy now selecting it, the pods backing it |
 //!
-//! "Used it" comes from each pod's last snapshot (its dependencies), so a deletion or a label
-//! that stops matching still reaches the pods it affected. A recompiled snapshot whose content
-//! hash did not change is not published. The same batch tells the controller which policies'
-//! status a Service change (or a peer policy) may have changed.
+//! Both the previous and the new [`World`] are asked, so a deletion or a label that stops
+//! matching still reaches the pods it affected, without remembering per pod what it used (at
+//! thousands of pods and hundreds of Services each, that memory would be the operator's
+//! largest). A recompiled snapshot whose content hash did not change is not published. The
+//! same batch tells the controller which policies' status a Service change (or a peer policy)
+//! may have changed.
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
@@ -41,13 +43,6 @@ use crate::{
 
 /// Where the hub tells the controller which policies to reconcile again.
 pub type PolicyRefs = mpsc::Sender<ObjectRef<Lenient<CommunicationPolicy>>>;
-
-/// What a pod's snapshot depended on, to find it again when one of those changes.
-#[derive(Debug, Default, Clone)]
-struct Deps {
-    policies: BTreeSet<String>,
-    services: BTreeSet<ObjKey>,
-}
 
 /// Every pod's current snapshot; see the module docs.
 #[derive(Debug)]
@@ -98,6 +93,8 @@ impl Hub {
         debounce: Duration,
     ) {
         index.wait_ready().await;
+        // What queued up while the indexes listed is covered by the first full pass.
+        while queue.try_recv().is_some() {}
         let mut state = State::default();
         self.apply(&index, &mut state, &HashSet::from([Trigger::All]), &policies).await;
         loop {
@@ -118,7 +115,7 @@ impl Hub {
 
     async fn apply(&self, index: &Index, state: &mut State, batch: &HashSet<Trigger>, policies: &PolicyRefs) {
         let started = tokio::time::Instant::now();
-        let world = index.world();
+        let world = index.world_after(state.world.as_ref());
         let pods: HashMap<ObjKey, Arc<Pod>> =
             readable(&index.pods).into_iter().filter_map(|p| Some((ObjKey::of(p.as_ref())?, p))).collect();
 
@@ -127,18 +124,18 @@ impl Hub {
             let _ = policies.send(p).await;
         }
 
-        let affected = state.affected(&world, &pods, batch);
+        let mut affected = affected(state.world.as_ref(), &world, &pods, batch);
         let mut updated = 0;
         let mut channels = self.channels.write().await;
-        let mut shared = crate::compile::Shared::default();
+        if batch.contains(&Trigger::All) {
+            affected.extend(channels.keys().cloned());
+        }
         for key in &affected {
             let Some(pod) = pods.get(key) else {
                 channels.remove(key);
-                state.forget(key);
                 continue;
             };
-            let mut snapshot = world.compile_shared(pod, &mut shared);
-            state.remember(key, &snapshot);
+            let mut snapshot = world.compile_shared(pod, &mut state.shared);
             let unchanged =
                 channels.get(key).is_some_and(|tx| tx.borrow().version.hash == snapshot.version.hash);
             if unchanged {
@@ -160,6 +157,7 @@ impl Hub {
         let total = channels.len();
         let services = channels.values().map(|tx| tx.borrow().services.len()).sum();
         drop(channels);
+        state.world = Some(world);
         let took = started.elapsed().as_secs_f64();
         self.metrics.snapshot_batch(affected.len(), updated, total, services, took);
         if batch.contains(&Trigger::All) {
@@ -171,106 +169,61 @@ impl Hub {
     }
 }
 
-/// The hub's memory of what each snapshot used.
+/// What the hub keeps between batches.
 #[derive(Debug, Default)]
 struct State {
-    deps: HashMap<ObjKey, Deps>,
-    by_policy: HashMap<String, HashSet<ObjKey>>,
-    by_service: HashMap<ObjKey, HashSet<ObjKey>>,
+    /// The World of the last batch (what the current snapshots were compiled from).
+    world: Option<World>,
+    /// Shared Service snapshots.
+    shared: crate::compile::Shared,
 }
 
-impl State {
-    /// The pods `batch` concerns; see the module docs.
-    fn affected(
-        &self,
-        world: &World,
-        pods: &HashMap<ObjKey, Arc<Pod>>,
-        batch: &HashSet<Trigger>,
-    ) -> BTreeSet<ObjKey> {
-        if batch.contains(&Trigger::All) {
-            return pods.keys().chain(self.deps.keys()).cloned().collect();
-        }
-        let mut out = BTreeSet::new();
-        let callers = |policy: &CommunicationPolicy, out: &mut BTreeSet<ObjKey>| {
-            for (key, pod) in pods {
-                if World::applies_to(policy, &world.identity(pod)) {
-                    out.insert(key.clone());
-                }
+/// The pods `batch` concerns, asking the previous World (what they were compiled from) and the
+/// new one; see the module docs.
+fn affected(
+    old: Option<&World>,
+    new: &World,
+    pods: &HashMap<ObjKey, Arc<Pod>>,
+    batch: &HashSet<Trigger>,
+) -> BTreeSet<ObjKey> {
+    if batch.contains(&Trigger::All) {
+        return pods.keys().cloned().collect();
+    }
+    let worlds: Vec<&World> = old.into_iter().chain([new]).collect();
+    let mut out = BTreeSet::new();
+    let callers = |world: &World, policy: &CommunicationPolicy, out: &mut BTreeSet<ObjKey>| {
+        out.extend(pods.iter().filter(|(_, pod)| world.applies_to_pod(policy, pod)).map(|(k, _)| k.clone()));
+    };
+    for t in batch {
+        match t {
+            Trigger::All => {}
+            Trigger::Pod(key) => {
+                out.insert(key.clone());
             }
-        };
-        for t in batch {
-            match t {
-                Trigger::All => {}
-                Trigger::Pod(key) => {
-                    out.insert(key.clone());
-                }
-                Trigger::Namespace(ns) => {
-                    out.extend(pods.keys().filter(|k| &k.namespace == ns).cloned());
-                }
-                Trigger::Policy(key, _) => {
-                    out.extend(self.by_policy.get(&key.to_string()).into_iter().flatten().cloned());
+            Trigger::Namespace(ns) => out.extend(pods.keys().filter(|k| &k.namespace == ns).cloned()),
+            Trigger::Policy(key, _) => {
+                for world in &worlds {
                     if let Some(entry) = world.policy(key).filter(|e| !e.targets.is_empty()) {
-                        callers(&entry.policy, &mut out);
+                        callers(world, &entry.policy, &mut out);
                         for target in &entry.targets {
                             out.extend(world.backers_of(target).cloned());
                         }
                     }
                 }
-                Trigger::Service(key) => {
-                    out.extend(self.by_service.get(key).into_iter().flatten().cloned());
+            }
+            Trigger::Service(key) => {
+                for world in &worlds {
                     for entry in world.policies().iter().filter(|e| e.targets.contains(key)) {
-                        callers(&entry.policy, &mut out);
+                        callers(world, &entry.policy, &mut out);
                     }
                     out.extend(world.backers_of(key).cloned());
                 }
             }
         }
-        out
     }
-
-    fn remember(&mut self, pod: &ObjKey, snapshot: &Snapshot) {
-        self.forget(pod);
-        let mut deps = Deps::default();
-        for s in &snapshot.services {
-            deps.services.insert(ObjKey::new(&s.namespace, &s.name));
-            deps.policies.extend(s.shadowed.iter().cloned());
-        }
-        deps.policies.extend(snapshot.policies().into_keys());
-        for p in &snapshot.inbound {
-            for s in &p.services {
-                if let Some((name, namespace)) = s.split_once('.') {
-                    deps.services.insert(ObjKey::new(namespace, name));
-                }
-            }
-        }
-        for p in &deps.policies {
-            self.by_policy.entry(p.clone()).or_default().insert(pod.clone());
-        }
-        for s in &deps.services {
-            self.by_service.entry(s.clone()).or_default().insert(pod.clone());
-        }
-        self.deps.insert(pod.clone(), deps);
-    }
-
-    fn forget(&mut self, pod: &ObjKey) {
-        let Some(old) = self.deps.remove(pod) else { return };
-        for p in &old.policies {
-            if let Some(set) = self.by_policy.get_mut(p) {
-                set.remove(pod);
-                if set.is_empty() {
-                    self.by_policy.remove(p);
-                }
-            }
-        }
-        for s in &old.services {
-            if let Some(set) = self.by_service.get_mut(s) {
-                set.remove(pod);
-                if set.is_empty() {
-                    self.by_service.remove(s);
-                }
-            }
-        }
-    }
+    // Pods that are gone are dropped by the caller; keep only the ones asked about that exist
+    // or had a snapshot.
+    out
 }
 
 /// The policies whose status `batch` may have changed, besides the changed policies themselves

@@ -18,8 +18,8 @@
 //!   endpoints are left out, so they drain), and the policy in force there after precedence;
 //! - **inbound**: each port of this pod that a Service routes to, with every such Service and
 //!   the one policy whose `bulkhead.inbound` applies there;
-//! - the pod's **identity** and a content hash (the counter is the hub's, see
-//!   [`crate::snapshots`]).
+//! - the pod's **identity** and a content hash (the counter is the snapshot
+//!   hub's).
 //!
 //! Precedence, selection and validation are `breakwater-crds`' — the same functions the
 //! sidecar's local mode runs — so operator and sidecar can never disagree.
@@ -33,7 +33,7 @@ pub use self::endpoints::SERVICE_NAME_LABEL;
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::{IpAddr, SocketAddr},
-    sync::Arc,
+    sync::{Arc, Weak},
 };
 
 use breakwater_crds::{
@@ -106,19 +106,66 @@ pub struct Backing {
     pub pod_port: u16,
 }
 
-/// Service snapshots built while compiling one batch of pods against one [`World`].
+/// What compiling remembers between pods and between batches, so that pods which agree share
+/// memory and work:
+///
+/// - per [`World`]: each Service snapshot built for a set of the caller's policies, and the
+///   whole outbound part of a snapshot per caller class — namespace and pod labels, all that
+///   `sources` can see — so the pods of one Deployment are compiled once;
+/// - across Worlds: every Service snapshot by content hash (weakly), so a Service unchanged by
+///   a batch is not copied again into the pods it recompiles.
 #[derive(Debug, Default)]
 pub struct Shared {
-    /// By Service and the policies (indexes into [`World::policies`]) that apply to the caller.
+    world: u64,
     built: HashMap<(ObjKey, Vec<usize>), Built>,
+    outbound: HashMap<(String, BTreeMap<String, String>), Arc<Outbound>>,
+    interned: HashMap<[u8; 32], Weak<ServiceSnapshot>>,
+    /// Interned entries when the dead ones were last swept.
+    swept_at: usize,
 }
 
 /// One shared Service snapshot and its content hash.
 type Built = (Arc<ServiceSnapshot>, [u8; 32]);
 
+/// The outbound part of a snapshot: its Services, and each one's hash.
+#[derive(Debug)]
+struct Outbound {
+    services: Vec<Arc<ServiceSnapshot>>,
+    hashes: Vec<[u8; 32]>,
+}
+
+impl Shared {
+    /// Forgets what belongs to another World.
+    fn begin(&mut self, world: u64) {
+        if self.world != world {
+            self.world = world;
+            self.built.clear();
+            self.outbound.clear();
+        }
+    }
+
+    /// The one copy of a Service snapshot with this content.
+    fn intern(&mut self, snapshot: ServiceSnapshot, hash: [u8; 32]) -> Arc<ServiceSnapshot> {
+        if let Some(existing) = self.interned.get(&hash).and_then(Weak::upgrade) {
+            return existing;
+        }
+        let fresh = Arc::new(snapshot);
+        self.interned.insert(hash, Arc::downgrade(&fresh));
+        if self.interned.len() > 2 * self.swept_at.max(1024) {
+            self.interned.retain(|_, w| w.strong_count() > 0);
+            self.swept_at = self.interned.len();
+        }
+        fresh
+    }
+}
+
+/// Tells Worlds apart (a [`Shared`] cache belongs to one).
+static WORLDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// Every object compile needs, indexed; see the module docs.
 #[derive(Debug, Default)]
 pub struct World {
+    id: u64,
     namespaces: HashMap<String, BTreeMap<String, String>>,
     /// Valid policies, sorted by key.
     policies: Vec<PolicyEntry>,
@@ -138,6 +185,22 @@ impl World {
         slices: &[Arc<EndpointSlice>],
         namespaces: &[Arc<Namespace>],
     ) -> Self {
+        Self::after(None, policies, services, slices, namespaces)
+    }
+
+    /// [`World::new`], reusing what `previous` already worked out for the objects that did not
+    /// change (the same `Arc`: the index's stores hand out the same one until an object
+    /// changes) — validating and resolving a policy is most of the cost of a World.
+    pub fn after(
+        previous: Option<&World>,
+        policies: &[Arc<CommunicationPolicy>],
+        services: &[Arc<Service>],
+        slices: &[Arc<EndpointSlice>],
+        namespaces: &[Arc<Namespace>],
+    ) -> Self {
+        let resolved: HashMap<String, (&Arc<CommunicationPolicy>, &AppliedPolicy)> = previous
+            .map(|w| w.policies.iter().map(|e| (e.name.clone(), (&e.policy, &e.applied))).collect())
+            .unwrap_or_default();
         let namespaces: HashMap<String, BTreeMap<String, String>> =
             namespaces.iter().map(|n| (n.name_any(), n.labels().clone())).collect();
 
@@ -178,7 +241,11 @@ impl World {
         let mut valid: Vec<PolicyEntry> = policies
             .iter()
             .filter_map(|p| {
-                let applied = AppliedPolicy::from_policy(p).ok()?;
+                let name = p.full_name();
+                let applied = match resolved.get(&name) {
+                    Some((same, applied)) if Arc::ptr_eq(same, p) => (*applied).clone(),
+                    _ => AppliedPolicy::from_policy(p).ok()?,
+                };
                 let namespace = p.namespace_or_default().to_owned();
                 let targets: Vec<ObjKey> = match &p.spec.target_ref.name {
                     Some(name) => {
@@ -192,7 +259,7 @@ impl World {
                         .map(|(k, _)| k.clone())
                         .collect(),
                 };
-                Some(PolicyEntry { name: p.full_name(), policy: p.clone(), applied, targets })
+                Some(PolicyEntry { name, policy: p.clone(), applied, targets })
             })
             .collect();
         valid.sort_by(|a, b| a.name.cmp(&b.name));
@@ -206,7 +273,8 @@ impl World {
         for s in entries.values_mut() {
             s.policies.sort_by(|a, b| precedence::compare(&valid[*a].policy, &valid[*b].policy));
         }
-        World { namespaces, policies: valid, services: entries, backing, backers }
+        let id = WORLDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        World { id, namespaces, policies: valid, services: entries, backing, backers }
     }
 
     /// The valid policies, sorted by `namespace/name`.
@@ -259,6 +327,15 @@ impl World {
         }
     }
 
+    /// Whether `policy` governs calls made by `pod` (as [`World::applies_to`], without building
+    /// its identity).
+    pub fn applies_to_pod(&self, policy: &CommunicationPolicy, pod: &Pod) -> bool {
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+        let empty = BTreeMap::new();
+        let namespace_labels = self.namespaces.get(namespace).unwrap_or(&empty);
+        policy.spec.selects_caller(namespace, namespace_labels, pod.labels())
+    }
+
     /// Whether `policy` governs calls made by a pod with `identity`.
     pub fn applies_to(policy: &CommunicationPolicy, identity: &Identity) -> bool {
         policy.spec.selects_caller(&identity.namespace, &identity.namespace_labels, &identity.labels)
@@ -277,23 +354,20 @@ impl World {
         let identity = self.identity(pod);
         let key = ObjKey::new(&identity.namespace, &identity.name);
 
-        // Outbound: the policies that select this pod as a caller, and the Services they govern.
-        let mine: Vec<bool> = self.policies.iter().map(|e| Self::applies_to(&e.policy, &identity)).collect();
-        let governed: BTreeSet<&ObjKey> =
-            self.policies.iter().zip(&mine).filter(|(_, m)| **m).flat_map(|(e, _)| &e.targets).collect();
+        // Outbound: the policies that select this pod as a caller, and the Services they govern;
+        // the same for every pod of its class (namespace and labels: all `sources` can see).
+        shared.begin(self.id);
+        let class = (identity.namespace.clone(), identity.labels.clone());
+        let outbound = match shared.outbound.get(&class) {
+            Some(o) => o.clone(),
+            None => {
+                let o = Arc::new(self.outbound(&identity, shared));
+                shared.outbound.insert(class, o.clone());
+                o
+            }
+        };
         let mut snapshot = Snapshot::new(identity);
-        let mut hashes = Vec::with_capacity(governed.len());
-        for service in governed.into_iter().filter_map(|k| self.services.get(k)) {
-            let policies: Vec<usize> = service.policies.iter().copied().filter(|i| mine[*i]).collect();
-            let (built, hash) =
-                shared.built.entry((service.key.clone(), policies)).or_insert_with_key(|(_, policies)| {
-                    let s = self.service_snapshot(service, policies);
-                    let hash = s.content_hash();
-                    (Arc::new(s), hash)
-                });
-            snapshot.services.push(built.clone());
-            hashes.push(*hash);
-        }
+        snapshot.services = outbound.services.clone();
 
         // Inbound: this pod's ports that Services route to.
         let mut by_port: BTreeMap<u16, Vec<&Backing>> = BTreeMap::new();
@@ -313,8 +387,35 @@ impl World {
             let policy = candidates.min_by(|a, b| precedence::compare(a, b)).and_then(|p| self.applied(p));
             snapshot.inbound.push(InboundPort { port, services, policy });
         }
-        snapshot.version.hash = snapshot.content_hash_with(hashes);
+        snapshot.version.hash = snapshot.content_hash_with(outbound.hashes.iter().copied());
         snapshot
+    }
+
+    fn outbound(&self, identity: &Identity, shared: &mut Shared) -> Outbound {
+        let mine: Vec<bool> = self.policies.iter().map(|e| Self::applies_to(&e.policy, identity)).collect();
+        let governed: BTreeSet<&ObjKey> =
+            self.policies.iter().zip(&mine).filter(|(_, m)| **m).flat_map(|(e, _)| &e.targets).collect();
+        let mut out = Outbound {
+            services: Vec::with_capacity(governed.len()),
+            hashes: Vec::with_capacity(governed.len()),
+        };
+        for service in governed.into_iter().filter_map(|k| self.services.get(k)) {
+            let policies: Vec<usize> = service.policies.iter().copied().filter(|i| mine[*i]).collect();
+            let key = (service.key.clone(), policies);
+            let (built, hash) = match shared.built.get(&key) {
+                Some(b) => b.clone(),
+                None => {
+                    let s = self.service_snapshot(service, &key.1);
+                    let hash = s.content_hash();
+                    let built = (shared.intern(s, hash), hash);
+                    shared.built.insert(key, built.clone());
+                    built
+                }
+            };
+            out.services.push(built);
+            out.hashes.push(hash);
+        }
+        out
     }
 
     fn service_snapshot(&self, service: &ServiceEntry, policies: &[usize]) -> ServiceSnapshot {

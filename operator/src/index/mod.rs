@@ -284,7 +284,13 @@ impl Index {
 
     /// Everything compile needs, indexed from the stores as they are now.
     pub fn world(&self) -> World {
-        World::new(
+        self.world_after(None)
+    }
+
+    /// [`Index::world`], reusing what `previous` resolved for objects that did not change.
+    pub fn world_after(&self, previous: Option<&World>) -> World {
+        World::after(
+            previous,
             &readable(&self.policies),
             &readable(&self.services),
             &readable(&self.slices),

@@ -431,6 +431,11 @@ async fn load(client: &Client, args: &Args) -> anyhow::Result<Vec<(String, usize
     let all = objects(args);
     let (namespaces, rest): (Vec<Value>, Vec<Value>) =
         all.into_iter().partition(|o| o["kind"] == "Namespace");
+    // The harness gives a cluster a /24 of Service IPs; thousands of Services need another range
+    // (a ServiceCIDR, GA since Kubernetes 1.33), inside the harness's 198.19.0.0/16.
+    if args.services > 200 {
+        add_service_range(client).await?;
+    }
     let names: Vec<String> =
         namespaces.iter().filter_map(|n| n["metadata"]["name"].as_str().map(str::to_owned)).collect();
     for n in namespaces {
@@ -465,6 +470,34 @@ async fn load(client: &Client, args: &Args) -> anyhow::Result<Vec<(String, usize
     let mut counts: Vec<(String, usize)> = counts.into_iter().collect();
     counts.sort();
     Ok(counts)
+}
+
+/// Adds 198.19.192.0/20 (4,094 addresses) to the cluster's Service IPs and waits until it is
+/// ready to allocate from.
+async fn add_service_range(client: &Client) -> anyhow::Result<()> {
+    let cidrs = Api::<k8s_openapi::api::networking::v1::ServiceCIDR>::all(client.clone());
+    let range = serde_json::from_value(json!({
+        "metadata": {"name": "breakwater-bench"}, "spec": {"cidrs": ["198.19.192.0/20"]},
+    }))?;
+    cidrs.create(&PostParams::default(), &range).await.context("adding a ServiceCIDR")?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = cidrs
+            .get("breakwater-bench")
+            .await?
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        if ready {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the extra ServiceCIDR was not Ready within a minute");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Creates one object of the kinds the loader makes.

@@ -74,7 +74,11 @@ pub fn markdown(args: &Args, r: &Results) -> String {
     row(
         &mut out,
         "restart: every pod's snapshot compiled",
-        format!("{:.1} s (the compile itself {:.2} s)", r.restart_all_snapshots_s, r.restart_full_compile_s),
+        format!(
+            "{:.1} s (the compile itself {:.0} ms)",
+            r.restart_all_snapshots_s,
+            r.restart_full_compile_s * 1000.0
+        ),
     );
     row(
         &mut out,
