@@ -113,31 +113,67 @@ impl Hub {
         }
     }
 
+    /// Applies one batch. The work — indexing the World, finding the affected pods, compiling
+    /// them — runs on a blocking thread: at thousands of pods it takes long enough to starve the
+    /// runtime's other tasks (probes, reconciles, streams) if it ran on a worker. Only
+    /// publishing takes the channels' lock.
     async fn apply(&self, index: &Index, state: &mut State, batch: &HashSet<Trigger>, policies: &PolicyRefs) {
         let started = tokio::time::Instant::now();
-        let world = index.world_after(state.world.as_ref());
+        let stored = index.policies.state();
+        let inputs = (
+            readable(&index.policies),
+            readable(&index.services),
+            readable(&index.slices),
+            readable(&index.namespaces),
+        );
         let pods: HashMap<ObjKey, Arc<Pod>> =
             readable(&index.pods).into_iter().filter_map(|p| Some((ObjKey::of(p.as_ref())?, p))).collect();
-
-        for p in concerned_policies(&world, index, batch) {
+        let previous = state.world.take();
+        let mut shared = std::mem::take(&mut state.shared);
+        let batch = batch.clone();
+        let all = batch.contains(&Trigger::All);
+        let work = tokio::task::spawn_blocking(move || {
+            let world = World::after(previous.as_ref(), &inputs.0, &inputs.1, &inputs.2, &inputs.3);
+            let concerned = concerned_policies(&world, &stored, &batch);
+            let affected = affected(previous.as_ref(), &world, &pods, &batch);
+            let compiled: Vec<(ObjKey, Option<Snapshot>)> = affected
+                .into_iter()
+                .map(|key| {
+                    let snapshot = pods.get(&key).map(|pod| world.compile_shared(pod, &mut shared));
+                    (key, snapshot)
+                })
+                .collect();
+            let live: HashSet<ObjKey> = if all { pods.into_keys().collect() } else { HashSet::new() };
+            (world, shared, concerned, compiled, live)
+        });
+        let (world, shared, concerned, compiled, live) = match work.await {
+            Ok(done) => done,
+            Err(e) => {
+                // A panic in compile is a bug; keep serving the snapshots we have.
+                tracing::error!(error = %e, "compiling snapshots failed; the current ones stay");
+                return;
+            }
+        };
+        state.world = Some(world);
+        state.shared = shared;
+        for p in concerned {
             // A closed channel means the controller stopped: we are shutting down.
             let _ = policies.send(p).await;
         }
 
-        let mut affected = affected(state.world.as_ref(), &world, &pods, batch);
         let mut updated = 0;
+        let compiled_count = compiled.len();
         let mut channels = self.channels.write().await;
-        if batch.contains(&Trigger::All) {
-            affected.extend(channels.keys().cloned());
+        if all {
+            channels.retain(|key, _| live.contains(key));
         }
-        for key in &affected {
-            let Some(pod) = pods.get(key) else {
-                channels.remove(key);
+        for (key, snapshot) in compiled {
+            let Some(mut snapshot) = snapshot else {
+                channels.remove(&key);
                 continue;
             };
-            let mut snapshot = world.compile_shared(pod, &mut state.shared);
             let unchanged =
-                channels.get(key).is_some_and(|tx| tx.borrow().version.hash == snapshot.version.hash);
+                channels.get(&key).is_some_and(|tx| tx.borrow().version.hash == snapshot.version.hash);
             if unchanged {
                 continue;
             }
@@ -145,26 +181,25 @@ impl Hub {
             updated += 1;
             tracing::debug!(pod = %key, version = %snapshot.version, services = snapshot.services.len(), "snapshot updated");
             let snapshot = Arc::new(snapshot);
-            match channels.get(key) {
+            match channels.get(&key) {
                 Some(tx) => {
                     tx.send_replace(snapshot);
                 }
                 None => {
-                    channels.insert(key.clone(), watch::Sender::new(snapshot));
+                    channels.insert(key, watch::Sender::new(snapshot));
                 }
             }
         }
         let total = channels.len();
         let services = channels.values().map(|tx| tx.borrow().services.len()).sum();
         drop(channels);
-        state.world = Some(world);
         let took = started.elapsed().as_secs_f64();
-        self.metrics.snapshot_batch(affected.len(), updated, total, services, took);
-        if batch.contains(&Trigger::All) {
+        self.metrics.snapshot_batch(compiled_count, updated, total, services, took);
+        if all {
             self.metrics.snapshot_full_compile(took);
         }
         if updated > 0 {
-            tracing::info!(compiled = affected.len(), updated, pods = total, took = ?started.elapsed(), "snapshots updated");
+            tracing::info!(compiled = compiled_count, updated, pods = total, took = ?started.elapsed(), "snapshots updated");
         }
     }
 }
@@ -232,10 +267,9 @@ fn affected(
 /// as the winner.
 fn concerned_policies(
     world: &World,
-    index: &Index,
+    stored: &[Arc<Lenient<CommunicationPolicy>>],
     batch: &HashSet<Trigger>,
 ) -> HashSet<ObjectRef<Lenient<CommunicationPolicy>>> {
-    let stored = index.policies.state();
     let reference = |p: &Lenient<CommunicationPolicy>| {
         Some(ObjectRef::new(p.metadata.name.as_deref()?).within(p.metadata.namespace.as_deref()?))
     };
@@ -247,11 +281,11 @@ fn concerned_policies(
         match t {
             Trigger::All => out.extend(stored.iter().filter_map(|p| reference(p))),
             Trigger::Service(key) => {
+                let labels = world_labels(world, key);
                 for p in
                     stored.iter().filter(|p| p.metadata.namespace.as_deref() == Some(key.namespace.as_str()))
                 {
-                    let selects =
-                        p.get().is_some_and(|p| p.spec.selects_service(&key.name, &world_labels(world, key)));
+                    let selects = p.get().is_some_and(|p| p.spec.selects_service(&key.name, &labels));
                     if selects || lists(p, &|t| t.name == key.name) {
                         out.extend(reference(p));
                     }
@@ -298,5 +332,86 @@ impl std::fmt::Display for Trigger {
             Trigger::Service(k) => write!(f, "service {k}"),
             Trigger::Policy(k, _) => write!(f, "policy {k}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Arc<T> {
+        Arc::new(serde_json::from_value(v).expect("a valid object"))
+    }
+
+    fn pod(ns: &str, name: &str, app: &str) -> (ObjKey, Arc<Pod>) {
+        let p: Arc<Pod> = obj(json!({"metadata": {"name": name, "namespace": ns, "labels": {"app": app}}}));
+        (ObjKey::new(ns, name), p)
+    }
+
+    fn world(policies: &[serde_json::Value]) -> World {
+        let policies: Vec<Arc<CommunicationPolicy>> = policies
+            .iter()
+            .map(|p| {
+                obj(json!({"apiVersion": "breakwater.dev/v1alpha1", "kind": "CommunicationPolicy",
+                           "metadata": {"name": p["name"], "namespace": p["ns"]}, "spec": p["spec"]}))
+            })
+            .collect();
+        let services = vec![
+            obj(
+                json!({"metadata": {"name": "payments", "namespace": "shop"}, "spec": {"ports": [{"port": 80}]}}),
+            ),
+            obj(
+                json!({"metadata": {"name": "reports", "namespace": "web"}, "spec": {"ports": [{"port": 80}]}}),
+            ),
+        ];
+        let slices = vec![obj(json!({
+            "metadata": {"name": "payments-1", "namespace": "shop", "labels": {"kubernetes.io/service-name": "payments"}},
+            "addressType": "IPv4", "ports": [{"port": 8080}],
+            "endpoints": [{"addresses": ["198.18.0.9"], "targetRef": {"kind": "Pod", "name": "payments-1"}}],
+        }))];
+        World::new(&policies, &services, &slices, &[])
+    }
+
+    fn names(set: BTreeSet<ObjKey>) -> Vec<String> {
+        set.into_iter().map(|k| k.to_string()).collect()
+    }
+
+    #[test]
+    fn a_change_recompiles_the_pods_it_concerns_and_no_others() {
+        let checkout = json!({"name": "checkout", "ns": "shop", "spec": {
+            "targetRef": {"name": "payments"}, "timeouts": {"request": "1s"},
+            "sources": [{"podSelector": {"matchLabels": {"app": "checkout"}}}]}});
+        let web = json!({"name": "web", "ns": "web", "spec": {
+            "targetRef": {"name": "reports"}, "timeouts": {"request": "1s"}, "sources": [{"namespace": "web"}]}});
+        let pods: HashMap<ObjKey, Arc<Pod>> = [
+            pod("shop", "a", "checkout"),
+            pod("web", "b", "other"),
+            pod("shop", "payments-1", "payments"),
+            pod("shop", "idle", "nothing"),
+        ]
+        .into_iter()
+        .collect();
+        let new = world(&[checkout.clone(), web.clone()]);
+        let one = |t: Trigger| names(affected(None, &new, &pods, &HashSet::from([t])));
+
+        // The Service: callers of the policies selecting it, and the pods backing it.
+        assert_eq!(one(Trigger::Service(ObjKey::new("shop", "payments"))), ["shop/a", "shop/payments-1"]);
+        assert_eq!(one(Trigger::Policy(ObjKey::new("web", "web"), None)), ["web/b"]);
+        assert_eq!(one(Trigger::Namespace("web".into())), ["web/b"]);
+        assert_eq!(one(Trigger::Pod(ObjKey::new("shop", "idle"))), ["shop/idle"]);
+
+        // A deleted policy: the previous World still knows whom it concerned.
+        let without = world(&[web]);
+        let gone = affected(
+            Some(&new),
+            &without,
+            &pods,
+            &HashSet::from([Trigger::Policy(ObjKey::new("shop", "checkout"), None)]),
+        );
+        assert_eq!(names(gone), ["shop/a", "shop/payments-1"]);
+        let all = affected(None, &new, &pods, &HashSet::from([Trigger::All]));
+        assert_eq!(all.len(), 4);
     }
 }

@@ -17,6 +17,7 @@
 mod lenient;
 
 use std::{
+    collections::HashMap,
     fmt::Debug,
     sync::{
         Arc,
@@ -254,15 +255,28 @@ impl Index {
                 .default_backoff()
                 .modify(strip)
                 .reflect(policy_writer)
-                .inspect(move |event| {
-                    // The controller polls this stream: no waiting here (see the module docs).
-                    let found = triggers_for(&metrics, &ready, "CommunicationPolicy", event, |p| {
-                        let key = ObjKey::of(p)?;
-                        let deleted = matches!(event, Ok(watcher::Event::Delete(_)));
-                        Some(Trigger::Policy(key, if deleted { p.get().cloned() } else { None }))
-                    });
-                    for t in found {
-                        triggers.send_now(t);
+                .inspect({
+                    // The generation each policy was last seen with: a status write (ours)
+                    // changes the object but not its generation, nor any snapshot.
+                    let mut generations: HashMap<ObjKey, Option<i64>> = HashMap::new();
+                    move |event| {
+                        // The controller polls this stream: no waiting here (see the module docs).
+                        let found = triggers_for(&metrics, &ready, "CommunicationPolicy", event, |p| {
+                            let key = ObjKey::of(p)?;
+                            if matches!(event, Ok(watcher::Event::Delete(_))) {
+                                generations.remove(&key);
+                                return Some(Trigger::Policy(key, p.get().cloned()));
+                            }
+                            let generation = p.metadata.generation;
+                            let seen = generations.insert(key.clone(), generation);
+                            // A relist (InitApply) yields no trigger anyway; an unreadable
+                            // object has no generation of note: always pass it on.
+                            (seen != Some(generation) || p.get().is_none())
+                                .then_some(Trigger::Policy(key, None))
+                        });
+                        for t in found {
+                            triggers.send_now(t);
+                        }
                     }
                 })
                 .applied_objects()
@@ -352,7 +366,7 @@ fn triggers_for<K>(
     ready: &Readiness,
     kind: &'static str,
     event: &Result<watcher::Event<Lenient<K>>, watcher::Error>,
-    key: impl Fn(&Lenient<K>) -> Option<Trigger>,
+    mut key: impl FnMut(&Lenient<K>) -> Option<Trigger>,
 ) -> Vec<Trigger> {
     match event {
         Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
