@@ -118,6 +118,11 @@ impl Metrics {
             "Time to apply one batch of changes to the snapshots",
             m.snapshot_batch.clone(),
         );
+        r.register(
+            "snapshot_full_compile_seconds",
+            "How long the last recompile of every pod's snapshot took",
+            m.snapshot_full.clone(),
+        );
         m
     }
 
@@ -179,5 +184,26 @@ impl Metrics {
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_is_exported_with_its_prefix() {
+        let m = Metrics::new();
+        m.snapshot_full_compile(1.5);
+        m.reconciled(0.01, Some("status_write"));
+        m.set_leader(true);
+        let text = m.encode();
+        for line in [
+            "breakwater_operator_snapshot_full_compile_seconds 1.5",
+            "breakwater_operator_reconcile_failures_total{error=\"status_write\"} 1",
+            "breakwater_operator_leader 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+        }
     }
 }
