@@ -33,6 +33,14 @@ pub fn markdown(args: &Args, r: &Results) -> String {
         args.operator.display(),
         args.concurrency
     );
+    let _ = writeln!(
+        out,
+        "The mix: a third of the policies govern every caller, a third the callers of a namespace \
+         label, a third those of a pod label; one in five selects Services by label (`tier=backend`, \
+         port 80), the others name one Service. One Service in five has a second port; every \
+         EndpointSlice lists {} endpoints of pods in its namespace, so each pod also backs Services.\n",
+        (args.endpoints / args.services.max(1)).max(1)
+    );
     let _ = writeln!(out, "| objects | count |\n|---|---|");
     for (kind, n) in &r.objects {
         let _ = writeln!(out, "| {kind} | {n} |");
