@@ -16,7 +16,7 @@ use crate::{Error, Helm, PodRunner, Result, TestCluster, helm::chart_dir, wait};
 /// The operator's component label in the chart.
 const OPERATOR_SELECTOR: &str = "app.kubernetes.io/component=operator";
 /// How long `helm install --wait` may take (two replicas syncing their indexes).
-const INSTALL_TIMEOUT: &str = "40s";
+const INSTALL_TIMEOUT: &str = "180s";
 
 /// An installed release; see the module docs.
 pub struct Operator {
@@ -72,6 +72,40 @@ impl Operator {
             namespace: namespace.into(),
             config: cluster.config().clone(),
         })
+    }
+
+    /// The config API's URL, `https://<cluster IP of the operator's Service>:9090`, and the
+    /// name its certificate carries (the harness has no cluster DNS; the certificate names the
+    /// cluster IP too).
+    pub async fn config_api(&self) -> Result<(String, String)> {
+        let client = kube::Client::try_from(self.config.clone()).map_err(Error::kube("building a client"))?;
+        let service = self.service_name();
+        let svc = Api::<k8s_openapi::api::core::v1::Service>::namespaced(client, &self.namespace)
+            .get(&service)
+            .await
+            .map_err(Error::kube(format!("reading Service {service}")))?;
+        let ip = svc.spec.and_then(|s| s.cluster_ip).unwrap_or_default();
+        Ok((format!("https://{ip}:9090"), format!("{service}.{}.svc", self.namespace)))
+    }
+
+    /// The operator's Service (and Deployment) name: `<release>-breakwater`.
+    pub fn service_name(&self) -> String {
+        if self.release.contains("breakwater") {
+            self.release.clone()
+        } else {
+            format!("{}-breakwater", self.release)
+        }
+    }
+
+    /// Scales the operator's Deployment to `replicas`.
+    pub async fn scale(&self, replicas: i32) -> Result<()> {
+        let client = kube::Client::try_from(self.config.clone()).map_err(Error::kube("building a client"))?;
+        let api = Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client, &self.namespace);
+        let patch = serde_json::json!({"spec": {"replicas": replicas}});
+        api.patch(&self.service_name(), &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+            .await
+            .map_err(Error::kube("scaling the operator"))?;
+        Ok(())
     }
 
     /// The helm this release was installed with.

@@ -70,31 +70,24 @@ impl ImageTable {
         }
     }
 
-    /// The binary for `image`, at a path every user can execute: containers run as their
-    /// `runAsUser`, and a workspace under a private home directory (`/root`, mode 0700) is not
-    /// reachable for them. Such a binary is hard-linked (or copied) once into
-    /// [`SHARED_BIN`], a world-readable directory, and run from there.
+    /// The binary for `image`, at a path no pod's volumes can hide and every user can execute:
+    /// containers run as their `runAsUser`, and may mount an emptyDir over `/tmp` — where a
+    /// checkout (CI's, say) may well live — or the workspace may sit in a private home
+    /// directory (`/root`, mode 0700). So the binary is hard-linked (or, across filesystems,
+    /// copied) once into [`SHARED_BIN`], a world-readable directory, and run from there, as a
+    /// kubelet runs an image's binary from the image's own root filesystem.
     pub fn resolve_for_any_user(&self, image: &str) -> Result<PathBuf, String> {
         let path = self.resolve(image)?;
-        if executable_by_anyone(path) {
-            return Ok(path.to_path_buf());
-        }
         shared_copy(path)
             .map_err(|e| format!("image {image:?}: making {} runnable for any user: {e}", path.display()))
     }
 }
 
-/// Where binaries that other users could not reach are linked to (created 0755).
+/// Where the images' binaries are linked to (created 0755).
 pub const SHARED_BIN: &str = "/var/lib/breakwater-e2e/bin";
 
-/// Whether every directory on the way to `path` lets others through and `path` lets them run it.
-fn executable_by_anyone(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    let others_x = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o001 != 0);
-    others_x(path) && path.ancestors().skip(1).filter(|a| !a.as_os_str().is_empty()).all(others_x)
-}
-
-/// `path` linked into [`SHARED_BIN`] under a name that changes when the binary is rebuilt.
+/// `path` linked into [`SHARED_BIN`] under a name that changes when the binary is rebuilt;
+/// links of earlier builds of the same binary are removed.
 fn shared_copy(path: &Path) -> std::io::Result<PathBuf> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let meta = std::fs::metadata(path)?;
@@ -115,6 +108,19 @@ fn shared_copy(path: &Path) -> std::io::Result<PathBuf> {
     }
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
     std::fs::rename(&tmp, &target)?;
+    // Earlier builds of this binary are not needed any more (a running pod keeps its inode).
+    let prefix = format!("{name}-");
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        let p = entry.path();
+        let stale = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+            n.strip_prefix(&prefix).is_some_and(|rest| {
+                rest.split('-').count() == 3 && rest.split('-').all(|x| x.parse::<u64>().is_ok())
+            })
+        });
+        if stale && p != target {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
     Ok(target)
 }
 
