@@ -125,9 +125,13 @@ async fn default_values_render_hardened_and_labelled_objects() -> anyhow::Result
         assert!(!resources.iter().any(|r| r == "secrets"), "no Secrets cluster-wide: {rule}");
         let writes = verbs.iter().any(|v| !matches!(v.as_str(), "get" | "list" | "watch"));
         if writes {
+            let named = !list("resourceNames").is_empty();
             let allowed = resources.iter().all(|r| {
                 matches!(r.as_str(), "communicationpolicies/status" | "events")
-                    || (r == "mutatingwebhookconfigurations" && !list("resourceNames").is_empty())
+                    || (r == "tokenreviews" && verbs == ["create"])
+                    // The root CA: create (cannot be limited by name), and change it only by name.
+                    || (r == "configmaps" && (verbs == ["create"] || named))
+                    || (r == "mutatingwebhookconfigurations" && named)
             });
             assert!(allowed, "unexpected write access: {rule}");
         }
@@ -373,6 +377,17 @@ async fn check_operator_rbac(cluster: &TestCluster, client: &Client) -> anyhow::
         ("create", "rbac.authorization.k8s.io", "clusterrolebindings", "", "", false),
         ("patch", "coordination.k8s.io", "leases", "kube-system", "bw-breakwater-operator", false),
         ("patch", "coordination.k8s.io", "leases", NAMESPACE, "someone-else", false),
+        // The config API: token reviews; the root CA in every namespace; its replicas' reports.
+        ("create", "authentication.k8s.io", "tokenreviews", "", "", true),
+        ("create", "", "configmaps", "shop", "", true),
+        ("patch", "", "configmaps", "shop", "breakwater-root-ca", true),
+        ("get", "", "configmaps", "shop", "breakwater-root-ca", true),
+        ("patch", "", "configmaps", "shop", "someone-elses", false),
+        ("list", "", "configmaps", "shop", "", false),
+        ("list", "", "configmaps", NAMESPACE, "", true),
+        ("watch", "", "configmaps", NAMESPACE, "", true),
+        ("delete", "", "configmaps", "shop", "breakwater-root-ca", false),
+        ("create", "authorization.k8s.io", "subjectaccessreviews", "", "", false),
         // Nothing it does not use: core Events, replacing or watching its Lease.
         ("create", "", "events", "shop", "", false),
         ("update", "coordination.k8s.io", "leases", NAMESPACE, "bw-breakwater-operator", false),

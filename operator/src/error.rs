@@ -72,6 +72,10 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The CA or serving certificate could not be made or read.
+    #[error("the operator's certificates: {0}")]
+    Certificate(String),
+
     /// No client configuration (neither in-cluster nor a kubeconfig).
     #[error(
         "no Kubernetes client configuration: {0}. In a pod the ServiceAccount token is used; \
@@ -92,6 +96,7 @@ impl Error {
             Error::Lease { .. } => "lease",
             Error::Listen { .. } => "listen",
             Error::ClientConfig(_) => "client_config",
+            Error::Certificate(_) => "certificate",
         }
     }
 }

@@ -8,6 +8,9 @@
 //!   the pods a change concerns;
 //! - [`controller`]: each policy reconciled into its status, written by the lease holder only
 //!   ([`leader`]);
+//! - [`configserver`]: the config API — each sidecar's TLS HTTP/2 stream of its pod's snapshot,
+//!   authenticated by its projected token, acknowledged back into the policies' status
+//!   ([`certs`]: the CA and serving certificate);
 //! - [`admin`]: health, metrics and the loopback debug view of snapshots; [`settings`]: every
 //!   knob, as flags and `BREAKWATER_*` variables.
 //!
@@ -18,7 +21,9 @@
 #![warn(missing_docs, rust_2018_idioms)]
 
 pub mod admin;
+pub mod certs;
 pub mod compile;
+pub mod configserver;
 pub mod controller;
 mod error;
 pub mod index;
@@ -76,7 +81,52 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
         Index::start(&client, &settings.pod_selector, triggers, metrics.clone());
     let hub = Arc::new(Hub::new(metrics.clone()));
     let (concerned_tx, concerned_rx) = mpsc::channel(1024);
-    tasks.push(tokio::spawn(hub.clone().run(index.clone(), queue, concerned_tx, settings.snapshot_debounce)));
+    tasks.push(tokio::spawn(hub.clone().run(
+        index.clone(),
+        queue,
+        concerned_tx.clone(),
+        settings.snapshot_debounce,
+    )));
+
+    let acks = Arc::new(configserver::acks::Registry::default());
+    let (totals_tx, totals_rx) = tokio::sync::watch::channel(Arc::default());
+    let deliveries = configserver::acks::Deliveries { expected: hub.expected(), totals: totals_rx };
+    let mut config_server = None;
+    if let Some(port) = settings.config_api.config_port {
+        let api = &settings.config_api;
+        let certs = certs::ensure(&client, &settings.namespace, &api.tls_secret, &api.service_name).await?;
+        let tls = certs::server_config(&certs)?;
+        let addr = SocketAddr::new(settings.bind_address, port);
+        let listener = admin::bind(addr, "the config API").await?;
+        let server = configserver::ConfigServer {
+            hub: hub.clone(),
+            index: index.clone(),
+            auth: configserver::auth::Authenticator::new(client.clone()),
+            acks: acks.clone(),
+            metrics: metrics.clone(),
+        };
+        tasks.push(tokio::spawn(configserver::serve(listener, tls, server, stop.clone())));
+        let report = format!("{}-acks-{}", settings.lease_name, identity);
+        tasks.push(tokio::spawn(acks.clone().publish(
+            client.clone(),
+            settings.namespace.clone(),
+            report,
+            stop.clone(),
+        )));
+        tasks.push(tokio::spawn(configserver::acks::aggregate(
+            client.clone(),
+            settings.namespace.clone(),
+            totals_tx,
+            metrics.clone(),
+        )));
+        tasks.push(tokio::spawn(configserver::acks::reconcile_on_delivery(
+            deliveries.clone(),
+            index.clone(),
+            concerned_tx.clone(),
+        )));
+        config_server = Some(certs);
+        tracing::info!(%addr, "serving the config API");
+    }
 
     let state = AdminState { index: index.clone(), metrics: metrics.clone(), hub };
     let mut servers = vec![
@@ -107,6 +157,14 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
     )
     .await?;
     tasks.push(tokio::spawn(report_leadership(leader.subscribe(), metrics.clone())));
+    if let Some(certs) = config_server.filter(|_| settings.config_api.publish_root_ca) {
+        tasks.push(tokio::spawn(publish_root_ca(
+            client.clone(),
+            index.clone(),
+            leader.subscribe(),
+            certs.ca_pem,
+        )));
+    }
 
     let ctx = Arc::new(controller::Context {
         client: client.clone(),
@@ -114,7 +172,7 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
         leader: leader.subscribe(),
         recorder: controller::recorder(client, &identity),
         metrics,
-        deliveries: None,
+        deliveries: Some(Arc::new(deliveries)),
         resync: settings.resync,
     });
     let inputs = controller::Inputs {
@@ -148,6 +206,52 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
     leader.release(deadline.saturating_duration_since(tokio::time::Instant::now())).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Namespaces that never get the root CA.
+const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
+
+/// While this replica leads, keeps the `breakwater-root-ca` ConfigMap in every namespace (but
+/// the system ones): checked when namespaces change, and every five minutes.
+async fn publish_root_ca(
+    client: Client,
+    index: Index,
+    mut leader: tokio::sync::watch::Receiver<bool>,
+    ca_pem: String,
+) {
+    let mut done: std::collections::HashSet<String> = Default::default();
+    let mut refresh = tokio::time::interval(std::time::Duration::from_secs(300));
+    let mut poll = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            // Start over: republish everywhere.
+            _ = refresh.tick() => done.clear(),
+            // Look for new namespaces.
+            _ = poll.tick() => {}
+            // The lease changed hands.
+            r = leader.changed() => if r.is_err() { return },
+        }
+        if !*leader.borrow() || !index.is_ready() {
+            continue;
+        }
+        for ns in index.namespaces.state() {
+            let name = ns.metadata.name.clone().unwrap_or_default();
+            if SYSTEM_NAMESPACES.contains(&name.as_str())
+                || ns.metadata.deletion_timestamp.is_some()
+                || done.contains(&name)
+            {
+                continue;
+            }
+            match certs::publish_root_ca(&client, &name, &ca_pem).await {
+                Ok(()) => {
+                    done.insert(name);
+                }
+                Err(e) => {
+                    tracing::warn!(namespace = %name, error = %e, "publishing the root CA failed; retrying")
+                }
+            }
+        }
+    }
 }
 
 async fn report_leadership(mut rx: tokio::sync::watch::Receiver<bool>, metrics: Arc<Metrics>) {

@@ -15,6 +15,11 @@
 //! | `snapshot_compiles_total` / `snapshot_batch_seconds` | pods compiled, time per batch of changes |
 //! | `snapshot_full_compile_seconds` | how long the last recompile of every pod took (start-up, relist) |
 //! | `snapshot_services` | Service entries over every pod's snapshot (their average size is this / `snapshots`) |
+//! | `streams` | sidecars streaming from this replica |
+//! | `stream_refusals_total{code}` | streams refused (401 no or bad token, 403 another pod's, 404 no snapshot) |
+//! | `snapshot_pushes_total` | snapshots sent on streams |
+//! | `acknowledgements_total{result}` | sidecars' answers: `applied` or `refused` |
+//! | `convergence_seconds` | from a change the operator observed to a sidecar's acknowledgement of it |
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -25,6 +30,16 @@ use prometheus_client::{
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabel {
     error: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabel {
+    code: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -50,6 +65,11 @@ pub struct Metrics {
     snapshot_compiles: Counter,
     snapshot_batch: Histogram,
     snapshot_full: prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>,
+    streams: Gauge,
+    stream_refusals: Family<CodeLabel, Counter>,
+    pushes: Counter,
+    acks: Family<ResultLabel, Counter>,
+    convergence: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -86,6 +106,11 @@ impl Metrics {
             snapshot_compiles: Counter::default(),
             snapshot_batch: Histogram::new(SECONDS),
             snapshot_full: Default::default(),
+            streams: Gauge::default(),
+            stream_refusals: Family::default(),
+            pushes: Counter::default(),
+            acks: Family::default(),
+            convergence: Histogram::new(SECONDS),
         };
         let r = &mut m.registry;
         r.register("reconciles", "Policy reconciles run", m.reconciles.clone());
@@ -123,7 +148,44 @@ impl Metrics {
             "How long the last recompile of every pod's snapshot took",
             m.snapshot_full.clone(),
         );
+        r.register("streams", "Sidecars streaming their snapshot from this replica", m.streams.clone());
+        r.register("stream_refusals", "Config streams refused, by HTTP status", m.stream_refusals.clone());
+        r.register("snapshot_pushes", "Snapshots sent on config streams", m.pushes.clone());
+        r.register("acknowledgements", "Sidecars' answers to snapshots, by result", m.acks.clone());
+        r.register(
+            "convergence_seconds",
+            "From a change the operator observed to a sidecar's acknowledgement of the snapshot carrying it",
+            m.convergence.clone(),
+        );
         m
+    }
+
+    /// A config stream opened.
+    pub fn stream_opened(&self) {
+        self.streams.inc();
+    }
+
+    /// A config stream closed.
+    pub fn stream_closed(&self) {
+        self.streams.dec();
+    }
+
+    /// A config stream was refused with `code`.
+    pub fn stream_refused(&self, code: u16) {
+        self.stream_refusals.get_or_create(&CodeLabel { code }).inc();
+    }
+
+    /// A snapshot was sent on a stream.
+    pub fn snapshot_pushed(&self) {
+        self.pushes.inc();
+    }
+
+    /// A sidecar answered a snapshot `seconds` after its change was observed.
+    pub fn acknowledged(&self, applied: bool, seconds: f64) {
+        self.acks.get_or_create(&ResultLabel { result: if applied { "applied" } else { "refused" } }).inc();
+        if applied {
+            self.convergence.observe(seconds);
+        }
     }
 
     /// A reconcile ended after `seconds`, failing with `error` if set.

@@ -98,34 +98,49 @@ pub struct Settings {
     #[arg(long, env = "BREAKWATER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
 
-    /// Settings of the parts that come next (the sidecar injector and the config API). They are
-    /// accepted so the chart's environment is complete, and have no effect yet.
+    /// The config API.
+    #[command(flatten)]
+    pub config_api: ConfigApi,
+
+    /// Settings of the part that comes next (the sidecar injector). They are accepted so the
+    /// chart's environment is complete, and have no effect yet.
     #[command(flatten)]
     pub reserved: Reserved,
 }
 
-/// Settings the chart already sets for the injector and the config API. Accepted, unused.
+/// Settings the chart already sets for the injector. Accepted, unused.
 #[derive(Debug, Clone, Args)]
-#[command(next_help_heading = "Not used yet (the injector and the config API)")]
+#[command(next_help_heading = "Not used yet (the injector)")]
 pub struct Reserved {
-    /// The operator's Service (the webhook's and config API's name).
-    #[arg(long, env = "BREAKWATER_SERVICE_NAME")]
-    pub service_name: Option<String>,
     /// The MutatingWebhookConfiguration whose caBundle the operator keeps current.
     #[arg(long, env = "BREAKWATER_WEBHOOK_CONFIGURATION")]
     pub webhook_configuration: Option<String>,
-    /// The Secret holding the webhook's certificate.
-    #[arg(long, env = "BREAKWATER_WEBHOOK_SECRET")]
-    pub webhook_secret: Option<String>,
     /// HTTPS port of the injection webhook.
     #[arg(long, env = "BREAKWATER_WEBHOOK_PORT")]
     pub webhook_port: Option<u16>,
-    /// Port of the config API sidecars stream their snapshot from.
-    #[arg(long, env = "BREAKWATER_CONFIG_PORT")]
-    pub config_port: Option<u16>,
     /// The injection template (the chart's `<release>-sidecar` ConfigMap).
     #[arg(long, env = "BREAKWATER_SIDECAR_CONFIG")]
     pub sidecar_config: Option<PathBuf>,
+}
+
+/// The config API sidecars stream their snapshots from.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Config API")]
+pub struct ConfigApi {
+    /// Port of the config API (TLS, HTTP/2). Unset: not served (a local run without sidecars).
+    #[arg(long, env = "BREAKWATER_CONFIG_PORT")]
+    pub config_port: Option<u16>,
+    /// The operator's Service: named (with its cluster IPs) in the serving certificate.
+    #[arg(long, env = "BREAKWATER_SERVICE_NAME", default_value = "breakwater")]
+    pub service_name: String,
+    /// The Secret (in the operator's namespace) holding the CA and serving certificate; made
+    /// by the first replica that finds it missing.
+    #[arg(long, env = "BREAKWATER_WEBHOOK_SECRET", default_value = "breakwater-webhook-tls")]
+    pub tls_secret: String,
+    /// Keep the CA in a `breakwater-root-ca` ConfigMap in every namespace (but kube-system,
+    /// kube-public and kube-node-lease), for sidecars to trust the config API.
+    #[arg(long, env = "BREAKWATER_PUBLISH_ROOT_CA", default_value_t = true, action = clap::ArgAction::Set)]
+    pub publish_root_ca: bool,
 }
 
 /// An address, or none (an empty value turns a listener off).

@@ -44,12 +44,29 @@ use crate::{
 /// Where the hub tells the controller which policies to reconcile again.
 pub type PolicyRefs = mpsc::Sender<ObjectRef<Lenient<CommunicationPolicy>>>;
 
+/// A pod's current snapshot, and when the change it carries was observed (the first trigger of
+/// its batch): what `breakwater_operator_convergence_seconds` measures from.
+#[derive(Debug, Clone)]
+pub struct Current {
+    /// The snapshot.
+    pub snapshot: Arc<Snapshot>,
+    /// When the change was observed.
+    pub observed: tokio::time::Instant,
+}
+
+/// How many pods' snapshots carry each policy (`namespace/name`): the sidecars that must
+/// acknowledge it.
+pub type Expected = Arc<HashMap<String, usize>>;
+
 /// Every pod's current snapshot; see the module docs.
 #[derive(Debug)]
 pub struct Hub {
-    channels: RwLock<HashMap<ObjKey, watch::Sender<Arc<Snapshot>>>>,
+    channels: RwLock<HashMap<ObjKey, watch::Sender<Current>>>,
+    /// Wakes streams waiting for a pod's first snapshot.
+    created: tokio::sync::Notify,
     /// The next version counter (starts from the Unix time in milliseconds).
     counter: AtomicU64,
+    expected: watch::Sender<Expected>,
     metrics: Arc<Metrics>,
 }
 
@@ -59,18 +76,42 @@ impl Hub {
         let start = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_millis() as u64);
-        Hub { channels: RwLock::default(), counter: AtomicU64::new(start), metrics }
+        Hub {
+            channels: RwLock::default(),
+            created: tokio::sync::Notify::new(),
+            counter: AtomicU64::new(start),
+            expected: watch::Sender::new(Arc::default()),
+            metrics,
+        }
     }
 
     /// The current snapshot of `pod`, if it has one.
     pub async fn current(&self, pod: &ObjKey) -> Option<Arc<Snapshot>> {
-        self.channels.read().await.get(pod).map(|tx| tx.borrow().clone())
+        self.channels.read().await.get(pod).map(|tx| tx.borrow().snapshot.clone())
     }
 
     /// A receiver that sees every new snapshot of `pod` (the latest one when several come
     /// quickly); `None` when the pod has none. The channel closes when the pod goes.
-    pub async fn subscribe(&self, pod: &ObjKey) -> Option<watch::Receiver<Arc<Snapshot>>> {
+    pub async fn subscribe(&self, pod: &ObjKey) -> Option<watch::Receiver<Current>> {
         self.channels.read().await.get(pod).map(watch::Sender::subscribe)
+    }
+
+    /// [`Hub::subscribe`], waiting up to `within` for the pod's first snapshot.
+    pub async fn subscribe_within(&self, pod: &ObjKey, within: Duration) -> Option<watch::Receiver<Current>> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let created = self.created.notified();
+            if let Some(rx) = self.subscribe(pod).await {
+                return Some(rx);
+            }
+            // Woken when a batch creates snapshots; give up at the deadline.
+            tokio::time::timeout_at(deadline, created).await.ok()?;
+        }
+    }
+
+    /// How many pods' snapshots carry each policy.
+    pub fn expected(&self) -> watch::Receiver<Expected> {
+        self.expected.subscribe()
     }
 
     /// How many pods have a snapshot.
@@ -96,9 +137,11 @@ impl Hub {
         // What queued up while the indexes listed is covered by the first full pass.
         while queue.try_recv().is_some() {}
         let mut state = State::default();
-        self.apply(&index, &mut state, &HashSet::from([Trigger::All]), &policies).await;
+        let now = tokio::time::Instant::now();
+        self.apply(&index, &mut state, &HashSet::from([Trigger::All]), &policies, now).await;
         loop {
             let Some(first) = queue.recv().await else { return };
+            let observed = tokio::time::Instant::now();
             let mut batch = HashSet::from([first]);
             tokio::time::sleep(debounce).await;
             while let Some(t) = queue.try_recv() {
@@ -109,7 +152,7 @@ impl Hub {
                     batch.insert(t);
                 }
             }
-            self.apply(&index, &mut state, &batch, &policies).await;
+            self.apply(&index, &mut state, &batch, &policies, observed).await;
         }
     }
 
@@ -117,7 +160,14 @@ impl Hub {
     /// them — runs on a blocking thread: at thousands of pods it takes long enough to starve the
     /// runtime's other tasks (probes, reconciles, streams) if it ran on a worker. Only
     /// publishing takes the channels' lock.
-    async fn apply(&self, index: &Index, state: &mut State, batch: &HashSet<Trigger>, policies: &PolicyRefs) {
+    async fn apply(
+        &self,
+        index: &Index,
+        state: &mut State,
+        batch: &HashSet<Trigger>,
+        policies: &PolicyRefs,
+        observed: tokio::time::Instant,
+    ) {
         let started = tokio::time::Instant::now();
         let stored = index.policies.state();
         let inputs = (
@@ -164,34 +214,66 @@ impl Hub {
         let mut updated = 0;
         let compiled_count = compiled.len();
         let mut channels = self.channels.write().await;
+        let mut expected = HashMap::clone(&self.expected.borrow());
+        let mut count = |snapshot: &Snapshot, add: bool| {
+            for policy in snapshot.policies().into_keys() {
+                let n = expected.entry(policy).or_default();
+                *n = if add { *n + 1 } else { n.saturating_sub(1) };
+            }
+        };
         if all {
-            channels.retain(|key, _| live.contains(key));
+            channels.retain(|key, tx| {
+                let keep = live.contains(key);
+                if !keep {
+                    count(&tx.borrow().snapshot, false);
+                }
+                keep
+            });
         }
+        let mut created = false;
         for (key, snapshot) in compiled {
             let Some(mut snapshot) = snapshot else {
-                channels.remove(&key);
+                if let Some(tx) = channels.remove(&key) {
+                    count(&tx.borrow().snapshot, false);
+                }
                 continue;
             };
-            let unchanged =
-                channels.get(&key).is_some_and(|tx| tx.borrow().version.hash == snapshot.version.hash);
+            let unchanged = channels
+                .get(&key)
+                .is_some_and(|tx| tx.borrow().snapshot.version.hash == snapshot.version.hash);
             if unchanged {
                 continue;
             }
             snapshot.version.counter = self.counter.fetch_add(1, Ordering::Relaxed);
             updated += 1;
             tracing::debug!(pod = %key, version = %snapshot.version, services = snapshot.services.len(), "snapshot updated");
-            let snapshot = Arc::new(snapshot);
+            count(&snapshot, true);
+            let current = Current { snapshot: Arc::new(snapshot), observed };
             match channels.get(&key) {
                 Some(tx) => {
-                    tx.send_replace(snapshot);
+                    count(&tx.borrow().snapshot, false);
+                    tx.send_replace(current);
                 }
                 None => {
-                    channels.insert(key, watch::Sender::new(snapshot));
+                    channels.insert(key, watch::Sender::new(current));
+                    created = true;
                 }
             }
         }
+        expected.retain(|_, n| *n > 0);
+        self.expected.send_if_modified(|e| {
+            if **e == expected {
+                false
+            } else {
+                *e = Arc::new(expected);
+                true
+            }
+        });
+        if created {
+            self.created.notify_waiters();
+        }
         let total = channels.len();
-        let services = channels.values().map(|tx| tx.borrow().services.len()).sum();
+        let services = channels.values().map(|tx| tx.borrow().snapshot.services.len()).sum();
         drop(channels);
         let took = started.elapsed().as_secs_f64();
         self.metrics.snapshot_batch(compiled_count, updated, total, services, took);

@@ -84,6 +84,11 @@ fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
             let p = state.store.load();
             let body = serde_json::json!({
                 "version": p.version,
+                "snapshot": {
+                    "version": p.config.snapshot.version,
+                    "source": p.source,
+                    "receivedAtUnix": p.received_at_unix,
+                },
                 "config": &*p.config,
                 "lastReloadError": state.store.last_error(),
             });

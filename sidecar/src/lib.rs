@@ -55,6 +55,24 @@ impl Sidecar {
     /// Compiles `config_text`, binds every listener and starts serving. With `watch`, the file
     /// at that path is watched (and SIGHUP honoured) for reloads.
     pub async fn start(config_text: &str, watch: Option<PathBuf>) -> anyhow::Result<Self> {
+        Self::start_with(config_text, watch, None).await
+    }
+
+    /// Cluster mode: the sidecar's own settings from `settings_text` (a SidecarConfig without
+    /// Services), its snapshot from the operator's stream. It starts from the last good
+    /// snapshot on disk when there is one; `/ready` answers 200 once a snapshot is applied.
+    pub async fn start_cluster(
+        settings_text: &str,
+        control_plane: config::stream::ControlPlane,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(settings_text, None, Some(control_plane)).await
+    }
+
+    async fn start_with(
+        config_text: &str,
+        watch: Option<PathBuf>,
+        control_plane: Option<config::stream::ControlPlane>,
+    ) -> anyhow::Result<Self> {
         let metrics = Arc::new(metrics::Metrics::new());
         let store = Arc::new(
             Store::new(config_text, metrics).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?,
@@ -98,8 +116,20 @@ impl Sidecar {
                 }
             });
         }
-        ready.store(true, Ordering::Release);
-        tracing::info!(outbound = %outbound_addr, inbound = ?inbound_addr, admin = %admin_addr, "sidecar ready");
+        match control_plane {
+            None => ready.store(true, Ordering::Release),
+            Some(cp) => {
+                if cp.snapshot_dir.as_deref().is_some_and(|dir| config::stream::load_from_disk(&store, dir)) {
+                    ready.store(true, Ordering::Release);
+                }
+                tokio::spawn(config::stream::follow(cp, store.clone(), ready.clone(), drain.signal()));
+            }
+        }
+        if ready.load(Ordering::Acquire) {
+            tracing::info!(outbound = %outbound_addr, inbound = ?inbound_addr, admin = %admin_addr, "sidecar ready");
+        } else {
+            tracing::info!(outbound = %outbound_addr, inbound = ?inbound_addr, admin = %admin_addr, "sidecar listening; ready once the first snapshot is applied");
+        }
         Ok(Self {
             outbound: outbound_addr,
             inbound: inbound_addr,

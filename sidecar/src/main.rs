@@ -38,19 +38,23 @@ enum LogFormat {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Run the proxy from a local file (local mode): CommunicationPolicy documents plus one
-    /// SidecarConfig document. The file is watched and reloaded; SIGHUP reloads it too; an
-    /// invalid file is reported and the running configuration kept.
+    /// Run the proxy. Local mode (`--config FILE`): CommunicationPolicy documents plus one
+    /// SidecarConfig document; the file is watched and reloaded, SIGHUP reloads it too, and an
+    /// invalid file is reported and the running configuration kept. Cluster mode
+    /// (`--control-plane URL`): the pod's snapshot streams from the operator; `--config`, if
+    /// given, holds only the sidecar's own settings.
     Run {
-        /// The configuration file (multi-document YAML).
+        /// The configuration file (multi-document YAML). Required in local mode.
         #[arg(long, short, env = "BREAKWATER_CONFIG")]
-        config: PathBuf,
+        config: Option<PathBuf>,
         /// How long SIGTERM waits for in-flight requests before cutting them.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, env = "BREAKWATER_GRACE_PERIOD")]
         grace_period: Duration,
         /// Do not watch the file (reload on SIGHUP only).
         #[arg(long)]
         no_watch: bool,
+        #[command(flatten)]
+        cluster: Box<ClusterArgs>,
     },
     /// Check a configuration file with the same rules as the API server. Prints every problem
     /// with its document and field path; exits 0 only when the file is valid. For CI pipelines.
@@ -63,6 +67,47 @@ enum Cmd {
     /// nothing.
     Init(InitArgs),
 }
+
+/// Cluster mode: where the operator's config API is and how this pod proves who it is.
+#[derive(clap::Args, Debug)]
+#[command(next_help_heading = "Cluster mode (the operator's config API)")]
+struct ClusterArgs {
+    /// The config API, `https://HOST:PORT` (the operator's Service, port `config`). Set: cluster
+    /// mode.
+    #[arg(long, env = "BREAKWATER_CONTROL_PLANE")]
+    control_plane: Option<http::Uri>,
+    /// PEM file of the CA that signed the operator's certificate (the `breakwater-root-ca`
+    /// ConfigMap of the pod's namespace).
+    #[arg(long, env = "BREAKWATER_CONTROL_PLANE_CA", default_value = "/var/run/breakwater/ca/ca.crt")]
+    control_plane_ca: PathBuf,
+    /// The name to expect in the operator's certificate, when not the URL's host.
+    #[arg(long, env = "BREAKWATER_CONTROL_PLANE_SERVER_NAME")]
+    control_plane_server_name: Option<String>,
+    /// The pod's projected ServiceAccount token for audience `breakwater.dev/config` (read
+    /// again on every connection).
+    #[arg(long, env = "BREAKWATER_TOKEN_FILE", default_value = "/var/run/breakwater/token/token")]
+    token_file: PathBuf,
+    /// This pod's name (the downward API's `metadata.name`).
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// This pod's namespace (the downward API's `metadata.namespace`).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pod_namespace: Option<String>,
+    /// Where the last good snapshot is kept (an emptyDir), so a restart while the operator is
+    /// away starts from it. Unset: memory only.
+    #[arg(long, env = "BREAKWATER_SNAPSHOT_DIR")]
+    snapshot_dir: Option<PathBuf>,
+    /// How long the config API may take to answer, and then to send the first snapshot, before
+    /// the sidecar gives up on that connection and retries (with jittered exponential backoff,
+    /// at most 15s apart). The sidecar serves its last good snapshot meanwhile.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, env = "BREAKWATER_CONTROL_PLANE_TIMEOUT")]
+    control_plane_timeout: Duration,
+}
+
+/// A cluster-mode sidecar's settings when no `--config` gives them: the default listeners,
+/// and inbound calls forwarded to the application on 127.0.0.1 at the port they were sent to.
+const CLUSTER_SETTINGS: &str = "apiVersion: breakwater.dev/v1alpha1\nkind: SidecarConfig\n\
+                                inbound: {app: \"127.0.0.1:0\"}\nservices: []\n";
 
 #[derive(clap::Args, Debug)]
 struct InitArgs {
@@ -143,8 +188,8 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let (log, format) = (args.log.clone(), args.log_format);
     let result = match args.command {
-        Cmd::Run { config, grace_period, no_watch } => {
-            run(config, grace_period, no_watch, log.as_deref(), format)
+        Cmd::Run { config, grace_period, no_watch, cluster } => {
+            run(config, *cluster, grace_period, no_watch, log.as_deref(), format)
         }
         Cmd::Validate { file } => {
             init_tracing(log.as_deref(), format, None);
@@ -193,20 +238,52 @@ fn validate(file: &std::path::Path) -> ExitCode {
 }
 
 fn run(
-    config: PathBuf,
+    config: Option<PathBuf>,
+    cluster: ClusterArgs,
     grace: Duration,
     no_watch: bool,
     log: Option<&str>,
     format: LogFormat,
 ) -> anyhow::Result<()> {
+    let control_plane = match &cluster.control_plane {
+        None => None,
+        Some(url) => {
+            let (Some(name), Some(namespace)) = (cluster.pod_name.clone(), cluster.pod_namespace.clone())
+            else {
+                anyhow::bail!(
+                    "cluster mode needs the pod's name and namespace: set --pod-name and --pod-namespace (or POD_NAME and POD_NAMESPACE from the downward API)"
+                );
+            };
+            if url.scheme_str() != Some("https") {
+                anyhow::bail!("--control-plane must be an https:// URL, got {url}");
+            }
+            Some(breakwater_sidecar::config::stream::ControlPlane {
+                url: url.clone(),
+                ca: cluster.control_plane_ca.clone(),
+                token: cluster.token_file.clone(),
+                pod: (namespace, name),
+                snapshot_dir: cluster.snapshot_dir.clone(),
+                server_name: cluster.control_plane_server_name.clone(),
+                timeout: cluster.control_plane_timeout,
+            })
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
-        let text = tokio::fs::read_to_string(&config)
-            .await
-            .with_context(|| format!("cannot read {}", config.display()))?;
+        let (text, source) = match (&config, &control_plane) {
+            (Some(path), _) => (
+                tokio::fs::read_to_string(path).await.with_context(|| format!("cannot read {}", path.display()))?,
+                path.display().to_string(),
+            ),
+            (None, Some(_)) => (CLUSTER_SETTINGS.to_owned(), "the built-in cluster settings".to_owned()),
+            (None, None) => anyhow::bail!("give --config FILE (local mode) or --control-plane URL (cluster mode)"),
+        };
         // Telemetry is set up from the file once, before anything logs.
         let compiled = breakwater_sidecar::config::compile(&text)
-            .map_err(|e| anyhow::anyhow!("invalid configuration {}:\n{e}", config.display()))?;
+            .map_err(|e| anyhow::anyhow!("invalid configuration {source}:\n{e}"))?;
+        if control_plane.is_some() && !compiled.snapshot.services.is_empty() {
+            anyhow::bail!("{source}: in cluster mode the Services and policies come from the operator; leave `services` empty");
+        }
         let settings = telemetry::Resolved::from(
             compiled.telemetry.as_ref(),
             telemetry::process_env,
@@ -223,8 +300,10 @@ fn run(
             t.spawn_counter_sync();
             tracing::info!(endpoint = ?t.settings.endpoint, protocol = ?t.settings.protocol, sampler = %t.settings.sampler, ratio = t.settings.ratio, "exporting traces");
         }
-        let watch = (!no_watch).then(|| config.clone());
-        let sidecar = Sidecar::start(&text, watch).await?;
+        let sidecar = match control_plane {
+            Some(cp) => Sidecar::start_cluster(&text, cp).await?,
+            None => Sidecar::start(&text, config.clone().filter(|_| !no_watch)).await?,
+        };
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             // Kubernetes stops the pod.

@@ -67,6 +67,11 @@ struct ResultLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DirectionLabel {
     direction: Direction,
 }
@@ -113,6 +118,8 @@ pub struct Metrics {
     connect_failures: Family<ServiceLabel, Counter>,
     config_reloads: Family<ResultLabel, Counter>,
     snapshot_unknown_fields: Counter,
+    config_stream_errors: Family<ReasonLabel, Counter>,
+    config_stream_connected: Gauge,
     open_connections: Family<DirectionLabel, Gauge>,
     retries: Family<ServiceReason, Counter>,
     retries_skipped: Family<ServiceReason, Counter>,
@@ -147,6 +154,8 @@ impl Metrics {
             connect_failures: Family::default(),
             config_reloads: Family::default(),
             snapshot_unknown_fields: Counter::default(),
+            config_stream_errors: Family::default(),
+            config_stream_connected: Gauge::default(),
             open_connections: Family::default(),
             retries: Family::default(),
             retries_skipped: Family::default(),
@@ -179,6 +188,16 @@ impl Metrics {
             "config_unknown_fields",
             "Fields of applied snapshots that this sidecar does not know (ignored; a newer operator)",
             m.snapshot_unknown_fields.clone(),
+        );
+        registry.register(
+            "config_stream_errors",
+            "Config streams to the operator that ended, by reason (the last good snapshot stays in force)",
+            m.config_stream_errors.clone(),
+        );
+        registry.register(
+            "config_stream_connected",
+            "1 while the config stream to the operator is connected",
+            m.config_stream_connected.clone(),
         );
         registry.register(
             "open_connections",
@@ -268,6 +287,17 @@ impl Metrics {
         self.config_reloads
             .get_or_create(&ResultLabel { result: if ok { "success" } else { "failure" } })
             .inc();
+    }
+
+    /// The config stream ended for `reason` (connect, tls, refused, http2, malformed, timeout,
+    /// closed, local).
+    pub fn config_stream_error(&self, reason: &'static str) {
+        self.config_stream_errors.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// Whether the config stream is connected.
+    pub fn config_stream_connected(&self, connected: bool) {
+        self.config_stream_connected.set(i64::from(connected));
     }
 
     /// Counts fields of an applied snapshot that this build ignored.

@@ -29,6 +29,7 @@
 mod wire;
 
 pub mod select;
+pub mod stream;
 
 use std::{collections::BTreeMap, fmt, net::SocketAddr, sync::Arc};
 

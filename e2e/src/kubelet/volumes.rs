@@ -322,7 +322,8 @@ pub(crate) fn mounts(
 /// cover the directory an earlier source lives in (an emptyDir over `/tmp`, where the harness
 /// keeps volumes), and an open descriptor still reaches it, as a kubelet's mounts into a
 /// separate root filesystem never hide each other. With `readOnlyRootFilesystem` the root is
-/// remounted read-only before the volumes (which stay writable) are mounted on it.
+/// remounted read-only before the volumes are mounted on it, and each writable volume is
+/// remounted read-write (its bind mount inherits the root's read-only flag).
 pub(crate) fn launch_script(mounts: &[Mount], security: &super::security::Security) -> String {
     let mut script = String::from("set -e\n");
     let fd = |i: usize| i + 3;
@@ -339,6 +340,10 @@ pub(crate) fn launch_script(mounts: &[Mount], security: &super::security::Securi
         script.push_str(&format!("mount -c --bind /proc/$$/fd/{} {dst}\n", fd(i)));
         if m.read_only {
             script.push_str(&format!("mount -o remount,bind,ro {dst}\n"));
+        } else if security.read_only_root {
+            // A bind mount copies the flags of the mount its source is on — the root, now
+            // read-only — so a writable volume is made writable again, as on a kubelet.
+            script.push_str(&format!("mount -o remount,bind,rw {dst}\n"));
         }
     }
     if !mounts.is_empty() {
@@ -379,7 +384,7 @@ mod tests {
             script,
             "set -e\nexec 3<'/p/v/a' 4<'/p/it'\\''s'\nmount -o remount,bind,ro /\n\
              mount -c --bind /proc/$$/fd/3 '/var/run/x'\nmount -o remount,bind,ro '/var/run/x'\n\
-             mount -c --bind /proc/$$/fd/4 '/data'\nexec 3<&- 4<&-\n\
+             mount -c --bind /proc/$$/fd/4 '/data'\nmount -o remount,bind,rw '/data'\nexec 3<&- 4<&-\n\
              exec setpriv --reuid=65532 --regid=65532 --clear-groups --bounding-set=-all --inh-caps=-all \
              --ambient-caps=-all --no-new-privs -- \"$@\"\n"
         );

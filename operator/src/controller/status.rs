@@ -30,14 +30,16 @@ use kube::ResourceExt;
 /// Kubernetes caps a condition message at 32768 bytes.
 const MAX_MESSAGE: usize = 32 * 1024;
 
-/// How many of the sidecars that must enforce a policy run its current generation (filled in
-/// once sidecars acknowledge snapshots).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How many of the sidecars that must enforce a policy run its current generation, from their
+/// acknowledgements.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
     /// Sidecars that acknowledged the current generation.
     pub acknowledged: u32,
     /// Sidecars that must enforce it.
     pub expected: u32,
+    /// Sidecars that refused a snapshot carrying it: `namespace/pod` and why.
+    pub refused: Vec<(String, String)>,
 }
 
 /// The status `policy` should have; see the module docs. `peers` are the policies of its
@@ -138,7 +140,7 @@ pub fn desired(
         conditions.make(CONDITION_READY, false, reasons::NO_MATCHING_TARGETS, message)
     } else {
         let names = list(targets.iter().map(|t| &t.name));
-        match delivery {
+        match &delivery {
             None => conditions.make(
                 CONDITION_READY,
                 true,
@@ -151,12 +153,14 @@ pub fn desired(
                 reasons::PROGRAMMED,
                 format!("{} of {} sidecars enforce this generation", d.acknowledged, d.expected),
             ),
-            Some(d) => conditions.make(
-                CONDITION_READY,
-                false,
-                reasons::PENDING,
-                format!("{} of {} sidecars enforce this generation", d.acknowledged, d.expected),
-            ),
+            Some(d) => {
+                let mut message =
+                    format!("{} of {} sidecars enforce this generation", d.acknowledged, d.expected);
+                for (pod, why) in &d.refused {
+                    message.push_str(&format!("; {pod} refused it: {why}"));
+                }
+                conditions.make(CONDITION_READY, false, reasons::PENDING, message)
+            }
         }
     };
     let conflicted = if overridden.is_empty() {
@@ -177,7 +181,7 @@ pub fn desired(
             conflicted,
         ],
         targets,
-        sidecars: delivery.map(|d| d.acknowledged),
+        sidecars: delivery.as_ref().map(|d| d.acknowledged),
         effective: Some(effective),
     }
 }

@@ -113,6 +113,30 @@ impl Config {
         }
     }
 
+    /// What in the snapshot this sidecar cannot enforce: an inbound port that is one of the
+    /// proxy's own listeners (calls to it would loop back into the proxy).
+    pub fn conflicts(&self) -> Vec<String> {
+        if self.inbound_app.is_none() {
+            return Vec::new();
+        }
+        let l = &self.listeners;
+        let own = [("admin", Some(l.admin)), ("outbound", Some(l.outbound)), ("inbound", l.inbound)];
+        let mut out = Vec::new();
+        for p in &self.snapshot.inbound {
+            for (name, addr) in own {
+                if addr.is_some_and(|a| a.port() != 0 && a.port() == p.port) {
+                    out.push(format!(
+                        "inbound port {} ({}) is this proxy's own {name} listener: calls to it would loop \
+                         through the proxy; give the Service another targetPort",
+                        p.port,
+                        p.services.join(", ")
+                    ));
+                }
+            }
+        }
+        out
+    }
+
     /// How many Services and policy attachments (ports with a policy) the snapshot holds.
     pub fn counts(&self) -> (usize, usize) {
         let services = self.snapshot.services.len();

@@ -5,10 +5,11 @@
 mod compile;
 pub mod model;
 mod store;
+pub mod stream;
 mod watch;
 
 pub use self::{
     compile::{Checked, Config, ConfigError, ListenerAddrs, ProxyLimits, ServiceKey, check, compile},
-    store::{Published, Store},
+    store::{Published, Source, Store},
     watch::watch_file,
 };

@@ -12,14 +12,32 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
+use breakwater_crds::snapshot::SnapshotVersion;
+
 use super::{Config, ConfigError};
 use crate::{metrics::Metrics, proxy::Routes};
+
+/// Where a configuration came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The local file (local mode), or the settings a cluster-mode sidecar starts with.
+    File,
+    /// The operator's stream.
+    Stream,
+    /// The last good snapshot kept on disk (a restart while the operator was away).
+    Disk,
+}
 
 /// One published configuration.
 #[derive(Debug)]
 pub struct Published {
     /// Increments with every successful reload, from 1.
     pub version: u64,
+    /// Where its snapshot came from.
+    pub source: Source,
+    /// When it was applied (Unix seconds).
+    pub received_at_unix: u64,
     /// The configuration.
     pub config: Arc<Config>,
     /// The routing table and runtime state built from it.
@@ -46,6 +64,10 @@ pub struct Store {
     metrics: Arc<Metrics>,
 }
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 fn hash(text: &str) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -58,7 +80,14 @@ impl Store {
     pub fn new(text: &str, metrics: Arc<Metrics>) -> Result<Self, ConfigError> {
         let config = super::compile(text)?;
         let routes = Routes::build(&config, None, &metrics);
-        let published = Published { version: 1, config: Arc::new(config), routes, source_hash: hash(text) };
+        let published = Published {
+            version: 1,
+            source: Source::File,
+            received_at_unix: unix_now(),
+            config: Arc::new(config),
+            routes,
+            source_hash: hash(text),
+        };
         Ok(Self {
             current: ArcSwap::from_pointee(published),
             last_error: ArcSwap::from_pointee(None),
@@ -91,7 +120,7 @@ impl Store {
         }
         match super::compile(text) {
             Ok(config) => {
-                self.publish(&current, config, h);
+                self.publish(&current, config, h, Source::File);
                 Ok(true)
             }
             Err(e) => Err(self.reject(e)),
@@ -104,10 +133,25 @@ impl Store {
     /// bad value, is refused and recorded, and the running configuration stays. A snapshot with
     /// the content already running is a no-op (`Ok(false)`).
     pub fn apply_snapshot(&self, bytes: &[u8]) -> Result<bool, ConfigError> {
+        self.apply_snapshot_from(bytes, Source::Stream).map(|(_, changed)| changed).map_err(|(_, e)| e)
+    }
+
+    /// [`Store::apply_snapshot`] from `source`, returning the version applied (and whether
+    /// anything changed), or the version refused (when the snapshot names one) and why.
+    #[allow(clippy::result_large_err)] // the error is built once per refused snapshot
+    pub fn apply_snapshot_from(
+        &self,
+        bytes: &[u8],
+        source: Source,
+    ) -> Result<(SnapshotVersion, bool), (Option<SnapshotVersion>, ConfigError)> {
         let decoded = match breakwater_crds::snapshot::decode(bytes) {
             Ok(d) => d,
             Err(e) => {
-                return Err(self.reject(ConfigError { problems: vec![format!("snapshot refused: {e}")] }));
+                let version = super::stream::version_of(bytes);
+                return Err((
+                    version,
+                    self.reject(ConfigError { problems: vec![format!("snapshot refused: {e}")] }),
+                ));
             }
         };
         if !decoded.unknown_fields.is_empty() {
@@ -116,28 +160,46 @@ impl Store {
         }
         let current = self.current.load();
         let snapshot = decoded.snapshot;
+        let version = snapshot.version.clone();
         if snapshot.content_hash() == current.config.snapshot.content_hash() {
-            return Ok(false);
+            if current.source != source || current.config.snapshot.version != version {
+                // The same content under a new name or from a new source (a reconnect after a
+                // start from disk, a restarted operator): what `/config` says is refreshed; the
+                // routes rebuild keeps every breaker's and budget's state, as nothing changed.
+                let config = super::Config { snapshot, ..Config::clone(&current.config) };
+                self.publish(&current, config, current.source_hash, source);
+            }
+            return Ok((version, false));
         }
         let config = super::Config { snapshot, ..Config::clone(&current.config) };
+        let conflicts = config.conflicts();
+        if !conflicts.is_empty() {
+            return Err((Some(version), self.reject(ConfigError { problems: conflicts })));
+        }
         let h = current.source_hash;
-        self.publish(&current, config, h);
-        Ok(true)
+        self.publish(&current, config, h, source);
+        Ok((version, true))
     }
 
-    fn publish(&self, current: &Published, config: Config, source_hash: u64) {
+    fn publish(&self, current: &Published, config: Config, source_hash: u64, source: Source) {
         let routes = Routes::build(&config, Some(&current.routes), &self.metrics);
         let version = current.version + 1;
         let snapshot = config.snapshot.version.to_string();
-        self.current.store(Arc::new(Published { version, config: Arc::new(config), routes, source_hash }));
+        self.current.store(Arc::new(Published {
+            version,
+            source,
+            received_at_unix: unix_now(),
+            config: Arc::new(config),
+            routes,
+            source_hash,
+        }));
         self.last_error.store(Arc::new(None));
         self.metrics.config_reload(true);
-        tracing::info!(version, %snapshot, "configuration reloaded");
+        tracing::info!(version, %snapshot, ?source, "configuration reloaded");
     }
 
     fn reject(&self, e: ConfigError) -> ConfigError {
-        let at_unix =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let at_unix = unix_now();
         self.last_error.store(Arc::new(Some(ReloadError { at_unix, problems: e.problems.clone() })));
         self.metrics.config_reload(false);
         tracing::error!(problems = %e.problems.join("; "), "configuration rejected; keeping the running one");

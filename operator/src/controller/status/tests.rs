@@ -189,11 +189,32 @@ fn recomputing_changes_nothing_and_transitions_keep_their_time_until_the_status_
 fn delivery_counts_turn_ready_into_pending_or_programmed() {
     let p = policy("p", 0, payments());
     let svc = service("payments", &[80]);
-    let pending =
-        desired(&p, &[&p], &[svc.as_ref()], Some(Delivery { acknowledged: 3, expected: 5 }), None, &at(0));
+    let pending = desired(
+        &p,
+        &[&p],
+        &[svc.as_ref()],
+        Some(Delivery {
+            acknowledged: 3,
+            expected: 5,
+            refused: vec![("shop/checkout-2".into(), "schema 2".into())],
+        }),
+        None,
+        &at(0),
+    );
     assert_eq!(reason(&pending, "Ready"), ("False".into(), reasons::PENDING.into()));
     assert_eq!(pending.sidecars, Some(3));
-    let done =
-        desired(&p, &[&p], &[svc.as_ref()], Some(Delivery { acknowledged: 5, expected: 5 }), None, &at(0));
+    let message = &condition(&pending, "Ready").message;
+    assert!(
+        message.contains("3 of 5") && message.contains("shop/checkout-2 refused it: schema 2"),
+        "{message}"
+    );
+    let done = desired(
+        &p,
+        &[&p],
+        &[svc.as_ref()],
+        Some(Delivery { acknowledged: 5, expected: 5, refused: vec![] }),
+        None,
+        &at(0),
+    );
     assert_eq!(reason(&done, "Ready"), ("True".into(), reasons::PROGRAMMED.into()));
 }

@@ -1,0 +1,207 @@
+//! The operator's certificate authority and serving certificate, kept in the Secret the chart
+//! names (`BREAKWATER_WEBHOOK_SECRET`): the config API serves with it now, the injection webhook
+//! will too. Pods trust the CA through the `breakwater-root-ca` ConfigMap the operator keeps in
+//! their namespace (Istio's per-namespace root-cert pattern): a pod can read a ConfigMap of its
+//! own namespace, never the Secret.
+//!
+//! Two replicas starting together race to create the Secret: one `create` wins, the other gets
+//! `AlreadyExists` and reads what the winner wrote, so both serve the same certificate. The
+//! serving certificate names the operator's Service in every form a client may dial
+//! (`name`, `name.ns`, `name.ns.svc`, `name.ns.svc.cluster.local`) and its cluster IPs.
+//! Renewal and rotation come with the webhook.
+
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
+
+use k8s_openapi::{
+    ByteString,
+    api::core::v1::{ConfigMap, Secret, Service},
+};
+use kube::{
+    Api, Client,
+    api::{ObjectMeta, Patch, PatchParams, PostParams},
+};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    IsCa, KeyPair, KeyUsagePurpose, SanType,
+};
+
+use crate::{Error, Result};
+
+/// The ConfigMap, in every namespace with sidecars, that holds the CA certificate (`ca.crt`).
+pub const ROOT_CA_CONFIGMAP: &str = "breakwater-root-ca";
+/// The CA certificate's key in the Secret and in the ConfigMap.
+pub const CA_CERT: &str = "ca.crt";
+const CA_KEY: &str = "ca.key";
+const TLS_CERT: &str = "tls.crt";
+const TLS_KEY: &str = "tls.key";
+
+/// How long the CA is valid.
+const CA_DAYS: i64 = 3650;
+/// How long the serving certificate is valid.
+const SERVING_DAYS: i64 = 365;
+
+/// The certificates, PEM.
+#[derive(Clone)]
+pub struct Certs {
+    /// The CA certificate pods trust.
+    pub ca_pem: String,
+    /// The serving certificate.
+    pub cert_pem: String,
+    /// Its private key.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for Certs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certs").finish_non_exhaustive()
+    }
+}
+
+/// Reads the certificates from Secret `namespace/secret`, creating them first if it does not
+/// exist; `service` is the operator's Service (named in the serving certificate).
+pub async fn ensure(client: &Client, namespace: &str, secret: &str, service: &str) -> Result<Certs> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let kube = |what: String| move |source| Error::Kube { what, source };
+    if let Some(existing) =
+        secrets.get_opt(secret).await.map_err(kube(format!("reading Secret {namespace}/{secret}")))?
+    {
+        return from_secret(&existing, namespace, secret);
+    }
+    let ips = Api::<Service>::namespaced(client.clone(), namespace)
+        .get_opt(service)
+        .await
+        .map_err(kube(format!("reading Service {namespace}/{service}")))?
+        .and_then(|s| s.spec)
+        .map(|s| s.cluster_ips.or(s.cluster_ip.map(|ip| vec![ip])).unwrap_or_default())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|ip| ip.parse::<IpAddr>().ok())
+        .collect::<Vec<_>>();
+    let (certs, ca_key) =
+        generate(namespace, service, &ips).map_err(|e| Error::Certificate(e.to_string()))?;
+    let data: BTreeMap<String, ByteString> =
+        [(CA_CERT, &certs.ca_pem), (CA_KEY, &ca_key), (TLS_CERT, &certs.cert_pem), (TLS_KEY, &certs.key_pem)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), ByteString(v.as_bytes().to_vec())))
+            .collect();
+    let object = Secret {
+        metadata: ObjectMeta { name: Some(secret.to_owned()), ..Default::default() },
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(data),
+        ..Default::default()
+    };
+    match secrets.create(&PostParams::default(), &object).await {
+        Ok(_) => {
+            tracing::info!(secret = %format!("{namespace}/{secret}"), "created the operator's CA and serving certificate");
+            Ok(certs)
+        }
+        // Another replica won the race: serve what it wrote.
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            let existing =
+                secrets.get(secret).await.map_err(kube(format!("reading Secret {namespace}/{secret}")))?;
+            from_secret(&existing, namespace, secret)
+        }
+        Err(source) => Err(Error::Kube { what: format!("creating Secret {namespace}/{secret}"), source }),
+    }
+}
+
+fn from_secret(secret: &Secret, namespace: &str, name: &str) -> Result<Certs> {
+    let data = secret.data.clone().unwrap_or_default();
+    let get = |key: &str| {
+        data.get(key).map(|v| String::from_utf8_lossy(&v.0).into_owned()).ok_or_else(|| {
+            Error::Certificate(format!(
+                "Secret {namespace}/{name} has no {key}; delete it to have it made again"
+            ))
+        })
+    };
+    Ok(Certs { ca_pem: get(CA_CERT)?, cert_pem: get(TLS_CERT)?, key_pem: get(TLS_KEY)? })
+}
+
+/// A new CA and a serving certificate it signed; also returns the CA's key (PEM).
+fn generate(
+    namespace: &str,
+    service: &str,
+    ips: &[IpAddr],
+) -> std::result::Result<(Certs, String), rcgen::Error> {
+    let now = time_now();
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.distinguished_name = name("breakwater-operator-ca");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.key_usages =
+        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca.not_before = now - time::Duration::hours(1);
+    ca.not_after = now + time::Duration::days(CA_DAYS);
+    let ca_key = KeyPair::generate()?;
+    let ca_key_pem = ca_key.serialize_pem();
+    let issuer = CertifiedIssuer::self_signed(ca, ca_key)?;
+
+    let dns = [
+        service.to_owned(),
+        format!("{service}.{namespace}"),
+        format!("{service}.{namespace}.svc"),
+        format!("{service}.{namespace}.svc.cluster.local"),
+    ];
+    let mut serving = CertificateParams::new(dns.to_vec())?;
+    serving.subject_alt_names.extend(ips.iter().copied().map(SanType::IpAddress));
+    serving.distinguished_name = name(&format!("{service}.{namespace}.svc"));
+    serving.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    serving.not_before = now - time::Duration::hours(1);
+    serving.not_after = now + time::Duration::days(SERVING_DAYS);
+    let key = KeyPair::generate()?;
+    let cert = serving.signed_by(&key, &issuer)?;
+    Ok((Certs { ca_pem: issuer.pem(), cert_pem: cert.pem(), key_pem: key.serialize_pem() }, ca_key_pem))
+}
+
+fn name(cn: &str) -> DistinguishedName {
+    let mut n = DistinguishedName::new();
+    n.push(DnType::CommonName, cn);
+    n.push(DnType::OrganizationName, "Breakwater");
+    n
+}
+
+fn time_now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
+
+/// A rustls server configuration serving `certs`, speaking HTTP/2 only (ALPN `h2`).
+pub fn server_config(certs: &Certs) -> Result<Arc<rustls::ServerConfig>> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(certs.cert_pem.as_bytes())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| Error::Certificate(format!("the serving certificate: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(certs.key_pem.as_bytes())
+        .map_err(|e| Error::Certificate(format!("the serving key: {e}")))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| Error::Certificate(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| Error::Certificate(e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Makes sure `namespace` has the `breakwater-root-ca` ConfigMap with `ca_pem` (server-side
+/// apply: creates it, or fixes it if someone changed it).
+pub async fn publish_root_ca(client: &Client, namespace: &str, ca_pem: &str) -> Result<()> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let object = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": ROOT_CA_CONFIGMAP, "labels": {"app.kubernetes.io/part-of": "breakwater"}},
+        "data": {CA_CERT: ca_pem},
+    });
+    api.patch(
+        ROOT_CA_CONFIGMAP,
+        &PatchParams::apply(crate::controller::FIELD_MANAGER).force(),
+        &Patch::Apply(&object),
+    )
+    .await
+    .map_err(|source| Error::Kube {
+        what: format!("publishing the root CA in namespace {namespace}"),
+        source,
+    })?;
+    Ok(())
+}
