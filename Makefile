@@ -71,7 +71,7 @@ e2e: deps k8s-bins ## Only the tests against a real control plane (e2e/)
 # (1 hop, 1 hop with every policy layer, 2 hops), over HTTP/1.1 and h2c; ratios in bench/results/.
 # The load generator, oha, is built once from crates.io into $BREAKWATER_CACHE/tools; HAProxy comes
 # from Debian's packages. `make test` needs both too: it runs the harness's smoke test.
-.PHONY: bench bench-tools bench-build bench-instructions bench-operator haproxy
+.PHONY: bench bench-tools bench-build bench-instructions bench-operator bench-convergence haproxy
 BENCH_TOOLS := $(or $(BREAKWATER_CACHE),$(HOME)/.cache/breakwater)/tools
 OHA_VERSION := 1.16.0
 OHA := $(BENCH_TOOLS)/oha-$(OHA_VERSION)/bin/oha
@@ -105,3 +105,10 @@ bench-instructions: deps bench-tools bench-build ## Count instructions per reque
 bench-operator: deps k8s-bins ## Measure the operator at scale on a real API server (about 10 minutes); writes bench/results/operator.md
 	$(CARGO) build --release -p breakwater-operator -p breakwater-bench
 	./target/release/breakwater-bench-operator --operator target/release/breakwater-operator --out bench/results $(BENCH_ARGS)
+
+# make bench-convergence: a policy change until N sidecar streams applied it (N = 100, 1,000),
+# the operator's memory and CPU per idle stream and per push, the sidecar's memory with 500
+# Services / 5,000 endpoints; bench/results/convergence.md.
+bench-convergence: deps k8s-bins ## Measure config-API convergence at 100 and 1,000 streams (about 5 minutes); writes bench/results/convergence.md
+	$(CARGO) build --release -p breakwater-operator -p breakwater-sidecar -p breakwater-bench
+	./target/release/breakwater-bench-convergence --operator target/release/breakwater-operator --sidecar target/release/breakwater-sidecar --out bench/results $(BENCH_ARGS)

@@ -65,6 +65,16 @@ async fn signal() {
 }
 
 fn init_tracing(filter: &str, format: LogFormat) {
+    // A bare level is the operator's own: `debug` must not turn on every HTTP and TLS crate's
+    // debug output. A full filter (`info,kube=debug`) is taken as written.
+    let own;
+    let filter = match filter {
+        "trace" | "debug" => {
+            own = format!("info,breakwater_operator={filter}");
+            own.as_str()
+        }
+        other => other,
+    };
     let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|e| {
         eprintln!("warning: BREAKWATER_LOG {filter:?} is not a valid filter ({e}); using info");
         tracing_subscriber::EnvFilter::new("info")

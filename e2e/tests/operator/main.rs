@@ -46,7 +46,9 @@ async fn operator() -> anyhow::Result<(&'static TestCluster, &'static Operator)>
     let cluster = TestCluster::shared().await?;
     let op = RELEASE
         .get_or_init(|| async {
-            let op = Operator::install(cluster, "bw", NAMESPACE, &[]).await.map_err(|e| e.to_string())?;
+            let op = Operator::install(cluster, "bw", NAMESPACE, &["operator.logLevel=debug"])
+                .await
+                .map_err(|e| e.to_string())?;
             op.ready_pods(2, TIMEOUT).await.map_err(|e| e.to_string())?;
             Ok(op)
         })

@@ -183,10 +183,7 @@ async fn a_policy_reaches_the_sidecar_is_acknowledged_and_a_change_is_live_withi
     let api = policies(&client, &ns);
 
     // The sidecar acknowledged: the status counts it.
-    let status = status_until(&api, "payments", TIMEOUT, |s| {
-        condition(s, "Ready").is_some_and(|c| c.1 == reasons::PROGRAMMED)
-    })
-    .await?;
+    let status = programmed(cluster, op, &api, "payments").await?;
     assert_eq!(status.sidecars, Some(1));
     let config = sidecar_config(runner, &ns, "checkout").await.map_err(anyhow::Error::msg)?;
     assert_eq!(config["snapshot"]["source"], "stream");
@@ -207,10 +204,7 @@ async fn a_policy_reaches_the_sidecar_is_acknowledged_and_a_change_is_live_withi
     eprintln!("retries.attempts 1 → 3: live in the sidecar {:?} after the patch", patched.elapsed());
     let after = calls(runner, &ns, "checkout", 40).await?;
     assert!(after.iter().all(|(code, _)| *code == 200), "every call retried onto the healthy pod: {after:?}");
-    let status = status_until(&api, "payments", TIMEOUT, |s| {
-        condition(s, "Ready").is_some_and(|c| c.1 == reasons::PROGRAMMED)
-    })
-    .await?;
+    let status = programmed(cluster, op, &api, "payments").await?;
     assert_eq!(status.sidecars, Some(1), "the new generation acknowledged");
 
     // Scale the healthy Deployment: the new pod is called too.
@@ -235,6 +229,34 @@ async fn a_policy_reaches_the_sidecar_is_acknowledged_and_a_change_is_live_withi
     }
     assert!(acks >= 2.0, "acknowledgements observed in breakwater_operator_convergence_seconds: {acks}");
     Ok(())
+}
+
+/// Waits for `Ready=True/Programmed`; on a timeout the error carries what the operator saw.
+async fn programmed(
+    cluster: &TestCluster,
+    op: &Operator,
+    api: &Api<CommunicationPolicy>,
+    name: &str,
+) -> anyhow::Result<CommunicationPolicyStatus> {
+    let waited = status_until(api, name, TIMEOUT, |s| {
+        condition(s, "Ready").is_some_and(|c| c.1 == reasons::PROGRAMMED)
+    })
+    .await;
+    let Err(e) = waited else { return waited };
+    let mut seen = format!("{e}\n");
+    let runner = cluster.pod_runner().await?;
+    for pod in op.pods().await.unwrap_or_default() {
+        let log = runner.logs(NAMESPACE, &pod.name_any(), "operator").unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(60).collect();
+        seen += &format!("--- {} (last lines, newest first):\n{}\n", pod.name_any(), tail.join("\n"));
+    }
+    let reports = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(cluster.client()?, NAMESPACE)
+        .list(&kube::api::ListParams::default().labels("breakwater.dev/acknowledgements=true"))
+        .await?;
+    for cm in reports {
+        seen += &format!("--- report {}: {:?} {:?}\n", cm.name_any(), cm.annotations(), cm.data);
+    }
+    Err(anyhow::anyhow!(seen))
 }
 
 /// A token minted for `pod` (bound to it, for `audience`), as the kubelet would project it.
@@ -398,10 +420,7 @@ async fn without_the_operator_sidecars_keep_enforcing_and_restart_from_disk() ->
     })
     .await?;
     let api = policies(&client, &ns);
-    let status = status_until(&api, "payments", TIMEOUT, |s| {
-        condition(s, "Ready").is_some_and(|c| c.1 == reasons::PROGRAMMED)
-    })
-    .await?;
+    let status = programmed(cluster, op, &api, "payments").await?;
     assert_eq!(status.sidecars, Some(1));
     Ok(())
 }

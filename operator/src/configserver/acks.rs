@@ -35,6 +35,8 @@ const REPORT_KEY: &str = "report.json";
 const REFRESH: Duration = Duration::from_secs(10);
 /// A report older than this belongs to a replica that is gone.
 const STALE: Duration = Duration::from_secs(30);
+/// A report older than this is deleted (a replica killed without a chance to delete its own).
+const GONE: Duration = Duration::from_secs(300);
 /// Refusals kept per policy.
 const REFUSALS: usize = 5;
 
@@ -159,7 +161,10 @@ impl Registry {
             let report = self.report().await;
             if last.as_ref() != Some(&report) || last.is_none() {
                 match write(&api, &name, &report).await {
-                    Ok(()) => last = Some(report),
+                    Ok(()) => {
+                        tracing::debug!(policies = report.policies.len(), "acknowledgement report written");
+                        last = Some(report)
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "writing this replica's acknowledgement report failed; retrying")
                     }
@@ -229,7 +234,7 @@ pub async fn aggregate(
     let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
     let config = watcher::Config::default().labels(&format!("{REPORT_LABEL}=true"));
     let (reader, writer) = kube::runtime::reflector::store();
-    let stream = watcher(api, config).default_backoff().reflect(writer).touched_objects();
+    let stream = watcher(api.clone(), config).default_backoff().reflect(writer).touched_objects();
     let mut stream = std::pin::pin!(stream);
     let mut tick = tokio::time::interval(REFRESH);
     loop {
@@ -252,7 +257,13 @@ pub async fn aggregate(
         for cm in reader.state() {
             let updated =
                 cm.annotations().get("breakwater.dev/updated").and_then(|t| t.parse::<Timestamp>().ok());
-            let fresh = updated.is_some_and(|t| now.duration_since(t).unsigned_abs() < STALE);
+            let age = updated.map(|t| now.duration_since(t).unsigned_abs());
+            if age.is_none_or(|a| a > GONE) {
+                // Its replica is long gone: every replica may clean it up (a delete is idempotent).
+                let _ = api.delete(&cm.name_any(), &DeleteParams::default()).await;
+                continue;
+            }
+            let fresh = age.is_some_and(|a| a < STALE);
             let report: Option<Report> =
                 cm.data.as_ref().and_then(|d| d.get(REPORT_KEY)).and_then(|r| serde_json::from_str(r).ok());
             let (true, Some(report)) = (fresh, report) else { continue };
@@ -269,6 +280,7 @@ pub async fn aggregate(
             if **current == totals {
                 false
             } else {
+                tracing::debug!(policies = totals.policies.len(), "acknowledgement totals changed");
                 *current = Arc::new(totals);
                 true
             }
@@ -325,7 +337,10 @@ pub async fn reconcile_on_delivery(
 ) {
     use crate::controller::Deliveries as _;
     let (mut expected, mut totals) = (deliveries.expected.clone(), deliveries.totals.clone());
-    let mut last: HashMap<ObjKey, Option<crate::controller::status::Delivery>> = HashMap::new();
+    // Keyed with the generation: the same count for a new generation is news (1 of 1 on the
+    // old one, then 1 of 1 on the new one once its acknowledgement is in).
+    let mut last: HashMap<ObjKey, (Option<i64>, Option<crate::controller::status::Delivery>)> =
+        HashMap::new();
     loop {
         tokio::select! {
             // Snapshots changed: who must acknowledge what.
@@ -335,8 +350,9 @@ pub async fn reconcile_on_delivery(
         }
         for p in index.policies.state() {
             let Some(key) = ObjKey::of(p.as_ref()) else { continue };
-            let now = deliveries.delivery(&key, p.metadata.generation);
+            let now = (p.metadata.generation, deliveries.delivery(&key, p.metadata.generation));
             if last.get(&key) != Some(&now) {
+                tracing::debug!(policy = %key, generation = ?now.0, delivery = ?now.1, "delivery changed; reconciling");
                 last.insert(key.clone(), now);
                 let reference = kube::runtime::reflector::ObjectRef::new(&key.name).within(&key.namespace);
                 // A closed channel: the controller stopped.
@@ -345,5 +361,87 @@ pub async fn reconcile_on_delivery(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A snapshot of pod `shop/checkout` carrying `policies` (name, generation).
+    fn snapshot(policies: &[(&str, i64)]) -> Arc<Snapshot> {
+        let ports: Vec<serde_json::Value> = policies
+            .iter()
+            .enumerate()
+            .map(|(i, (name, generation))| {
+                serde_json::json!({"port": 80 + i, "endpoints": [],
+                                   "policy": {"name": name, "generation": generation, "effective": {"mode": "Enforce", "timeouts": {"connect": "1s", "idle": "5m"}, "bulkhead": {}}}})
+            })
+            .collect();
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "schema": 1,
+                "version": {"counter": 1, "hash": "h"},
+                "identity": {"name": "checkout", "namespace": "shop"},
+                "services": [{"name": "payments", "namespace": "shop", "ports": ports}],
+            }))
+            .expect("a snapshot"),
+        )
+    }
+
+    fn generations(report: &Report, policy: &str) -> Vec<(i64, usize)> {
+        report.policies.get(policy).map(|p| p.generations.clone().into_iter().collect()).unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn each_sidecar_counts_once_for_the_generation_it_runs() {
+        let registry = Registry::default();
+        let (a, b) = (ObjKey::new("shop", "a"), ObjKey::new("shop", "b"));
+        let sa = registry.connected(&a).await;
+        let sb = registry.connected(&b).await;
+        registry.applied(&a, sa, snapshot(&[("shop/p", 1)])).await;
+        registry.applied(&b, sb, snapshot(&[("shop/p", 1)])).await;
+        assert_eq!(generations(&registry.report().await, "shop/p"), vec![(1, 2)]);
+
+        // A moves to generation 2: counted there, not twice.
+        registry.applied(&a, sa, snapshot(&[("shop/p", 2)])).await;
+        registry.applied(&a, sa, snapshot(&[("shop/p", 2)])).await;
+        assert_eq!(generations(&registry.report().await, "shop/p"), vec![(1, 1), (2, 1)]);
+
+        // B reconnects (a new stream replaces the old one); the old stream's late news is ignored.
+        let sb2 = registry.connected(&b).await;
+        registry.applied(&b, sb, snapshot(&[("shop/p", 2)])).await;
+        assert_eq!(generations(&registry.report().await, "shop/p"), vec![(2, 1)]);
+        registry.applied(&b, sb2, snapshot(&[("shop/p", 2)])).await;
+        registry.disconnected(&b, sb).await;
+        assert_eq!(
+            generations(&registry.report().await, "shop/p"),
+            vec![(2, 2)],
+            "an old stream's end changes nothing"
+        );
+
+        registry.disconnected(&a, sa).await;
+        registry.disconnected(&b, sb2).await;
+        assert!(registry.report().await.policies.is_empty(), "{:?}", registry.report().await);
+        assert_eq!(registry.streams().await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_kept_until_that_sidecar_applies_the_policy_again() {
+        let registry = Registry::default();
+        let a = ObjKey::new("shop", "a");
+        let s = registry.connected(&a).await;
+        registry.applied(&a, s, snapshot(&[("shop/p", 1)])).await;
+        registry.refused(&a, &snapshot(&[("shop/p", 2)]), "inbound port 15000 is the admin listener").await;
+        registry.refused(&a, &snapshot(&[("shop/p", 3)]), "still").await;
+        let report = registry.report().await;
+        assert_eq!(generations(&report, "shop/p"), vec![(1, 1)], "it still runs generation 1");
+        assert_eq!(
+            report.policies["shop/p"].refused,
+            vec![("shop/a".to_owned(), "still".to_owned())],
+            "one per sidecar"
+        );
+        registry.applied(&a, s, snapshot(&[("shop/p", 3)])).await;
+        assert!(registry.report().await.policies["shop/p"].refused.is_empty());
     }
 }

@@ -99,6 +99,7 @@ pub(super) async fn start(
                     };
                     match &ack.error {
                         None => {
+                            tracing::debug!(pod = %pod, stream, version = %ack.version, "snapshot acknowledged");
                             server.metrics.acknowledged(true, answered.observed.elapsed().as_secs_f64());
                             server.acks.applied(&pod, stream, answered.snapshot.clone()).await;
                         }
