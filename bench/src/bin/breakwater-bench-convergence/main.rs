@@ -118,6 +118,8 @@ struct AtScale {
 #[derive(Debug, Clone, Serialize, Default)]
 struct Results {
     scales: Vec<AtScale>,
+    /// Whether a stalled stream (a sidecar that never reads) was open throughout.
+    stalled_stream: bool,
     sidecar_small_rss_kib: u64,
     sidecar_large_rss_kib: u64,
     large_services: usize,
@@ -176,7 +178,8 @@ async fn run(args: &Args) -> anyhow::Result<Results> {
     }
     let max = args.streams.iter().copied().max().unwrap_or(0);
     eprintln!("{max} pods, a policy, {max} bound tokens");
-    let (ca, tokens) = setup(&client, dir.path(), max).await?;
+    // One more pod than streams: its stream stalls (below).
+    let (ca, tokens) = setup(&client, dir.path(), max + 1).await?;
 
     let config = procs::free_port()?;
     let (health, metrics) = (procs::free_port()?, procs::free_port()?);
@@ -216,6 +219,11 @@ async fn run(args: &Args) -> anyhow::Result<Results> {
     std::fs::write(&ca, ca_pem.0)?;
 
     let url: http::Uri = format!("https://{config}").parse()?;
+    // A sidecar that opens its stream and never reads it: its stream window fills with the first
+    // snapshot. Every change below must still reach every other client — one slow sidecar
+    // never delays the others.
+    let _stalled = stalled_stream(config, &ca, &tokens[max], &pod_name(max)).await?;
+    results.stalled_stream = true;
     let drain = breakwater_sidecar::drain::Drain::new();
     let mut clients: Vec<Arc<Store>> = Vec::new();
     let policies = Api::<CommunicationPolicy>::namespaced(client.clone(), NS);
@@ -379,6 +387,57 @@ async fn setup(client: &Client, dir: &Path, pods: usize) -> anyhow::Result<(Path
     }
     Ok((dir.join("ca.crt"), tokens))
 }
+
+/// Opens pod `pod`'s stream with a 1 KiB stream window and never reads it; the connection stays
+/// open while the returned guard lives.
+async fn stalled_stream(
+    addr: SocketAddr,
+    ca: &Path,
+    token: &Path,
+    pod: &str,
+) -> anyhow::Result<(tokio::task::JoinHandle<()>, Stalled)> {
+    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca)? {
+        roots.add(cert?)?;
+    }
+    let mut tls =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(ServerName::try_from(SERVER_NAME)?, tcp)
+        .await?;
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .initial_stream_window_size(1024)
+        .initial_connection_window_size(1024)
+        .handshake(hyper_util::rt::TokioIo::new(tls))
+        .await?;
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let (acks, body) = http_body_util::channel::Channel::<bytes::Bytes, std::convert::Infallible>::new(1);
+    let request = http::Request::post(format!("https://{SERVER_NAME}/v1/snapshots/{NS}/{pod}"))
+        .header("authorization", format!("Bearer {}", std::fs::read_to_string(token)?.trim()))
+        .body(body)?;
+    let response = sender.send_request(request).await?;
+    if response.status() != http::StatusCode::OK {
+        bail!("the stalled stream was refused: {}", response.status());
+    }
+    // Held, never read.
+    Ok((driver, (response, acks, sender)))
+}
+
+type Stalled = (
+    http::Response<hyper::body::Incoming>,
+    http_body_util::channel::Sender<bytes::Bytes, std::convert::Infallible>,
+    hyper::client::conn::http2::SendRequest<
+        http_body_util::channel::Channel<bytes::Bytes, std::convert::Infallible>,
+    >,
+);
 
 /// Whether `store` runs generation `generation` (or newer) of the policy.
 fn has(store: &Store, generation: i64) -> bool {
@@ -586,6 +645,10 @@ fn markdown(args: &Args, r: &Results) -> String {
          acknowledgement leaves in the same step).\n\n",
         args.rounds
     );
+    if r.stalled_stream {
+        md += "Throughout, one more sidecar held its stream open without reading it (a 1 KiB HTTP/2 \
+               window, full after the first snapshot): every change still reached every other client.\n\n";
+    }
     md += "| streams | patch → applied p50 | p99 | max | patch → all N, median round | worst round | operator's own convergence (mean) |\n";
     md += "|---:|---:|---:|---:|---:|---:|---:|\n";
     for s in &r.scales {
