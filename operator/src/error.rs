@@ -72,6 +72,10 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The injection template cannot be used.
+    #[error("the injection template (BREAKWATER_SIDECAR_CONFIG): {0}")]
+    Template(String),
+
     /// The CA or serving certificate could not be made or read.
     #[error("the operator's certificates: {0}")]
     Certificate(String),
@@ -97,6 +101,7 @@ impl Error {
             Error::Listen { .. } => "listen",
             Error::ClientConfig(_) => "client_config",
             Error::Certificate(_) => "certificate",
+            Error::Template(_) => "template",
         }
     }
 }

@@ -27,6 +27,7 @@ pub mod configserver;
 pub mod controller;
 mod error;
 pub mod index;
+pub mod inject;
 pub mod key;
 pub mod leader;
 pub mod metrics;
@@ -60,6 +61,12 @@ pub use self::{
 /// Runs the operator until `shutdown` resolves, then stops within `settings.shutdown_timeout`:
 /// stop accepting work, let reconciles in flight finish, release the lease.
 pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    // A template that cannot be used stops the operator before it answers anything: better
+    // than injecting pods with half a sidecar.
+    if let Some(path) = &settings.reserved.sidecar_config {
+        let template = inject::Template::load(path).map_err(Error::Template)?;
+        tracing::info!(path = %path.display(), image = %template.image, "injection template loaded");
+    }
     let client = client(&settings).await?;
     check_crd(&client).await?;
     let identity = settings.identity();

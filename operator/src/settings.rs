@@ -118,7 +118,8 @@ pub struct Reserved {
     /// HTTPS port of the injection webhook.
     #[arg(long, env = "BREAKWATER_WEBHOOK_PORT")]
     pub webhook_port: Option<u16>,
-    /// The injection template (the chart's `<release>-sidecar` ConfigMap).
+    /// The injection template (the chart's `<release>-sidecar` ConfigMap). Checked at start-up:
+    /// a template that cannot be used stops the operator with the reason.
     #[arg(long, env = "BREAKWATER_SIDECAR_CONFIG")]
     pub sidecar_config: Option<PathBuf>,
 }

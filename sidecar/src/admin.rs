@@ -1,5 +1,7 @@
 //! The admin listener (loopback by default): `/live`, `/ready`, `/metrics`, `/config`,
-//! `/breakers`.
+//! `/breakers`; and the probes listener (`run --probe-address`, on every address in a pod, for
+//! the kubelet and Prometheus): `/live`, `/ready` and `/metrics` only — what the configuration
+//! holds stays on loopback.
 
 use std::{
     convert::Infallible,
@@ -27,6 +29,8 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     /// Draining turns `/ready` to 503.
     pub drain: Drain,
+    /// Only `/live`, `/ready` and `/metrics` (the probes listener).
+    pub probes_only: bool,
 }
 
 /// Serves the admin endpoints until `stop` resolves.
@@ -64,7 +68,15 @@ fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());
     }
-    match req.uri().path() {
+    let path = req.uri().path();
+    if state.probes_only && !matches!(path, "/live" | "/ready" | "/metrics") {
+        return text(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "this port serves /live /ready /metrics; /config and /breakers are on the admin port (loopback)\n".into(),
+        );
+    }
+    match path {
         "/live" => text(StatusCode::OK, "text/plain", "live\n".into()),
         "/ready" => {
             if state.drain.is_draining() {

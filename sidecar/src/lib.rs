@@ -44,6 +44,7 @@ pub struct Sidecar {
     /// The configuration.
     pub store: Arc<Store>,
     drain: Drain,
+    ready: Arc<AtomicBool>,
     stop_admin: Option<oneshot::Sender<()>>,
 }
 
@@ -84,7 +85,12 @@ impl Sidecar {
         let admin = bind(listeners.admin, "admin").await?;
         let admin_addr = admin.local_addr()?;
         let (stop_admin, admin_stopped) = oneshot::channel::<()>();
-        let state = admin::AdminState { store: store.clone(), ready: ready.clone(), drain: drain.clone() };
+        let state = admin::AdminState {
+            store: store.clone(),
+            ready: ready.clone(),
+            drain: drain.clone(),
+            probes_only: false,
+        };
         tokio::spawn(admin::serve(admin, state, async {
             let _ = admin_stopped.await;
         }));
@@ -136,8 +142,24 @@ impl Sidecar {
             admin: admin_addr,
             store,
             drain,
+            ready,
             stop_admin: Some(stop_admin),
         })
+    }
+
+    /// Also serves `/live`, `/ready` and `/metrics` (only those) on `addr`, for the kubelet's
+    /// probes and Prometheus from outside the pod; returns the bound address.
+    pub async fn serve_probes(&self, addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+        let listener = bind(addr, "probes").await?;
+        let bound = listener.local_addr()?;
+        let state = admin::AdminState {
+            store: self.store.clone(),
+            ready: self.ready.clone(),
+            drain: self.drain.clone(),
+            probes_only: true,
+        };
+        tokio::spawn(admin::serve(listener, state, std::future::pending::<()>()));
+        Ok(bound)
     }
 
     /// Starts draining: `/ready` turns 503, listeners stop accepting, connections finish.

@@ -53,6 +53,11 @@ enum Cmd {
         /// Do not watch the file (reload on SIGHUP only).
         #[arg(long)]
         no_watch: bool,
+        /// Also serve `/live`, `/ready` and `/metrics` — only those — on this address (the
+        /// injector sets `0.0.0.0:15020`, for the kubelet's probes and Prometheus; `/config` and
+        /// `/breakers` stay on the loopback admin port).
+        #[arg(long, env = "BREAKWATER_PROBE_ADDRESS")]
+        probe_address: Option<std::net::SocketAddr>,
         #[command(flatten)]
         cluster: Box<ClusterArgs>,
     },
@@ -61,6 +66,17 @@ enum Cmd {
     Validate {
         /// The file to check.
         file: PathBuf,
+    },
+    /// Wait until a URL answers 200 (a regular container's `postStart` hook uses it to hold the
+    /// app until the proxy listens, where the API server has no native sidecars). Exits 0 once
+    /// it does, 1 at the timeout.
+    Wait {
+        /// The URL to poll (plain HTTP).
+        #[arg(long, default_value = "http://127.0.0.1:15020/live")]
+        url: http::Uri,
+        /// How long to wait at most.
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
     },
     /// Install the iptables rules that send the pod's traffic through the proxy (run in the
     /// pod's init container, with NET_ADMIN and NET_RAW). Idempotent: a second run changes
@@ -188,9 +204,10 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let (log, format) = (args.log.clone(), args.log_format);
     let result = match args.command {
-        Cmd::Run { config, grace_period, no_watch, cluster } => {
-            run(config, *cluster, grace_period, no_watch, log.as_deref(), format)
+        Cmd::Run { config, grace_period, no_watch, probe_address, cluster } => {
+            run(config, *cluster, grace_period, no_watch, probe_address, log.as_deref(), format)
         }
+        Cmd::Wait { url, timeout } => wait(&url, timeout),
         Cmd::Validate { file } => {
             init_tracing(log.as_deref(), format, None);
             return validate(&file);
@@ -242,6 +259,7 @@ fn run(
     cluster: ClusterArgs,
     grace: Duration,
     no_watch: bool,
+    probe_address: Option<std::net::SocketAddr>,
     log: Option<&str>,
     format: LogFormat,
 ) -> anyhow::Result<()> {
@@ -304,6 +322,10 @@ fn run(
             Some(cp) => Sidecar::start_cluster(&text, cp).await?,
             None => Sidecar::start(&text, config.clone().filter(|_| !no_watch)).await?,
         };
+        if let Some(addr) = probe_address {
+            let bound = sidecar.serve_probes(addr).await?;
+            tracing::info!(probes = %bound, "serving /live /ready /metrics for the kubelet");
+        }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             // Kubernetes stops the pod.
@@ -358,4 +380,36 @@ fn init(a: InitArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Polls `url` every 100 ms until it answers 200, for at most `timeout`.
+fn wait(url: &http::Uri, timeout: Duration) -> anyhow::Result<()> {
+    let host = url.host().context("the URL has no host")?.trim_matches(['[', ']']).to_owned();
+    let port = url.port_u16().unwrap_or(80);
+    let path = url.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let attempt = async {
+                let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+                let (mut send, conn) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+                tokio::spawn(conn);
+                let req = http::Request::get(path.as_str())
+                    .header(http::header::HOST, host.as_str())
+                    .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+                anyhow::Ok(send.send_request(req).await?.status())
+            };
+            if let Ok(Ok(status)) = tokio::time::timeout(Duration::from_secs(1), attempt).await
+                && status == http::StatusCode::OK
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!("{url} did not answer 200 within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
 }

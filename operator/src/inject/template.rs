@@ -1,0 +1,132 @@
+//! What the injector adds, as the chart renders it into the `<release>-sidecar` ConfigMap
+//! (`BREAKWATER_SIDECAR_CONFIG` names the file). Every field has the chart's default, so a
+//! template missing a key still injects something sane; an unknown key is an error (a typo
+//! must not be ignored silently).
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// The injection template.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Template {
+    /// The sidecar image (it also runs the init container).
+    #[serde(default = "default_image")]
+    pub image: String,
+    /// `Always`, `IfNotPresent` or `Never`.
+    #[serde(default = "default_pull_policy")]
+    pub image_pull_policy: String,
+    /// The proxy's log level.
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    /// `text` or `json`.
+    #[serde(default = "default_log_format")]
+    pub log_format: String,
+    /// The proxy's UID (and GID): iptables leaves its own connections alone by this UID.
+    #[serde(default = "default_uid")]
+    pub proxy_uid: i64,
+    /// The proxy's ports.
+    #[serde(default)]
+    pub ports: Ports,
+    /// Outbound destination ports never redirected.
+    #[serde(default)]
+    pub exclude_outbound_ports: Vec<u16>,
+    /// Inbound ports never redirected.
+    #[serde(default)]
+    pub exclude_inbound_ports: Vec<u16>,
+    /// The proxy's resources (a Kubernetes `ResourceRequirements`).
+    #[serde(default)]
+    pub resources: k8s_openapi::api::core::v1::ResourceRequirements,
+    /// How long the proxy drains on SIGTERM (a duration: `30s`).
+    #[serde(default = "default_grace")]
+    pub grace_period: String,
+    /// `host:port` of the config API (the operator's Service).
+    pub config_api: String,
+}
+
+/// The proxy's ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Ports {
+    /// Outbound listener (on 127.0.0.1; the app's calls are redirected here).
+    #[serde(default = "default_outbound")]
+    pub outbound: u16,
+    /// Inbound listener (calls to the app are redirected here).
+    #[serde(default = "default_inbound")]
+    pub inbound: u16,
+    /// Admin (on 127.0.0.1 only: `/config`, `/breakers`, and the rest).
+    #[serde(default = "default_admin")]
+    pub admin: u16,
+    /// Probes and metrics for the kubelet and Prometheus (on every address: `/live`, `/ready`,
+    /// `/metrics` only).
+    #[serde(default = "default_probes")]
+    pub probes: u16,
+}
+
+impl Default for Ports {
+    fn default() -> Self {
+        Ports { outbound: 15001, inbound: 15006, admin: 15000, probes: 15020 }
+    }
+}
+
+fn default_image() -> String {
+    "ghcr.io/breakwater-dev/breakwater/sidecar:0.1.0".into()
+}
+fn default_pull_policy() -> String {
+    "IfNotPresent".into()
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+fn default_log_format() -> String {
+    "json".into()
+}
+fn default_uid() -> i64 {
+    2102
+}
+fn default_grace() -> String {
+    "30s".into()
+}
+fn default_outbound() -> u16 {
+    Ports::default().outbound
+}
+fn default_inbound() -> u16 {
+    Ports::default().inbound
+}
+fn default_admin() -> u16 {
+    Ports::default().admin
+}
+fn default_probes() -> u16 {
+    Ports::default().probes
+}
+
+impl Template {
+    /// Parses a template (YAML).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let t: Template = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
+        let p = t.ports;
+        let mut seen = vec![p.outbound, p.inbound, p.admin, p.probes];
+        seen.sort_unstable();
+        seen.dedup();
+        if seen.len() != 4 {
+            return Err(format!(
+                "ports: outbound {}, inbound {}, admin {} and probes {} must differ",
+                p.outbound, p.inbound, p.admin, p.probes
+            ));
+        }
+        if t.proxy_uid <= 0 {
+            return Err(format!("proxyUid: {} — the proxy must not run as root", t.proxy_uid));
+        }
+        if humantime::parse_duration(&t.grace_period).is_err() {
+            return Err(format!("gracePeriod: {:?} is not a duration (e.g. 30s)", t.grace_period));
+        }
+        Ok(t)
+    }
+
+    /// Reads and parses the template file.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}

@@ -1,0 +1,221 @@
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::{Value, json};
+
+use super::*;
+
+fn template() -> Template {
+    Template::parse(
+        "image: breakwater/sidecar\nimagePullPolicy: IfNotPresent\nlogLevel: info\nlogFormat: json\n\
+         proxyUid: 2102\nports: {outbound: 15001, inbound: 15006, admin: 15000, probes: 15020}\n\
+         excludeOutboundPorts: [5432]\nexcludeInboundPorts: []\n\
+         resources: {requests: {cpu: 10m, memory: 32Mi}, limits: {memory: 128Mi}}\n\
+         gracePeriod: 30s\nconfigApi: \"breakwater.breakwater-system.svc:9090\"\n",
+    )
+    .expect("the chart's template parses")
+}
+
+const NATIVE: Options = Options { native_sidecars: true };
+
+/// A pod as a Deployment's ReplicaSet submits it: two containers, an init container of its own,
+/// a volume, labels.
+fn pod(extra: Value) -> Pod {
+    let mut p = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"generateName": "checkout-7d9f-", "namespace": "shop", "labels": {"app": "checkout"}},
+        "spec": {
+            "initContainers": [{"name": "migrate", "image": "checkout:1"}],
+            "containers": [
+                {"name": "app", "image": "checkout:1", "ports": [{"name": "http", "containerPort": 8080}]},
+                {"name": "log-shipper", "image": "shipper:2"},
+            ],
+            "volumes": [{"name": "data", "emptyDir": {}}],
+        },
+    });
+    json_patch::merge(&mut p, &extra);
+    serde_json::from_value(p).expect("a pod")
+}
+
+/// The pod after the patch, as the API server would store it.
+fn patched(p: &Pod, outcome: &Outcome) -> Value {
+    let Outcome::Inject { patch, .. } = outcome else { panic!("expected an injection, got {outcome:?}") };
+    let mut v = serde_json::to_value(p).expect("json");
+    json_patch::patch(&mut v, patch).expect("the patch applies to the pod it was made for");
+    v
+}
+
+fn names(list: &Value) -> Vec<&str> {
+    list.as_array().map(|a| a.iter().filter_map(|c| c["name"].as_str()).collect()).unwrap_or_default()
+}
+
+#[test]
+fn a_pod_gets_the_init_container_the_native_sidecar_the_volumes_and_the_label() {
+    let p = pod(json!({}));
+    let outcome = inject(&p, &template(), NATIVE);
+    let after = patched(&p, &outcome);
+    assert_eq!(names(&after["spec"]["initContainers"]), [INIT, PROXY, "migrate"], "ours first, in order");
+    assert_eq!(names(&after["spec"]["containers"]), ["app", "log-shipper"], "the app's containers untouched");
+    assert_eq!(
+        names(&after["spec"]["volumes"]),
+        ["data", "breakwater-token", "breakwater-ca", "breakwater-snapshot"]
+    );
+    assert_eq!(after["metadata"]["labels"][INJECTED_LABEL], "true");
+    assert_eq!(after["metadata"]["labels"]["app"], "checkout");
+    // The whole result, reviewed: every field injection writes.
+    insta::assert_json_snapshot!("native", after);
+}
+
+#[test]
+fn the_init_container_has_only_net_admin_and_net_raw_and_the_proxy_nothing() {
+    let after = patched(&pod(json!({})), &inject(&pod(json!({})), &template(), NATIVE));
+    let init = &after["spec"]["initContainers"][0];
+    assert_eq!(
+        init["securityContext"]["capabilities"],
+        json!({"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]})
+    );
+    assert_eq!(init["securityContext"]["privileged"], false);
+    assert_eq!(init["securityContext"]["allowPrivilegeEscalation"], false);
+    let proxy = &after["spec"]["initContainers"][1];
+    assert_eq!(proxy["restartPolicy"], "Always");
+    let sc = &proxy["securityContext"];
+    assert_eq!((sc["runAsUser"].as_i64(), sc["runAsNonRoot"].as_bool()), (Some(2102), Some(true)));
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["capabilities"], json!({"drop": ["ALL"]}));
+    // The init container tells iptables the same UID and leaves the probes port alone.
+    let args: Vec<&str> = init["args"].as_array().expect("args").iter().filter_map(Value::as_str).collect();
+    assert!(args.windows(2).any(|w| w == ["--proxy-uid", "2102"]), "{args:?}");
+    assert!(args.windows(2).any(|w| w == ["--skip-inbound-ports", "15020"]), "{args:?}");
+    assert!(args.windows(2).any(|w| w == ["--skip-outbound-ports", "5432"]), "{args:?}");
+}
+
+#[test]
+fn without_native_sidecars_the_proxy_is_the_first_container_and_holds_the_app_until_it_listens() {
+    for (options, annotation) in [
+        (Options { native_sidecars: false }, json!({})),
+        (NATIVE, json!({"metadata": {"annotations": {annotations::NATIVE_SIDECAR: "false"}}})),
+    ] {
+        let p = pod(annotation);
+        let after = patched(&p, &inject(&p, &template(), options));
+        assert_eq!(names(&after["spec"]["initContainers"]), [INIT, "migrate"]);
+        assert_eq!(names(&after["spec"]["containers"]), [PROXY, "app", "log-shipper"]);
+        let proxy = &after["spec"]["containers"][0];
+        assert!(proxy.get("restartPolicy").is_none());
+        let wait = &proxy["lifecycle"]["postStart"]["exec"]["command"];
+        assert_eq!((&wait[0], &wait[1]), (&json!("breakwater-sidecar"), &json!("wait")), "{wait}");
+    }
+}
+
+#[test]
+fn injection_is_idempotent() {
+    let p = pod(json!({}));
+    let once = patched(&p, &inject(&p, &template(), NATIVE));
+    let again: Pod = serde_json::from_value(once).expect("a pod");
+    let outcome = inject(&again, &template(), NATIVE);
+    assert!(matches!(outcome, Outcome::Skip { reason: SkipReason::AlreadyInjected, .. }), "{outcome:?}");
+}
+
+#[test]
+fn host_network_and_opted_out_pods_are_left_alone() {
+    let cases = [
+        (json!({"spec": {"hostNetwork": true}}), SkipReason::HostNetwork),
+        (json!({"metadata": {"annotations": {"breakwater.dev/inject": "disabled"}}}), SkipReason::OptedOut),
+        (json!({"metadata": {"labels": {"breakwater.dev/inject": "disabled"}}}), SkipReason::OptedOut),
+    ];
+    for (extra, reason) in cases {
+        let outcome = inject(&pod(extra.clone()), &template(), NATIVE);
+        assert!(matches!(&outcome, Outcome::Skip { reason: r, .. } if *r == reason), "{extra}: {outcome:?}");
+    }
+}
+
+#[test]
+fn a_pod_that_collides_with_what_injection_adds_is_refused_naming_the_field() {
+    let cases = [
+        (
+            json!({"spec": {"containers": [{"name": "app", "image": "a", "ports": [{"containerPort": 15001}]}]}}),
+            "spec.containers[0].ports[0].containerPort: 15001 is the proxy's outbound port",
+        ),
+        (
+            json!({"spec": {"initContainers": [{"name": "breakwater-init", "image": "x"}]}}),
+            "spec.initContainers[0].name: \"breakwater-init\"",
+        ),
+        (
+            json!({"spec": {"volumes": [{"name": "breakwater-ca", "emptyDir": {}}]}}),
+            "spec.volumes[0].name: \"breakwater-ca\"",
+        ),
+    ];
+    for (extra, says) in cases {
+        match inject(&pod(extra.clone()), &template(), NATIVE) {
+            Outcome::Refuse(message) => assert!(message.contains(says), "{extra}: {message}"),
+            other => panic!("{extra}: expected a refusal, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn annotations_override_the_template_and_unusable_values_are_warnings() {
+    let p = pod(json!({"metadata": {"annotations": {
+        "breakwater.dev/exclude-outbound-ports": "6379, 11211",
+        "breakwater.dev/exclude-inbound-ports": "9100",
+        "breakwater.dev/proxy-cpu-request": "100m",
+        "breakwater.dev/proxy-memory-limit": "256Mi",
+        "breakwater.dev/log-level": "debug",
+    }}}));
+    let outcome = inject(&p, &template(), NATIVE);
+    let Outcome::Inject { warnings, .. } = &outcome else { panic!("{outcome:?}") };
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let after = patched(&p, &outcome);
+    let args = after["spec"]["initContainers"][0]["args"].to_string();
+    assert!(args.contains("\"--skip-outbound-ports\",\"5432,6379,11211\""), "{args}");
+    assert!(args.contains("\"--skip-inbound-ports\",\"15020,9100\""), "{args}");
+    let proxy = &after["spec"]["initContainers"][1];
+    assert_eq!(proxy["resources"]["requests"]["cpu"], "100m");
+    assert_eq!(proxy["resources"]["requests"]["memory"], "32Mi", "the template's default for the rest");
+    assert_eq!(proxy["resources"]["limits"]["memory"], "256Mi");
+    assert!(proxy["env"].to_string().contains("{\"name\":\"BREAKWATER_LOG\",\"value\":\"debug\"}"));
+
+    let p = pod(json!({"metadata": {"annotations": {
+        "breakwater.dev/exclude-outbound-ports": "80,http",
+        "breakwater.dev/proxy-memory-limit": "lots",
+        "breakwater.dev/log-level": "loud",
+        "breakwater.dev/native-sidecar": "maybe",
+    }}}));
+    let outcome = inject(&p, &template(), NATIVE);
+    let Outcome::Inject { warnings, .. } = &outcome else { panic!("{outcome:?}") };
+    let all = warnings.join("\n");
+    for says in [
+        "metadata.annotations[breakwater.dev/exclude-outbound-ports]: \"http\" is not a port",
+        "metadata.annotations[breakwater.dev/proxy-memory-limit]: \"lots\" is not a quantity",
+        "metadata.annotations[breakwater.dev/log-level]: \"loud\"",
+        "metadata.annotations[breakwater.dev/native-sidecar]: \"maybe\"",
+    ] {
+        assert!(all.contains(says), "no {says:?} in:\n{all}");
+    }
+    let after = patched(&p, &outcome);
+    assert_eq!(after["spec"]["initContainers"][1]["resources"]["limits"]["memory"], "128Mi");
+    assert_eq!(after["spec"]["initContainers"][1]["restartPolicy"], "Always", "native stays on");
+}
+
+#[test]
+fn a_bare_pod_without_labels_init_containers_or_volumes_is_patched_too() {
+    let p: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bare", "namespace": "shop"},
+        "spec": {"containers": [{"name": "app", "image": "a"}]},
+    }))
+    .expect("a pod");
+    let after = patched(&p, &inject(&p, &template(), NATIVE));
+    assert_eq!(names(&after["spec"]["initContainers"]), [INIT, PROXY]);
+    assert_eq!(after["metadata"]["labels"][INJECTED_LABEL], "true");
+    assert_eq!(names(&after["spec"]["volumes"]).len(), 3);
+}
+
+#[test]
+fn a_template_with_a_typo_or_clashing_ports_is_an_error() {
+    let base = "configApi: \"x:9090\"\n";
+    assert!(Template::parse(base).is_ok(), "every other key has a default");
+    let typo = Template::parse(&format!("{base}proxyUID: 2102\n")).expect_err("unknown key");
+    assert!(typo.contains("proxyUID"), "{typo}");
+    let clash = Template::parse(&format!("{base}ports: {{outbound: 15000}}\n")).expect_err("clash");
+    assert!(clash.contains("must differ"), "{clash}");
+    let root = Template::parse(&format!("{base}proxyUid: 0\n")).expect_err("root");
+    assert!(root.contains("proxyUid"), "{root}");
+}
