@@ -166,6 +166,11 @@ fn time_now() -> time::OffsetDateTime {
 
 /// A rustls server configuration serving `certs`, speaking HTTP/2 only (ALPN `h2`).
 pub fn server_config(certs: &Certs) -> Result<Arc<rustls::ServerConfig>> {
+    server_config_alpn(certs, &[b"h2"])
+}
+
+/// A rustls server configuration serving `certs`, offering `alpn` (most preferred first).
+pub fn server_config_alpn(certs: &Certs, alpn: &[&[u8]]) -> Result<Arc<rustls::ServerConfig>> {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(certs.cert_pem.as_bytes())
         .collect::<std::result::Result<_, _>>()
@@ -179,7 +184,7 @@ pub fn server_config(certs: &Certs) -> Result<Arc<rustls::ServerConfig>> {
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .map_err(|e| Error::Certificate(e.to_string()))?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
 

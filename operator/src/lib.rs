@@ -63,10 +63,14 @@ pub use self::{
 pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     // A template that cannot be used stops the operator before it answers anything: better
     // than injecting pods with half a sidecar.
-    if let Some(path) = &settings.reserved.sidecar_config {
-        let template = inject::Template::load(path).map_err(Error::Template)?;
-        tracing::info!(path = %path.display(), image = %template.image, "injection template loaded");
-    }
+    let template = match &settings.injection.sidecar_config {
+        Some(path) => {
+            let template = inject::Template::load(path).map_err(Error::Template)?;
+            tracing::info!(path = %path.display(), image = %template.image, "injection template loaded");
+            Some(Arc::new(template))
+        }
+        None => None,
+    };
     let client = client(&settings).await?;
     check_crd(&client).await?;
     let identity = settings.identity();
@@ -133,6 +137,29 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
         )));
         config_server = Some(certs);
         tracing::info!(%addr, "serving the config API");
+    }
+    if let (Some(port), Some(template)) = (settings.injection.webhook_port, template) {
+        let api = &settings.config_api;
+        let certs = match &config_server {
+            Some(c) => c.clone(),
+            None => certs::ensure(&client, &settings.namespace, &api.tls_secret, &api.service_name).await?,
+        };
+        // The API server speaks HTTP/2 or HTTP/1.1 to webhooks.
+        let tls = certs::server_config_alpn(&certs, &[b"h2", b"http/1.1"])?;
+        let options = inject::Options { native_sidecars: native_sidecars(&client).await };
+        let addr = SocketAddr::new(settings.bind_address, port);
+        let listener = admin::bind(addr, "the injection webhook").await?;
+        let webhook = inject::webhook::Webhook { template, options, metrics: metrics.clone() };
+        tasks.push(tokio::spawn(inject::webhook::serve(listener, tls, webhook, stop.clone())));
+        if let Some(name) = settings.injection.webhook_configuration.clone() {
+            tasks.push(tokio::spawn(keep_ca_bundle(
+                client.clone(),
+                name,
+                certs.ca_pem.clone(),
+                stop.clone(),
+            )));
+        }
+        tracing::info!(%addr, native_sidecars = options.native_sidecars, "serving the injection webhook");
     }
 
     let state = AdminState { index: index.clone(), metrics: metrics.clone(), hub };
@@ -307,5 +334,44 @@ async fn check_crd(client: &Client) -> Result<()> {
             Err(Error::Forbidden { what: "list communicationpolicies".into(), source: kube::Error::Api(s) })
         }
         Err(source) => Err(Error::Kube { what: "listing CommunicationPolicies".into(), source }),
+    }
+}
+
+/// Whether the API server runs native sidecars (Kubernetes 1.29 and later); when its version
+/// cannot be read, the regular-container fallback, which works everywhere.
+async fn native_sidecars(client: &Client) -> bool {
+    match client.apiserver_version().await {
+        Ok(v) => {
+            let minor: u32 = v.minor.trim_end_matches(|c: char| !c.is_ascii_digit()).parse().unwrap_or(0);
+            v.major == "1" && minor >= 29 || v.major.parse::<u32>().is_ok_and(|m| m > 1)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the API server's version; injecting the proxy as a regular container");
+            false
+        }
+    }
+}
+
+/// Keeps the webhook configuration's `caBundle` on our CA: at once (retrying every 5 s until it
+/// works), then every minute (a `helm upgrade` or a person may have reset it).
+async fn keep_ca_bundle(client: Client, name: String, ca_pem: String, stop: CancellationToken) {
+    loop {
+        let wait = match inject::webhook::patch_ca_bundle(&client, &name, &ca_pem).await {
+            Ok(0) => std::time::Duration::from_secs(60),
+            Ok(n) => {
+                tracing::info!(webhooks = n, configuration = %name, "caBundle set");
+                std::time::Duration::from_secs(60)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, configuration = %name, "cannot set the webhook's caBundle; retrying");
+                std::time::Duration::from_secs(5)
+            }
+        };
+        tokio::select! {
+            // The next check.
+            _ = tokio::time::sleep(wait) => {}
+            // Shutting down.
+            _ = stop.cancelled() => return,
+        }
     }
 }

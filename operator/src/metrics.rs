@@ -43,6 +43,11 @@ struct ResultLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: &'static str,
 }
@@ -70,6 +75,9 @@ pub struct Metrics {
     pushes: Counter,
     acks: Family<ResultLabel, Counter>,
     convergence: Histogram,
+    admissions: Family<ResultLabel, Counter>,
+    admission_seconds: Histogram,
+    injection_skips: Family<ReasonLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -111,6 +119,9 @@ impl Metrics {
             pushes: Counter::default(),
             acks: Family::default(),
             convergence: Histogram::new(SECONDS),
+            admissions: Family::default(),
+            admission_seconds: Histogram::new(SECONDS),
+            injection_skips: Family::default(),
         };
         let r = &mut m.registry;
         r.register("reconciles", "Policy reconciles run", m.reconciles.clone());
@@ -157,7 +168,29 @@ impl Metrics {
             "From a change the operator observed to a sidecar's acknowledgement of the snapshot carrying it",
             m.convergence.clone(),
         );
+        r.register(
+            "admissions",
+            "AdmissionReviews answered by the injection webhook, by result (injected, skipped, refused, not-concerned, invalid)",
+            m.admissions.clone(),
+        );
+        r.register("admission_seconds", "Time to answer an AdmissionReview", m.admission_seconds.clone());
+        r.register(
+            "injection_skips",
+            "Pods the webhook left without a sidecar, by reason (already-injected, host-network, opted-out)",
+            m.injection_skips.clone(),
+        );
         m
+    }
+
+    /// The webhook answered an AdmissionReview with `result` in `seconds`.
+    pub fn admission(&self, result: &'static str, seconds: f64) {
+        self.admissions.get_or_create(&ResultLabel { result }).inc();
+        self.admission_seconds.observe(seconds);
+    }
+
+    /// The webhook left a pod alone for `reason`.
+    pub fn injection_skipped(&self, reason: &'static str) {
+        self.injection_skips.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     /// A config stream opened.

@@ -102,20 +102,20 @@ pub struct Settings {
     #[command(flatten)]
     pub config_api: ConfigApi,
 
-    /// Settings of the part that comes next (the sidecar injector). They are accepted so the
-    /// chart's environment is complete, and have no effect yet.
+    /// The sidecar injector.
     #[command(flatten)]
-    pub reserved: Reserved,
+    pub injection: Injection,
 }
 
-/// Settings the chart already sets for the injector. Accepted, unused.
+/// The sidecar injector: the mutating webhook and what it adds to pods.
 #[derive(Debug, Clone, Args)]
-#[command(next_help_heading = "Not used yet (the injector)")]
-pub struct Reserved {
-    /// The MutatingWebhookConfiguration whose caBundle the operator keeps current.
+#[command(next_help_heading = "Sidecar injection")]
+pub struct Injection {
+    /// The MutatingWebhookConfiguration whose caBundle the operator keeps on its CA.
     #[arg(long, env = "BREAKWATER_WEBHOOK_CONFIGURATION")]
     pub webhook_configuration: Option<String>,
-    /// HTTPS port of the injection webhook.
+    /// HTTPS port of the injection webhook (`POST /inject`). Served when the injection template
+    /// is set too.
     #[arg(long, env = "BREAKWATER_WEBHOOK_PORT")]
     pub webhook_port: Option<u16>,
     /// The injection template (the chart's `<release>-sidecar` ConfigMap). Checked at start-up:

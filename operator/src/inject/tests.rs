@@ -219,3 +219,93 @@ fn a_template_with_a_typo_or_clashing_ports_is_an_error() {
     let root = Template::parse(&format!("{base}proxyUid: 0\n")).expect_err("root");
     assert!(root.contains("proxyUid"), "{root}");
 }
+
+fn review(operation: &str, object: Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "shop",
+            "operation": operation,
+            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+            "object": object,
+            "dryRun": false,
+        },
+    }))
+    .expect("json")
+}
+
+fn response(review: &kube::core::admission::AdmissionReview<kube::core::DynamicObject>) -> Value {
+    serde_json::to_value(review).expect("json")["response"].clone()
+}
+
+#[test]
+fn the_webhook_answers_a_creation_with_the_patch_and_its_warnings() {
+    let p = pod(json!({"metadata": {"annotations": {"breakwater.dev/log-level": "loud"}}}));
+    let (out, decision) =
+        webhook::answer(&review("CREATE", serde_json::to_value(&p).expect("json")), &template(), NATIVE);
+    assert_eq!(decision, webhook::Decision::Injected);
+    let r = response(&out);
+    assert_eq!(r["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002", "the request's uid is echoed");
+    assert_eq!(r["allowed"], true);
+    assert_eq!(r["patchType"], "JSONPatch");
+    // kube writes the patch's bytes as a JSON array (Go's decoder takes that for a []byte too).
+    let bytes: Vec<u8> = serde_json::from_value(r["patch"].clone()).expect("a patch");
+    let patch: json_patch::Patch = serde_json::from_slice(&bytes).expect("a JSON patch");
+    let mut v = serde_json::to_value(&p).expect("json");
+    json_patch::patch(&mut v, &patch).expect("applies");
+    assert_eq!(names(&v["spec"]["initContainers"]), [INIT, PROXY, "migrate"]);
+    assert!(r["warnings"][0].as_str().is_some_and(|w| w.contains("breakwater.dev/log-level")), "{r}");
+}
+
+#[test]
+fn the_webhook_leaves_other_operations_and_skipped_pods_alone_and_refuses_collisions() {
+    let p = serde_json::to_value(pod(json!({}))).expect("json");
+    let (out, decision) = webhook::answer(&review("UPDATE", p.clone()), &template(), NATIVE);
+    assert_eq!(decision, webhook::Decision::NotConcerned);
+    assert_eq!(
+        (response(&out)["allowed"].clone(), response(&out).get("patch").cloned()),
+        (json!(true), None)
+    );
+
+    let host = serde_json::to_value(pod(json!({"spec": {"hostNetwork": true}}))).expect("json");
+    let (out, decision) = webhook::answer(&review("CREATE", host), &template(), NATIVE);
+    assert!(matches!(decision, webhook::Decision::Skipped(SkipReason::HostNetwork, _)), "{decision:?}");
+    assert_eq!(response(&out)["allowed"], true);
+    assert!(response(&out).get("patch").is_none());
+
+    let clash = serde_json::to_value(pod(
+        json!({"spec": {"containers": [{"name": "app", "image": "a", "ports": [{"containerPort": 15006}]}]}}),
+    ))
+    .expect("json");
+    let (out, decision) = webhook::answer(&review("CREATE", clash), &template(), NATIVE);
+    assert!(matches!(decision, webhook::Decision::Refused(_)), "{decision:?}");
+    let r = response(&out);
+    assert_eq!(r["allowed"], false);
+    assert!(
+        r["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("spec.containers[0].ports[0].containerPort")),
+        "{r}"
+    );
+}
+
+#[test]
+fn a_malformed_admission_review_gets_a_clear_refusal_not_a_panic() {
+    for body in [
+        &b"not json"[..],
+        b"{}",
+        br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":1}}"#,
+    ] {
+        let (out, decision) = webhook::answer(body, &template(), NATIVE);
+        assert!(matches!(decision, webhook::Decision::Invalid(_)), "{decision:?}");
+        let r = response(&out);
+        assert_eq!(r["allowed"], false);
+        assert!(r["status"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{r}");
+    }
+}
