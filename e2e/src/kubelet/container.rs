@@ -37,6 +37,8 @@ pub(crate) struct Launch {
     pub env: Vec<(String, String)>,
     pub working_dir: Option<String>,
     pub readiness: Option<Probe>,
+    /// Its startup probe: a native sidecar must pass it before the next container starts.
+    pub startup: Option<Probe>,
     pub ports: BTreeMap<String, u16>,
     /// Bind mounts made in the container's mount namespace before it starts.
     pub mounts: Vec<Mount>,
@@ -101,6 +103,7 @@ impl Launch {
             env,
             working_dir: container.working_dir.clone(),
             readiness: container.readiness_probe.clone(),
+            startup: container.startup_probe.clone(),
             ports,
             mounts,
             security,
@@ -139,6 +142,24 @@ impl Launch {
     /// Runs the readiness probe once against `ip`; `true` without a probe.
     pub async fn ready(&self, ip: std::net::Ipv4Addr) -> bool {
         let Some(probe) = &self.readiness else { return true };
+        self.probe_once(probe, ip).await
+    }
+
+    /// Runs the startup probe once against `ip`; `true` without a probe.
+    pub async fn started(&self, ip: std::net::Ipv4Addr) -> bool {
+        let Some(probe) = &self.startup else { return true };
+        self.probe_once(probe, ip).await
+    }
+
+    /// How long the startup probe may keep failing (`failureThreshold × periodSeconds`, the
+    /// kubelet's defaults 3 × 10 s), and how often it runs.
+    pub fn startup_budget(&self) -> Option<(Duration, Duration)> {
+        let p = self.startup.as_ref()?;
+        let period = Duration::from_secs(p.period_seconds.unwrap_or(10).max(1) as u64);
+        Some((period * p.failure_threshold.unwrap_or(3).max(1) as u32, period))
+    }
+
+    async fn probe_once(&self, probe: &Probe, ip: std::net::Ipv4Addr) -> bool {
         let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
         let port = |p: &IntOrString| match p {
             IntOrString::Int(n) => u16::try_from(*n).ok(),

@@ -326,6 +326,9 @@ pub(crate) fn mounts(
 /// remounted read-write (its bind mount inherits the root's read-only flag).
 pub(crate) fn launch_script(mounts: &[Mount], security: &super::security::Security) -> String {
     let mut script = String::from("set -e\n");
+    // Parents before children (`/run` before `/run/secrets/…`), as container runtimes order them.
+    let mut mounts: Vec<&Mount> = mounts.iter().collect();
+    mounts.sort_by_key(|m| m.target.components().count());
     let fd = |i: usize| i + 3;
     if !mounts.is_empty() {
         let opens: Vec<String> =
@@ -337,6 +340,13 @@ pub(crate) fn launch_script(mounts: &[Mount], security: &super::security::Securi
     }
     for (i, m) in mounts.iter().enumerate() {
         let dst = quote(&m.target);
+        // A target inside an earlier volume (`/var/run/secrets/…` under an emptyDir on `/run`)
+        // exists only in that volume: made there, as a container runtime makes mount points.
+        if m.source.is_file() {
+            script.push_str(&format!("[ -e {dst} ] || {{ mkdir -p \"$(dirname {dst})\" && : > {dst}; }}\n"));
+        } else {
+            script.push_str(&format!("[ -e {dst} ] || mkdir -p {dst}\n"));
+        }
         script.push_str(&format!("mount -c --bind /proc/$$/fd/{} {dst}\n", fd(i)));
         if m.read_only {
             script.push_str(&format!("mount -o remount,bind,ro {dst}\n"));
@@ -364,7 +374,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn launch_script_opens_every_source_first_then_mounts_and_drops_privileges() {
+    fn launch_script_opens_every_source_first_then_mounts_parents_first_and_drops_privileges() {
         let security = super::super::security::Security {
             uid: 65532,
             gid: 65532,
@@ -382,9 +392,12 @@ mod tests {
         );
         assert_eq!(
             script,
-            "set -e\nexec 3<'/p/v/a' 4<'/p/it'\\''s'\nmount -o remount,bind,ro /\n\
-             mount -c --bind /proc/$$/fd/3 '/var/run/x'\nmount -o remount,bind,ro '/var/run/x'\n\
-             mount -c --bind /proc/$$/fd/4 '/data'\nmount -o remount,bind,rw '/data'\nexec 3<&- 4<&-\n\
+            "set -e\nexec 3<'/p/it'\\''s' 4<'/p/v/a'\nmount -o remount,bind,ro /\n\
+             [ -e '/data' ] || mkdir -p '/data'\n\
+             mount -c --bind /proc/$$/fd/3 '/data'\nmount -o remount,bind,rw '/data'\n\
+             [ -e '/var/run/x' ] || mkdir -p '/var/run/x'\n\
+             mount -c --bind /proc/$$/fd/4 '/var/run/x'\nmount -o remount,bind,ro '/var/run/x'\n\
+             exec 3<&- 4<&-\n\
              exec setpriv --reuid=65532 --regid=65532 --clear-groups --bounding-set=-all --inh-caps=-all \
              --ambient-caps=-all --no-new-privs -- \"$@\"\n"
         );

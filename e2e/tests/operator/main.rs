@@ -9,6 +9,7 @@
 //!   policies the operator cannot use;
 //! - [`stream`]: the config API and sidecars in cluster mode.
 
+mod inject;
 mod status;
 mod stream;
 

@@ -41,7 +41,8 @@ pub const PROXY: &str = "breakwater-proxy";
 /// The label injected pods carry (and the operator's default pod selector).
 pub const INJECTED_LABEL: &str = "breakwater.dev/injected";
 /// Volumes injection adds.
-pub const VOLUMES: [&str; 3] = ["breakwater-token", "breakwater-ca", "breakwater-snapshot"];
+pub const VOLUMES: [&str; 4] =
+    ["breakwater-token", "breakwater-ca", "breakwater-snapshot", "breakwater-xtables-lock"];
 /// Where the proxy keeps the last good snapshot.
 pub const SNAPSHOT_DIR: &str = "/var/run/breakwater/snapshot";
 
@@ -241,6 +242,8 @@ fn init_container(t: &Template, o: &annotations::Overrides) -> Value {
         "imagePullPolicy": t.image_pull_policy,
         "args": args,
         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+        // iptables takes its lock in /run; the root filesystem stays read-only (linkerd-init does the same).
+        "volumeMounts": [{"name": "breakwater-xtables-lock", "mountPath": "/run"}],
         "securityContext": {
             "runAsUser": 0,
             "runAsGroup": 0,
@@ -317,5 +320,6 @@ fn volumes_json() -> Vec<Value> {
             "audience": breakwater_crds::snapshot::stream::TOKEN_AUDIENCE, "expirationSeconds": 3600, "path": "token"}}]}}),
         json!({"name": "breakwater-ca", "configMap": {"name": "breakwater-root-ca"}}),
         json!({"name": "breakwater-snapshot", "emptyDir": {"sizeLimit": "16Mi"}}),
+        json!({"name": "breakwater-xtables-lock", "emptyDir": {}}),
     ]
 }

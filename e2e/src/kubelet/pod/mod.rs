@@ -233,6 +233,9 @@ impl Worker {
                 self.start(true, i)?;
                 self.publish().await;
                 if sidecar {
+                    // As the kubelet: the next container starts once a native sidecar's startup
+                    // probe passes (at once without one).
+                    self.wait_started(i, stop).await?;
                     break;
                 }
                 let code = tokio::select! {
@@ -277,6 +280,40 @@ impl Worker {
             }
             if self.supervise().await? {
                 self.publish().await;
+            }
+        }
+    }
+
+    /// Waits until native sidecar `i` passes its startup probe, within the probe's budget.
+    async fn wait_started(
+        &mut self,
+        i: usize,
+        stop: &mut watch::Receiver<Option<Stop>>,
+    ) -> Result<(), String> {
+        let Some((budget, period)) = self.init[i].launch.startup_budget() else { return Ok(()) };
+        let ip = self.netns.as_ref().map(|n| n.ip).ok_or("the pod has no network namespace")?;
+        let deadline = Instant::now() + budget;
+        loop {
+            if self.init[i].launch.started(ip).await {
+                return Ok(());
+            }
+            if let Some(Ok(Some(status))) = self.init[i].child.as_mut().map(|c| c.try_wait()) {
+                return Err(format!(
+                    "native sidecar {} exited ({status}) before its startup probe passed",
+                    self.init[i].launch.name
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "native sidecar {} did not pass its startup probe within {budget:?}",
+                    self.init[i].launch.name
+                ));
+            }
+            tokio::select! {
+                // Stop requested while waiting.
+                _ = stop.changed() => return Ok(()),
+                // The next probe (at most every TICK, so a fast start is seen at once).
+                _ = tokio::time::sleep(period.min(TICK)) => {}
             }
         }
     }

@@ -30,12 +30,24 @@ impl Worker {
                 return Err(e);
             }
         };
+        let hosts = match self.hosts_file().await {
+            Ok(path) => path,
+            Err(e) => {
+                self.placeholders("ContainerCreating", &e);
+                return Err(e);
+            }
+        };
         let spec = self.pod.spec.clone().unwrap_or_default();
         for (init, list) in [(true, spec.init_containers.unwrap_or_default()), (false, spec.containers)] {
             for c in &list {
                 match Launch::resolve(&self.ctx.client, &self.pod, c, &self.ctx.images, &base, &volumes).await
                 {
-                    Ok(launch) => {
+                    Ok(mut launch) => {
+                        launch.mounts.push(volumes::Mount {
+                            source: hosts.clone(),
+                            target: PathBuf::from("/etc/hosts"),
+                            read_only: true,
+                        });
                         let r = Running::new(launch);
                         if init { self.init.push(r) } else { self.containers.push(r) }
                     }
@@ -57,6 +69,44 @@ impl Worker {
         let spec = self.pod.spec.clone().unwrap_or_default();
         self.init = spec.init_containers.iter().flatten().map(|c| placeholder(c, reason, message)).collect();
         self.containers = spec.containers.iter().map(|c| placeholder(c, reason, message)).collect();
+    }
+
+    /// The pod's `/etc/hosts`, standing in for cluster DNS (the harness has none): every
+    /// Service with a cluster IP as `name.namespace.svc.cluster.local`, `name.namespace.svc`
+    /// and `name.namespace`, plus `name` for the pod's own namespace, as a pod's resolver search
+    /// path would find them; and the pod's own name, as the kubelet writes it. Taken when the
+    /// pod starts: a Service created later is not in it (cluster DNS would find it).
+    async fn hosts_file(&self) -> Result<PathBuf, String> {
+        let own = self.pod.namespace().unwrap_or_default();
+        let services = Api::<Service>::all(self.ctx.client.clone())
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| format!("listing Services for /etc/hosts: {e}"))?;
+        let mut text = String::from(
+            "# Written by the e2e kubelet (no cluster DNS here).\n127.0.0.1\tlocalhost\n::1\tlocalhost\n",
+        );
+        if let Some(ip) = self.netns.as_ref().map(|n| n.ip) {
+            text += &format!("{ip}\t{}\n", self.pod.name_any());
+        }
+        for svc in &services.items {
+            let Some(ip) = svc
+                .spec
+                .as_ref()
+                .and_then(|s| s.cluster_ip.as_deref())
+                .filter(|ip| ip.parse::<Ipv4Addr>().is_ok())
+            else {
+                continue;
+            };
+            let (name, ns) = (svc.name_any(), svc.namespace().unwrap_or_default());
+            text += &format!("{ip}\t{name}.{ns}.svc.cluster.local {name}.{ns}.svc {name}.{ns}");
+            if ns == own {
+                text += &format!(" {name}");
+            }
+            text += "\n";
+        }
+        let path = self.dir.join("hosts");
+        std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        Ok(path)
     }
 
     /// The kubelet's own variables: `HOSTNAME`, the `kubernetes` Service, and service links for
@@ -117,6 +167,7 @@ fn placeholder(c: &Container, reason: &'static str, message: &str) -> Running {
         env: Vec::new(),
         working_dir: None,
         readiness: None,
+        startup: None,
         ports: BTreeMap::new(),
         mounts: Vec::new(),
         security: Default::default(),
