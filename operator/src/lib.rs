@@ -149,7 +149,12 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
         let options = inject::Options { native_sidecars: native_sidecars(&client).await };
         let addr = SocketAddr::new(settings.bind_address, port);
         let listener = admin::bind(addr, "the injection webhook").await?;
-        let webhook = inject::webhook::Webhook { template, options, metrics: metrics.clone() };
+        let webhook = inject::webhook::Webhook {
+            template,
+            options,
+            metrics: metrics.clone(),
+            recorder: Some(controller::recorder(client.clone(), &identity)),
+        };
         tasks.push(tokio::spawn(inject::webhook::serve(listener, tls, webhook, stop.clone())));
         if let Some(name) = settings.injection.webhook_configuration.clone() {
             tasks.push(tokio::spawn(keep_ca_bundle(

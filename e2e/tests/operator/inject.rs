@@ -205,6 +205,29 @@ async fn pods_that_must_not_get_the_proxy_are_left_alone() -> anyhow::Result<()>
         assert_eq!(container_names(&stored).0, Vec::<String>::new(), "{what}: no init containers");
         assert_eq!(container_names(&stored).1, ["app"], "{what}");
     }
+    // A real (not dry-run) skip is recorded as an Event on the pod (bound to a node that does
+    // not exist, so it never runs).
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    pods.create(
+        &PostParams::default(),
+        &fault_pod("host", json!({"spec": {"hostNetwork": true, "nodeName": "nowhere"}}))?,
+    )
+    .await?;
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), &ns);
+    let note = wait::until_ok("an Event saying why the pod has no sidecar", TIMEOUT, || async {
+        let list = events.list(&kube::api::ListParams::default()).await.map_err(|e| e.to_string())?;
+        list.items
+            .iter()
+            .find(|e| {
+                e.reason.as_deref() == Some("SidecarNotInjected")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("host")
+            })
+            .and_then(|e| e.note.clone())
+            .ok_or_else(|| format!("{} events", list.items.len()))
+    })
+    .await?;
+    assert!(note.contains("host-network"), "{note}");
+    pods.delete("host", &DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() }).await?;
     // A pod whose port is the proxy's is refused, naming the field.
     let clash = fault_pod(
         "e",

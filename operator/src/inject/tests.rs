@@ -247,7 +247,7 @@ fn response(review: &kube::core::admission::AdmissionReview<kube::core::DynamicO
 #[test]
 fn the_webhook_answers_a_creation_with_the_patch_and_its_warnings() {
     let p = pod(json!({"metadata": {"annotations": {"breakwater.dev/log-level": "loud"}}}));
-    let (out, decision) =
+    let webhook::Answer { review: out, decision, .. } =
         webhook::answer(&review("CREATE", serde_json::to_value(&p).expect("json")), &template(), NATIVE);
     assert_eq!(decision, webhook::Decision::Injected);
     let r = response(&out);
@@ -266,7 +266,8 @@ fn the_webhook_answers_a_creation_with_the_patch_and_its_warnings() {
 #[test]
 fn the_webhook_leaves_other_operations_and_skipped_pods_alone_and_refuses_collisions() {
     let p = serde_json::to_value(pod(json!({}))).expect("json");
-    let (out, decision) = webhook::answer(&review("UPDATE", p.clone()), &template(), NATIVE);
+    let webhook::Answer { review: out, decision, .. } =
+        webhook::answer(&review("UPDATE", p.clone()), &template(), NATIVE);
     assert_eq!(decision, webhook::Decision::NotConcerned);
     assert_eq!(
         (response(&out)["allowed"].clone(), response(&out).get("patch").cloned()),
@@ -274,7 +275,8 @@ fn the_webhook_leaves_other_operations_and_skipped_pods_alone_and_refuses_collis
     );
 
     let host = serde_json::to_value(pod(json!({"spec": {"hostNetwork": true}}))).expect("json");
-    let (out, decision) = webhook::answer(&review("CREATE", host), &template(), NATIVE);
+    let webhook::Answer { review: out, decision, .. } =
+        webhook::answer(&review("CREATE", host), &template(), NATIVE);
     assert!(matches!(decision, webhook::Decision::Skipped(SkipReason::HostNetwork, _)), "{decision:?}");
     assert_eq!(response(&out)["allowed"], true);
     assert!(response(&out).get("patch").is_none());
@@ -283,7 +285,8 @@ fn the_webhook_leaves_other_operations_and_skipped_pods_alone_and_refuses_collis
         json!({"spec": {"containers": [{"name": "app", "image": "a", "ports": [{"containerPort": 15006}]}]}}),
     ))
     .expect("json");
-    let (out, decision) = webhook::answer(&review("CREATE", clash), &template(), NATIVE);
+    let webhook::Answer { review: out, decision, .. } =
+        webhook::answer(&review("CREATE", clash), &template(), NATIVE);
     assert!(matches!(decision, webhook::Decision::Refused(_)), "{decision:?}");
     let r = response(&out);
     assert_eq!(r["allowed"], false);
@@ -302,10 +305,35 @@ fn a_malformed_admission_review_gets_a_clear_refusal_not_a_panic() {
         b"{}",
         br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":1}}"#,
     ] {
-        let (out, decision) = webhook::answer(body, &template(), NATIVE);
+        let webhook::Answer { review: out, decision, .. } = webhook::answer(body, &template(), NATIVE);
         assert!(matches!(decision, webhook::Decision::Invalid(_)), "{decision:?}");
         let r = response(&out);
         assert_eq!(r["allowed"], false);
         assert!(r["status"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{r}");
     }
+}
+
+#[test]
+fn events_about_a_skipped_pod_name_its_controller_or_the_pod_and_never_in_a_dry_run() {
+    let owned = pod(json!({"metadata": {"ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "name": "checkout-7d9f", "uid": "u-1", "controller": true}]}, "spec": {"hostNetwork": true}}));
+    let a =
+        webhook::answer(&review("CREATE", serde_json::to_value(&owned).expect("json")), &template(), NATIVE);
+    let s = a.subject.expect("a subject");
+    assert_eq!(
+        (s.kind.as_deref(), s.name.as_deref(), s.namespace.as_deref()),
+        (Some("ReplicaSet"), Some("checkout-7d9f"), Some("shop"))
+    );
+
+    let named = pod(json!({"metadata": {"name": "solo"}, "spec": {"hostNetwork": true}}));
+    let a =
+        webhook::answer(&review("CREATE", serde_json::to_value(&named).expect("json")), &template(), NATIVE);
+    let s = a.subject.expect("a subject");
+    assert_eq!((s.kind.as_deref(), s.name.as_deref()), (Some("Pod"), Some("solo")));
+
+    let mut dry: Value =
+        serde_json::from_slice(&review("CREATE", serde_json::to_value(&named).expect("json"))).expect("json");
+    dry["request"]["dryRun"] = json!(true);
+    let a = webhook::answer(&serde_json::to_vec(&dry).expect("json"), &template(), NATIVE);
+    assert!(a.subject.is_none(), "a dry run records nothing");
 }

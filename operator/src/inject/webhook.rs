@@ -14,7 +14,10 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use k8s_openapi::api::{admissionregistration::v1::MutatingWebhookConfiguration, core::v1::Pod};
+use k8s_openapi::api::{
+    admissionregistration::v1::MutatingWebhookConfiguration,
+    core::v1::{ObjectReference, Pod},
+};
 use kube::{
     Api, Client,
     api::{Patch, PatchParams},
@@ -22,6 +25,7 @@ use kube::{
         DynamicObject,
         admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation},
     },
+    runtime::events::{Event, EventType, Recorder},
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -60,31 +64,39 @@ impl Decision {
     }
 }
 
+/// One answer: the review to send, what was decided, and whom an Event about it should name.
+#[derive(Debug)]
+pub struct Answer {
+    /// The AdmissionReview to send back.
+    pub review: AdmissionReview<DynamicObject>,
+    /// What was decided.
+    pub decision: Decision,
+    /// The pod's controller (a ReplicaSet, a Job), or the pod when it has a name and no owner.
+    pub subject: Option<ObjectReference>,
+}
+
 /// Answers one AdmissionReview (its JSON body).
-pub fn answer(
-    body: &[u8],
-    template: &Template,
-    options: Options,
-) -> (AdmissionReview<DynamicObject>, Decision) {
+pub fn answer(body: &[u8], template: &Template, options: Options) -> Answer {
+    let invalid = |why: String| Answer {
+        review: AdmissionResponse::invalid(&why).into_review(),
+        decision: Decision::Invalid(why),
+        subject: None,
+    };
     let review: AdmissionReview<Pod> = match serde_json::from_slice(body) {
         Ok(r) => r,
-        Err(e) => {
-            let why = format!("not an AdmissionReview of a Pod: {e}");
-            return (AdmissionResponse::invalid(&why).into_review(), Decision::Invalid(why));
-        }
+        Err(e) => return invalid(format!("not an AdmissionReview of a Pod: {e}")),
     };
     let request: AdmissionRequest<Pod> = match review.try_into() {
         Ok(r) => r,
-        Err(_) => {
-            let why = "the AdmissionReview has no request".to_owned();
-            return (AdmissionResponse::invalid(&why).into_review(), Decision::Invalid(why));
-        }
+        Err(_) => return invalid("the AdmissionReview has no request".to_owned()),
     };
     let response = AdmissionResponse::from(&request);
     let (Operation::Create, Some(pod)) = (&request.operation, &request.object) else {
-        return (response.into_review(), Decision::NotConcerned);
+        return Answer { review: response.into_review(), decision: Decision::NotConcerned, subject: None };
     };
-    match super::inject(pod, template, options) {
+    // A dry run records nothing (the webhook declares `sideEffects: None`).
+    let subject = if request.dry_run { None } else { subject(&request) };
+    let (review, decision) = match super::inject(pod, template, options) {
         Outcome::Inject { patch, warnings } => match response.with_patch(patch) {
             Ok(mut r) => {
                 if !warnings.is_empty() {
@@ -99,7 +111,33 @@ pub fn answer(
         },
         Outcome::Skip { reason, message } => (response.into_review(), Decision::Skipped(reason, message)),
         Outcome::Refuse(why) => (response.deny(&why).into_review(), Decision::Refused(why)),
+    };
+    Answer { review, decision, subject }
+}
+
+/// Whom an Event about a pod at admission names: its controller, or the pod itself when it has
+/// a name and no owner (a pod being created has no uid yet).
+fn subject(request: &AdmissionRequest<Pod>) -> Option<ObjectReference> {
+    let pod = request.object.as_ref()?;
+    let namespace = request.namespace.clone().or_else(|| pod.metadata.namespace.clone());
+    if let Some(owner) = pod.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true)) {
+        return Some(ObjectReference {
+            api_version: Some(owner.api_version.clone()),
+            kind: Some(owner.kind.clone()),
+            name: Some(owner.name.clone()),
+            uid: Some(owner.uid.clone()),
+            namespace,
+            ..ObjectReference::default()
+        });
     }
+    let name = pod.metadata.name.clone().filter(|n| !n.is_empty())?;
+    Some(ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: Some(name),
+        namespace,
+        ..ObjectReference::default()
+    })
 }
 
 /// What the listener needs.
@@ -111,6 +149,8 @@ pub struct Webhook {
     pub options: Options,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Events saying why a pod has no sidecar.
+    pub recorder: Option<Recorder>,
 }
 
 /// Serves `/inject` on `listener` (TLS with `tls`) until `stop`.
@@ -177,18 +217,46 @@ async fn route(webhook: &Webhook, req: Request<Incoming>) -> Response<Full<Bytes
             return text(StatusCode::PAYLOAD_TOO_LARGE, &format!("cannot read the AdmissionReview: {e}"));
         }
     };
-    let (review, decision) = answer(&body, &webhook.template, webhook.options);
+    let Answer { review, decision, subject } = answer(&body, &webhook.template, webhook.options);
     webhook.metrics.admission(decision.label(), started.elapsed().as_secs_f64());
-    match &decision {
+    let event = match &decision {
+        Decision::Skipped(SkipReason::AlreadyInjected, _) => {
+            webhook.metrics.injection_skipped(SkipReason::AlreadyInjected.label());
+            None
+        }
         Decision::Skipped(reason, message) => {
             webhook.metrics.injection_skipped(reason.label());
-            if *reason != SkipReason::AlreadyInjected {
-                tracing::info!(reason = reason.label(), %message, "pod left without a sidecar");
-            }
+            tracing::info!(reason = reason.label(), %message, "pod left without a sidecar");
+            let note =
+                format!("a pod was created without the Breakwater sidecar ({}): {message}", reason.label());
+            Some((EventType::Normal, "SidecarNotInjected", note))
         }
-        Decision::Refused(why) => tracing::warn!(%why, "pod refused"),
-        Decision::Invalid(why) => tracing::warn!(%why, "malformed AdmissionReview"),
-        Decision::Injected | Decision::NotConcerned => {}
+        Decision::Refused(why) => {
+            tracing::warn!(%why, "pod refused");
+            Some((EventType::Warning, "SidecarInjectionRefused", format!("a pod was refused: {why}")))
+        }
+        Decision::Invalid(why) => {
+            tracing::warn!(%why, "malformed AdmissionReview");
+            None
+        }
+        Decision::Injected | Decision::NotConcerned => None,
+    };
+    // Off the request path: the API server is waiting for the answer.
+    if let (Some((type_, reason, note)), Some(subject), Some(recorder)) =
+        (event, subject, webhook.recorder.clone())
+    {
+        tokio::spawn(async move {
+            let event = Event {
+                type_,
+                reason: reason.into(),
+                note: Some(note.chars().take(1000).collect()),
+                action: "Inject".into(),
+                secondary: None,
+            };
+            if let Err(e) = recorder.publish(&event, &subject).await {
+                tracing::debug!(error = %e, "publishing an injection Event failed");
+            }
+        });
     }
     match serde_json::to_vec(&review) {
         Ok(json) => Response::builder()
