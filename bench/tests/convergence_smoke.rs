@@ -43,6 +43,8 @@ fn smoke_run_streams_snapshots_to_in_process_sidecars_and_writes_the_report() {
     assert_eq!(scale["streams"], 5, "{json}");
     assert_eq!(scale["apply_ms"].as_array().map(Vec::len), Some(10), "5 clients × 2 changes: {json}");
     assert_eq!(scale["all_ms"].as_array().map(Vec::len), Some(2), "{json}");
+    assert_eq!(json["webhook"]["admissions"], 5, "the webhook step ran: {json}");
+    assert_eq!(json["webhook"]["create_injected_ms"].as_array().map(Vec::len), Some(5), "{json}");
     for rss in ["sidecar_small_rss_kib", "sidecar_large_rss_kib", "rss_idle_kib"] {
         let v = json[rss].as_u64().or(scale[rss].as_u64());
         assert!(v.is_some_and(|kib| kib > 1024), "{rss} read from /proc: {json}");

@@ -140,6 +140,9 @@ fn generate(
         format!("{service}.{namespace}"),
         format!("{service}.{namespace}.svc"),
         format!("{service}.{namespace}.svc.cluster.local"),
+        // An operator run beside its API server (a benchmark, a development cluster) is called
+        // by this name; the CA is trusted by nothing else but Breakwater's own clients.
+        "localhost".to_owned(),
     ];
     let mut serving = CertificateParams::new(dns.to_vec())?;
     serving.subject_alt_names.extend(ips.iter().copied().map(SanType::IpAddress));

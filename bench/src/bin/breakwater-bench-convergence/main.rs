@@ -86,6 +86,9 @@ struct Args {
     /// Endpoints (over all Services) in that snapshot.
     #[arg(long, default_value_t = 5000)]
     endpoints: usize,
+    /// Pod creations timed through the injection webhook (0: skip that step).
+    #[arg(long, default_value_t = 100)]
+    admissions: usize,
     /// A tiny scale, to check the harness (`make test` runs it; point `--out` elsewhere).
     #[arg(long)]
     smoke: bool,
@@ -114,10 +117,32 @@ struct AtScale {
     operator_convergence_mean_ms: f64,
 }
 
+/// The injection webhook, through the real API server.
+#[derive(Debug, Clone, Serialize, Default)]
+struct WebhookFigures {
+    admissions: usize,
+    /// Pod create calls into an injecting namespace, milliseconds, sorted.
+    create_injected_ms: Vec<f64>,
+    /// The same into a namespace the webhook does not see, milliseconds, sorted.
+    create_plain_ms: Vec<f64>,
+    /// The operator's own answer time (its histogram): mean, and the share under 1 ms / 10 ms.
+    answer_mean_ms: f64,
+    answer_under_1ms: f64,
+    answer_under_10ms: f64,
+    /// The API server's webhook round trip (`apiserver_admission_webhook_admission_duration_seconds`):
+    /// the share under 5 ms and 25 ms (its coarsest buckets).
+    apiserver_under_5ms: f64,
+    apiserver_under_25ms: f64,
+    /// Operator CPU seconds per 1,000 admissions.
+    cpu_per_1000_s: f64,
+}
+
 /// Everything measured.
 #[derive(Debug, Clone, Serialize, Default)]
 struct Results {
     scales: Vec<AtScale>,
+    /// The injection webhook's step.
+    webhook: Option<WebhookFigures>,
     /// Whether a stalled stream (a sidecar that never reads) was open throughout.
     stalled_stream: bool,
     sidecar_small_rss_kib: u64,
@@ -135,8 +160,8 @@ const SERVER_NAME: &str = "breakwater.breakwater-system.svc";
 fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
     if args.smoke {
-        (args.streams, args.rounds, args.idle, args.services, args.endpoints) =
-            (vec![5], 2, Duration::from_secs(1), 10, 20);
+        (args.streams, args.rounds, args.idle, args.services, args.endpoints, args.admissions) =
+            (vec![5], 2, Duration::from_secs(1), 10, 20, 5);
     }
     for (binary, package) in [(&args.operator, "breakwater-operator"), (&args.sidecar, "breakwater-sidecar")]
     {
@@ -183,6 +208,12 @@ async fn run(args: &Args) -> anyhow::Result<Results> {
 
     let config = procs::free_port()?;
     let (health, metrics) = (procs::free_port()?, procs::free_port()?);
+    let webhook_port = procs::free_port()?;
+    let template = dir.path().join("sidecar.yaml");
+    std::fs::write(
+        &template,
+        format!("image: breakwater/sidecar\nconfigApi: \"{SERVER_NAME}:{}\"\n", config.port()),
+    )?;
     let op_args: Vec<String> = [
         "--kubeconfig",
         &cluster.kubeconfig().display().to_string(),
@@ -198,6 +229,10 @@ async fn run(args: &Args) -> anyhow::Result<Results> {
         &config.port().to_string(),
         "--publish-root-ca",
         "false",
+        "--webhook-port",
+        &webhook_port.port().to_string(),
+        "--sidecar-config",
+        &template.display().to_string(),
         "--debug-address",
         "",
         "--log-format",
@@ -305,6 +340,11 @@ async fn run(args: &Args) -> anyhow::Result<Results> {
         results.scales.push(at);
     }
     drain.start();
+    if args.admissions > 0 {
+        eprintln!("{} pod creations through the injection webhook", args.admissions);
+        results.webhook =
+            Some(webhook_latency(&client, webhook_port, &ca, metrics, &op, args.admissions).await?);
+    }
     op.stop().await;
     Ok(results)
 }
@@ -386,6 +426,131 @@ async fn setup(client: &Client, dir: &Path, pods: usize) -> anyhow::Result<(Path
         tokens.push(path);
     }
     Ok((dir.join("ca.crt"), tokens))
+}
+
+/// Registers a webhook (by URL, on loopback) for namespaces labelled `bench-inject=enabled`,
+/// then times `n` pod creations there and `n` in a namespace it does not see.
+async fn webhook_latency(
+    client: &Client,
+    port: SocketAddr,
+    ca: &Path,
+    metrics: SocketAddr,
+    op: &procs::Proc,
+    n: usize,
+) -> anyhow::Result<WebhookFigures> {
+    use k8s_openapi::{ByteString, api::admissionregistration::v1::MutatingWebhookConfiguration};
+    const NAME: &str = "inject.bench.breakwater.dev";
+    let configuration: MutatingWebhookConfiguration = serde_json::from_value(json!({
+        "metadata": {"name": "breakwater-bench"},
+        "webhooks": [{
+            "name": NAME,
+            "admissionReviewVersions": ["v1"], "sideEffects": "None", "failurePolicy": "Fail", "timeoutSeconds": 5,
+            "clientConfig": {"url": format!("https://localhost:{}/inject", port.port()), "caBundle": ByteString(std::fs::read(ca)?)},
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"], "scope": "Namespaced"}],
+            "namespaceSelector": {"matchLabels": {"bench-inject": "enabled"}},
+        }],
+    }))?;
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .create(&PostParams::default(), &configuration)
+        .await?;
+    for (ns, labels) in [("inj", json!({"bench-inject": "enabled"})), ("plain", json!({}))] {
+        Api::<Namespace>::all(client.clone())
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": ns, "labels": labels}}))?,
+            )
+            .await?;
+        let sas = Api::<ServiceAccount>::namespaced(client.clone(), ns);
+        wait_for("the default ServiceAccount", Duration::from_secs(60), || async {
+            Ok(sas.get_opt("default").await?.is_some())
+        })
+        .await?;
+    }
+    let pod = |name: String| -> anyhow::Result<Pod> {
+        Ok(serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"app": "bench"}},
+            "spec": {"nodeSelector": {"breakwater.dev/bench": "no-such-node"},
+                     "containers": [{"name": "app", "image": "breakwater/fault-server", "ports": [{"containerPort": 8080}]}]},
+        }))?)
+    };
+    let injected = Api::<Pod>::namespaced(client.clone(), "inj");
+    // The API server picks a new webhook configuration up within a moment.
+    wait_for("the webhook to inject", Duration::from_secs(30), || async {
+        let p = injected
+            .create(&PostParams { dry_run: true, ..PostParams::default() }, &pod("probe".into())?)
+            .await?;
+        Ok(p.spec
+            .and_then(|s| s.init_containers)
+            .is_some_and(|c| c.iter().any(|c| c.name == "breakwater-proxy")))
+    })
+    .await?;
+    let plain = Api::<Pod>::namespaced(client.clone(), "plain");
+    let (sum0, count0) = histogram(metrics, "breakwater_operator_admission_seconds").await?;
+    let cpu0 = procs::cpu_ticks(op.pid())?;
+    let mut figures = WebhookFigures { admissions: n, ..WebhookFigures::default() };
+    for i in 0..n {
+        for (api, out) in
+            [(&injected, &mut figures.create_injected_ms), (&plain, &mut figures.create_plain_ms)]
+        {
+            let t0 = Instant::now();
+            let created = api.create(&PostParams::default(), &pod(format!("p-{i}"))?).await?;
+            out.push(t0.elapsed().as_secs_f64() * 1000.0);
+            let has = created
+                .spec
+                .and_then(|s| s.init_containers)
+                .is_some_and(|c| c.iter().any(|c| c.name == "breakwater-proxy"));
+            if has != std::ptr::eq(api, &injected) {
+                bail!("pod {i} in {:?}: injected {has}", api.resource_url());
+            }
+        }
+    }
+    figures.cpu_per_1000_s =
+        (procs::cpu_ticks(op.pid())? - cpu0) as f64 / procs::clock_ticks_per_second() as f64 / n as f64
+            * 1000.0;
+    let (sum1, count1) = histogram(metrics, "breakwater_operator_admission_seconds").await?;
+    let answers = (count1 - count0).max(1.0);
+    figures.answer_mean_ms = (sum1 - sum0) / answers * 1000.0;
+    let text = scrape(metrics).await?;
+    let bucket = |le: &str| {
+        metric(&text, &format!("breakwater_operator_admission_seconds_bucket{{le=\"{le}\"}}")).unwrap_or(0.0)
+    };
+    (figures.answer_under_1ms, figures.answer_under_10ms) =
+        (bucket("0.001") / count1.max(1.0), bucket("0.01") / count1.max(1.0));
+    // The API server's own view of the round trip.
+    let api_metrics = client.request_text(http::Request::get("/metrics").body(Vec::new())?).await?;
+    let line = |le: &str| -> f64 {
+        api_metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("apiserver_admission_webhook_admission_duration_seconds_bucket")
+                    && l.contains(NAME)
+                    && l.contains(&format!("le=\"{le}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let total = line("+Inf").max(1.0);
+    (figures.apiserver_under_5ms, figures.apiserver_under_25ms) =
+        (line("0.005") / total, line("0.025") / total);
+    figures.create_injected_ms.sort_by(f64::total_cmp);
+    figures.create_plain_ms.sort_by(f64::total_cmp);
+    Ok(figures)
+}
+
+async fn scrape(metrics: SocketAddr) -> anyhow::Result<String> {
+    let ip = match metrics.ip() {
+        std::net::IpAddr::V4(ip) => ip,
+        std::net::IpAddr::V6(_) => bail!("the metrics address is IPv4"),
+    };
+    Ok(breakwater_e2e::operator::http_get(ip, metrics.port(), "/metrics").await?.1)
+}
+
+async fn histogram(metrics: SocketAddr, name: &str) -> anyhow::Result<(f64, f64)> {
+    let text = scrape(metrics).await?;
+    Ok((
+        metric(&text, &format!("{name}_sum")).unwrap_or(0.0),
+        metric(&text, &format!("{name}_count")).unwrap_or(0.0),
+    ))
 }
 
 /// Opens pod `pod`'s stream with a 1 KiB stream window and never reads it; the connection stays
@@ -680,6 +845,32 @@ fn markdown(args: &Args, r: &Results) -> String {
             per_1000 / 1024.0,
             s.idle_cpu_cores * 100.0,
             pct(&cpu, 0.5) * 1000.0,
+        );
+    }
+    if let Some(w) = &r.webhook {
+        md += &format!(
+            "\n## The injection webhook\n\n{} pod creations through the real API server into a namespace the \
+             webhook injects (`failurePolicy: Fail`, so every one was answered), each beside one into a namespace it \
+             does not see:\n\n\
+             | | p50 | p99 | max |\n|---|---:|---:|---:|\n\
+             | pod create, injected | {:.1} ms | {:.1} ms | {:.1} ms |\n\
+             | pod create, not injected | {:.1} ms | {:.1} ms | {:.1} ms |\n\n\
+             The operator's answer takes {:.2} ms on average ({:.0} % under 1 ms, {:.0} % under 10 ms); the API server's \
+             own round-trip histogram puts {:.0} % under 5 ms and {:.0} % under 25 ms (its finest buckets). \
+             Operator CPU: {:.2} s per 1,000 admissions.\n",
+            w.admissions,
+            pct(&w.create_injected_ms, 0.5),
+            pct(&w.create_injected_ms, 0.99),
+            pct(&w.create_injected_ms, 1.0),
+            pct(&w.create_plain_ms, 0.5),
+            pct(&w.create_plain_ms, 0.99),
+            pct(&w.create_plain_ms, 1.0),
+            w.answer_mean_ms,
+            w.answer_under_1ms * 100.0,
+            w.answer_under_10ms * 100.0,
+            w.apiserver_under_5ms * 100.0,
+            w.apiserver_under_25ms * 100.0,
+            w.cpu_per_1000_s,
         );
     }
     md += &format!(
