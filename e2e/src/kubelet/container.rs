@@ -220,7 +220,7 @@ async fn env_value(
     let Some(from) = &var.value_from else { return Ok(String::new()) };
     let namespace = pod.namespace().unwrap_or_default();
     if let Some(field) = &from.field_ref {
-        return field_value(pod, &field.field_path)
+        return super::downward::field_value(pod, &field.field_path)
             .ok_or_else(|| format!("env {}: unsupported fieldRef {}", var.name, field.field_path));
     }
     if let Some(sel) = &from.config_map_key_ref {
@@ -248,30 +248,6 @@ async fn env_value(
         };
     }
     Err(format!("env {}: this valueFrom is not supported by the e2e kubelet", var.name))
-}
-
-/// The downward API fields the kubelet resolves for `fieldRef`.
-pub(crate) fn field_value(pod: &Pod, path: &str) -> Option<String> {
-    let spec = pod.spec.as_ref();
-    let status = pod.status.as_ref();
-    let label_or_annotation = |prefix: &str, map: &BTreeMap<String, String>| {
-        let key = path.strip_prefix(prefix)?.strip_suffix("']")?;
-        Some(map.get(key).cloned().unwrap_or_default())
-    };
-    match path {
-        "metadata.name" => Some(pod.name_any()),
-        "metadata.namespace" => pod.namespace(),
-        "metadata.uid" => pod.metadata.uid.clone(),
-        "spec.nodeName" => spec.and_then(|s| s.node_name.clone()),
-        "spec.serviceAccountName" => spec.and_then(|s| s.service_account_name.clone()),
-        "status.podIP" => status.and_then(|s| s.pod_ip.clone()),
-        "status.hostIP" => status.and_then(|s| s.host_ip.clone()),
-        p if p.starts_with("metadata.labels['") => label_or_annotation("metadata.labels['", pod.labels()),
-        p if p.starts_with("metadata.annotations['") => {
-            label_or_annotation("metadata.annotations['", pod.annotations())
-        }
-        _ => None,
-    }
 }
 
 /// Kubernetes' `$(VAR)` expansion: known variables are replaced, `$$` escapes a `$`, unknown
@@ -319,10 +295,13 @@ mod tests {
             "status": {"podIP": "198.18.1.9"}
         }))
         .expect("a valid pod");
-        assert_eq!(field_value(&pod, "metadata.name").as_deref(), Some("p"));
-        assert_eq!(field_value(&pod, "status.podIP").as_deref(), Some("198.18.1.9"));
-        assert_eq!(field_value(&pod, "metadata.labels['app']").as_deref(), Some("web"));
-        assert_eq!(field_value(&pod, "spec.nodeName").as_deref(), Some("node"));
-        assert_eq!(field_value(&pod, "status.podIPs"), None);
+        assert_eq!(super::super::downward::field_value(&pod, "metadata.name").as_deref(), Some("p"));
+        assert_eq!(super::super::downward::field_value(&pod, "status.podIP").as_deref(), Some("198.18.1.9"));
+        assert_eq!(
+            super::super::downward::field_value(&pod, "metadata.labels['app']").as_deref(),
+            Some("web")
+        );
+        assert_eq!(super::super::downward::field_value(&pod, "spec.nodeName").as_deref(), Some("node"));
+        assert_eq!(super::super::downward::field_value(&pod, "status.podIPs"), None);
     }
 }

@@ -8,6 +8,7 @@
 //! endpoints with iptables.
 
 mod container;
+mod downward;
 mod images;
 mod pod;
 mod security;

@@ -203,7 +203,7 @@ fn write_keys(
 fn downward_file(pod: &Pod, field: Option<&str>, file: &str, dir: &Path) -> Result<(), String> {
     let field = field.ok_or("downwardAPI resourceFieldRef is not supported by the e2e kubelet")?;
     let value =
-        super::container::field_value(pod, field).ok_or_else(|| format!("unsupported fieldRef {field}"))?;
+        super::downward::field_value(pod, field).ok_or_else(|| format!("unsupported fieldRef {field}"))?;
     write(dir, file, value.as_bytes())
 }
 
