@@ -99,14 +99,49 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
         settings.snapshot_debounce,
     )));
 
+    // Health and metrics are served from here on (the certificates may take a while when
+    // cert-manager makes them).
+    let state = AdminState { index: index.clone(), metrics: metrics.clone(), hub: hub.clone() };
+    let mut servers = vec![
+        tokio::spawn(admin::serve(health, Endpoints::Health, state.clone(), stop.clone().cancelled_owned())),
+        tokio::spawn(admin::serve(
+            metrics_listener,
+            Endpoints::Metrics,
+            state.clone(),
+            stop.clone().cancelled_owned(),
+        )),
+    ];
+    if let Some(debug) = debug {
+        servers.push(tokio::spawn(admin::serve(
+            debug,
+            Endpoints::Debug,
+            state,
+            stop.clone().cancelled_owned(),
+        )));
+    }
+
+    let webhook = settings.injection.webhook_port.zip(template);
+    let certs = if settings.config_api.config_port.is_some() || webhook.is_some() {
+        let options = certs::rotation::Options {
+            namespace: settings.namespace.clone(),
+            secret: settings.config_api.tls_secret.clone(),
+            service: settings.config_api.service_name.clone(),
+            source: settings.certificates.source,
+            renew_before: settings.certificates.renew_before,
+        };
+        let keeper = certs::rotation::Keeper::start(client.clone(), options, metrics.clone(), &stop).await?;
+        let certs = (keeper.resolver(), keeper.subscribe());
+        tasks.push(tokio::spawn(keeper.run(stop.clone())));
+        Some(certs)
+    } else {
+        None
+    };
+
     let acks = Arc::new(configserver::acks::Registry::default());
     let (totals_tx, totals_rx) = tokio::sync::watch::channel(Arc::default());
     let deliveries = configserver::acks::Deliveries { expected: hub.expected(), totals: totals_rx };
-    let mut config_server = None;
-    if let Some(port) = settings.config_api.config_port {
-        let api = &settings.config_api;
-        let certs = certs::ensure(&client, &settings.namespace, &api.tls_secret, &api.service_name).await?;
-        let tls = certs::server_config(&certs)?;
+    if let (Some(port), Some((resolver, _))) = (settings.config_api.config_port, &certs) {
+        let tls = certs::server_config(resolver.clone(), &[b"h2"])?;
         let addr = SocketAddr::new(settings.bind_address, port);
         let listener = admin::bind(addr, "the config API").await?;
         let server = configserver::ConfigServer {
@@ -135,55 +170,42 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
             index.clone(),
             concerned_tx.clone(),
         )));
-        config_server = Some(certs);
         tracing::info!(%addr, "serving the config API");
     }
-    if let (Some(port), Some(template)) = (settings.injection.webhook_port, template) {
-        let api = &settings.config_api;
-        let certs = match &config_server {
-            Some(c) => c.clone(),
-            None => certs::ensure(&client, &settings.namespace, &api.tls_secret, &api.service_name).await?,
-        };
+    let mut scanner = None;
+    if let (Some((port, template)), Some((resolver, current))) = (webhook, &certs) {
         // The API server speaks HTTP/2 or HTTP/1.1 to webhooks.
-        let tls = certs::server_config_alpn(&certs, &[b"h2", b"http/1.1"])?;
+        let tls = certs::server_config(resolver.clone(), &[b"h2", b"http/1.1"])?;
         let options = inject::Options { native_sidecars: native_sidecars(&client).await };
         let addr = SocketAddr::new(settings.bind_address, port);
         let listener = admin::bind(addr, "the injection webhook").await?;
         let webhook = inject::webhook::Webhook {
-            template,
+            template: template.clone(),
             options,
             metrics: metrics.clone(),
             recorder: Some(controller::recorder(client.clone(), &identity)),
         };
         tasks.push(tokio::spawn(inject::webhook::serve(listener, tls, webhook, stop.clone())));
         if let Some(name) = settings.injection.webhook_configuration.clone() {
-            tasks.push(tokio::spawn(keep_ca_bundle(
+            // Only now that /inject is served with the certificate the caBundle will trust.
+            tasks.push(tokio::spawn(keep_webhook_configuration(
                 client.clone(),
-                name,
-                certs.ca_pem.clone(),
+                name.clone(),
+                current.clone(),
+                settings.certificates.source,
+                settings.injection.webhook_failure_policy,
                 stop.clone(),
             )));
+            scanner = Some(inject::uninjected::Scanner {
+                client: client.clone(),
+                configuration: name,
+                template,
+                options,
+                recorder: controller::recorder(client.clone(), &identity),
+                metrics: metrics.clone(),
+            });
         }
         tracing::info!(%addr, native_sidecars = options.native_sidecars, "serving the injection webhook");
-    }
-
-    let state = AdminState { index: index.clone(), metrics: metrics.clone(), hub };
-    let mut servers = vec![
-        tokio::spawn(admin::serve(health, Endpoints::Health, state.clone(), stop.clone().cancelled_owned())),
-        tokio::spawn(admin::serve(
-            metrics_listener,
-            Endpoints::Metrics,
-            state.clone(),
-            stop.clone().cancelled_owned(),
-        )),
-    ];
-    if let Some(debug) = debug {
-        servers.push(tokio::spawn(admin::serve(
-            debug,
-            Endpoints::Debug,
-            state,
-            stop.clone().cancelled_owned(),
-        )));
     }
 
     let leader = Leader::join(
@@ -196,13 +218,13 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
     )
     .await?;
     tasks.push(tokio::spawn(report_leadership(leader.subscribe(), metrics.clone())));
-    if let Some(certs) = config_server.filter(|_| settings.config_api.publish_root_ca) {
-        tasks.push(tokio::spawn(publish_root_ca(
-            client.clone(),
-            index.clone(),
-            leader.subscribe(),
-            certs.ca_pem,
-        )));
+    if let Some((_, current)) =
+        certs.filter(|_| settings.config_api.publish_root_ca && settings.config_api.config_port.is_some())
+    {
+        tasks.push(tokio::spawn(publish_root_ca(client.clone(), index.clone(), leader.subscribe(), current)));
+    }
+    if let Some(scanner) = scanner {
+        tasks.push(tokio::spawn(inject::uninjected::run(scanner, leader.subscribe(), stop.clone())));
     }
 
     let ctx = Arc::new(controller::Context {
@@ -251,12 +273,13 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
 const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
 
 /// While this replica leads, keeps the `breakwater-root-ca` ConfigMap in every namespace (but
-/// the system ones): checked when namespaces change, and every five minutes.
+/// the system ones) on the current CA: checked when namespaces change, when the CA changes, and
+/// every five minutes.
 async fn publish_root_ca(
     client: Client,
     index: Index,
     mut leader: tokio::sync::watch::Receiver<bool>,
-    ca_pem: String,
+    mut certs: tokio::sync::watch::Receiver<Arc<certs::Certs>>,
 ) {
     let mut done: std::collections::HashSet<String> = Default::default();
     let mut refresh = tokio::time::interval(std::time::Duration::from_secs(300));
@@ -269,7 +292,10 @@ async fn publish_root_ca(
             _ = poll.tick() => {}
             // The lease changed hands.
             r = leader.changed() => if r.is_err() { return },
+            // A new CA (renewed, or replaced in the Secret): publish it everywhere.
+            r = certs.changed() => if r.is_err() { return } else { done.clear() },
         }
+        let ca_pem = certs.borrow().ca_pem.clone();
         if !*leader.borrow() || !index.is_ready() {
             continue;
         }
@@ -357,24 +383,44 @@ async fn native_sidecars(client: &Client) -> bool {
     }
 }
 
-/// Keeps the webhook configuration's `caBundle` on our CA: at once (retrying every 5 s until it
-/// works), then every minute (a `helm upgrade` or a person may have reset it).
-async fn keep_ca_bundle(client: Client, name: String, ca_pem: String, stop: CancellationToken) {
+/// How often the webhook configuration is checked (a `helm upgrade` renders `failurePolicy:
+/// Ignore` and no `caBundle` again).
+const WEBHOOK_CHECK: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Keeps the webhook configuration on our CA (`caBundle`, unless cert-manager sets it) and,
+/// once a webhook can call us, on the configured failure policy: at once, whenever the CA
+/// changes, and every ten seconds (retrying every 2 s while it fails).
+async fn keep_webhook_configuration(
+    client: Client,
+    name: String,
+    mut certs: tokio::sync::watch::Receiver<Arc<certs::Certs>>,
+    source: certs::Source,
+    failure_policy: settings::FailurePolicy,
+    stop: CancellationToken,
+) {
     loop {
-        let wait = match inject::webhook::patch_ca_bundle(&client, &name, &ca_pem).await {
-            Ok(0) => std::time::Duration::from_secs(60),
+        let current = certs.borrow_and_update().clone();
+        let wanted = inject::webhook::Wanted {
+            ca_bundle: (source == certs::Source::SelfSigned).then_some(current.ca_pem.as_str()),
+            trust: &current.ca_pem,
+            failure_policy: failure_policy.as_str(),
+        };
+        let wait = match inject::webhook::keep_configuration(&client, &name, wanted).await {
+            Ok(0) => WEBHOOK_CHECK,
             Ok(n) => {
-                tracing::info!(webhooks = n, configuration = %name, "caBundle set");
-                std::time::Duration::from_secs(60)
+                tracing::info!(changes = n, configuration = %name, failure_policy = failure_policy.as_str(), "webhook configuration updated");
+                WEBHOOK_CHECK
             }
             Err(e) => {
-                tracing::warn!(error = %e, configuration = %name, "cannot set the webhook's caBundle; retrying");
-                std::time::Duration::from_secs(5)
+                tracing::warn!(error = %e, configuration = %name, "cannot update the webhook configuration; retrying");
+                std::time::Duration::from_secs(2)
             }
         };
         tokio::select! {
             // The next check.
             _ = tokio::time::sleep(wait) => {}
+            // A new CA.
+            r = certs.changed() => if r.is_err() { return },
             // Shutting down.
             _ = stop.cancelled() => return,
         }

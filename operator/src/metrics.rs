@@ -20,6 +20,12 @@
 //! | `snapshot_pushes_total` | snapshots sent on streams |
 //! | `acknowledgements_total{result}` | sidecars' answers: `applied` or `refused` |
 //! | `convergence_seconds` | from a change the operator observed to a sidecar's acknowledgement of it |
+//! | `admissions_total{result}` / `admission_seconds` | AdmissionReviews answered, time per answer |
+//! | `injection_skips_total{reason}` | pods the webhook left without a sidecar, by reason |
+//! | `uninjected_pods_reported_total` | pods found running without the sidecar they should have (created while no replica answered) |
+//! | `certificate_expiry_timestamp_seconds` | when the served certificate expires (Unix time) |
+//! | `certificate_loads_total{result}` | certificates read from the Secret: `loaded` (now served) or `invalid` (the last good one kept) |
+//! | `certificate_renewals_total` | renewals this replica wrote |
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -78,6 +84,10 @@ pub struct Metrics {
     admissions: Family<ResultLabel, Counter>,
     admission_seconds: Histogram,
     injection_skips: Family<ReasonLabel, Counter>,
+    uninjected: Counter,
+    certificate_expiry: Gauge,
+    certificate_loads: Family<ResultLabel, Counter>,
+    certificate_renewals: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -122,6 +132,10 @@ impl Metrics {
             admissions: Family::default(),
             admission_seconds: Histogram::new(SECONDS),
             injection_skips: Family::default(),
+            uninjected: Counter::default(),
+            certificate_expiry: Gauge::default(),
+            certificate_loads: Family::default(),
+            certificate_renewals: Counter::default(),
         };
         let r = &mut m.registry;
         r.register("reconciles", "Policy reconciles run", m.reconciles.clone());
@@ -179,6 +193,26 @@ impl Metrics {
             "Pods the webhook left without a sidecar, by reason (already-injected, host-network, opted-out)",
             m.injection_skips.clone(),
         );
+        r.register(
+            "uninjected_pods_reported",
+            "Pods found running without the sidecar they should have (created while no replica answered the webhook), reported by an Event",
+            m.uninjected.clone(),
+        );
+        r.register(
+            "certificate_expiry_timestamp_seconds",
+            "When the served certificate expires (Unix time)",
+            m.certificate_expiry.clone(),
+        );
+        r.register(
+            "certificate_loads",
+            "Certificates read from the Secret, by result (loaded, invalid: the last good one kept)",
+            m.certificate_loads.clone(),
+        );
+        r.register(
+            "certificate_renewals",
+            "Certificate renewals this replica wrote",
+            m.certificate_renewals.clone(),
+        );
         m
     }
 
@@ -186,6 +220,25 @@ impl Metrics {
     pub fn admission(&self, result: &'static str, seconds: f64) {
         self.admissions.get_or_create(&ResultLabel { result }).inc();
         self.admission_seconds.observe(seconds);
+    }
+
+    /// A pod running without the sidecar it should have was reported (an Event).
+    pub fn uninjected_reported(&self) {
+        self.uninjected.inc();
+    }
+
+    /// Certificates were read from the Secret: `result` is `loaded` (served from now on, expiring
+    /// at `not_after`, Unix seconds) or `invalid`.
+    pub fn certificate_loaded(&self, result: &'static str, not_after: Option<i64>) {
+        self.certificate_loads.get_or_create(&ResultLabel { result }).inc();
+        if let Some(t) = not_after {
+            self.certificate_expiry.set(t);
+        }
+    }
+
+    /// This replica renewed the certificates.
+    pub fn certificate_renewed(&self) {
+        self.certificate_renewals.inc();
     }
 
     /// The webhook left a pod alone for `reason`.

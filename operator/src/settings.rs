@@ -105,6 +105,46 @@ pub struct Settings {
     /// The sidecar injector.
     #[command(flatten)]
     pub injection: Injection,
+
+    /// The CA and serving certificate.
+    #[command(flatten)]
+    pub certificates: Certificates,
+}
+
+/// What the webhook configuration's `failurePolicy` becomes once the operator answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FailurePolicy {
+    /// A pod is created without the sidecar when no replica answers.
+    #[value(name = "Ignore")]
+    Ignore,
+    /// A pod that should get the sidecar is refused when no replica answers.
+    #[value(name = "Fail")]
+    Fail,
+}
+
+impl FailurePolicy {
+    /// The value in a MutatingWebhookConfiguration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailurePolicy::Ignore => "Ignore",
+            FailurePolicy::Fail => "Fail",
+        }
+    }
+}
+
+/// The CA and serving certificate of the webhook and the config API (in `--tls-secret`).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Certificates")]
+pub struct Certificates {
+    /// Who makes the certificates: `self-signed` (the operator creates, renews and trusts its
+    /// own CA, and sets the webhook's caBundle) or `external` (cert-manager or another tool
+    /// writes ca.crt, tls.crt and tls.key; the operator only reloads them).
+    #[arg(long = "certificates", env = "BREAKWATER_CERTIFICATES", value_enum, default_value_t = crate::certs::Source::SelfSigned)]
+    pub source: crate::certs::Source,
+    /// How long before the serving certificate expires (it is valid for 365 days) the operator
+    /// renews it (self-signed only; less than half its lifetime).
+    #[arg(long = "cert-renew-before", env = "BREAKWATER_CERT_RENEW_BEFORE", default_value = "30days", value_parser = duration)]
+    pub renew_before: Duration,
 }
 
 /// The sidecar injector: the mutating webhook and what it adds to pods.
@@ -118,6 +158,11 @@ pub struct Injection {
     /// is set too.
     #[arg(long, env = "BREAKWATER_WEBHOOK_PORT")]
     pub webhook_port: Option<u16>,
+    /// The failure policy the webhook configuration gets once this operator answers (the chart
+    /// renders `Ignore`, so nothing blocks before then). `Fail` keeps uninjected pods out, and
+    /// refuses every pod to inject while no replica answers.
+    #[arg(long, env = "BREAKWATER_WEBHOOK_FAILURE_POLICY", value_enum, ignore_case = true, default_value_t = FailurePolicy::Ignore)]
+    pub webhook_failure_policy: FailurePolicy,
     /// The injection template (the chart's `<release>-sidecar` ConfigMap). Checked at start-up:
     /// a template that cannot be used stops the operator with the reason.
     #[arg(long, env = "BREAKWATER_SIDECAR_CONFIG")]

@@ -27,6 +27,7 @@ pub mod annotations;
 pub mod template;
 #[cfg(test)]
 mod tests;
+pub mod uninjected;
 pub mod webhook;
 
 use k8s_openapi::api::core::v1::Pod;

@@ -337,3 +337,59 @@ fn events_about_a_skipped_pod_name_its_controller_or_the_pod_and_never_in_a_dry_
     let a = webhook::answer(&serde_json::to_vec(&dry).expect("json"), &template(), NATIVE);
     assert!(a.subject.is_none(), "a dry run records nothing");
 }
+
+fn configuration(hooks: Value) -> k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration {
+    serde_json::from_value(json!({"metadata": {"name": "bw"}, "webhooks": hooks})).expect("configuration")
+}
+
+fn hook(name: &str, bundle: Option<&str>, policy: &str) -> Value {
+    use base64::Engine as _;
+    let mut config = json!({"service": {"name": "bw", "namespace": "ns"}});
+    if let Some(b) = bundle {
+        config["caBundle"] = json!(base64::engine::general_purpose::STANDARD.encode(b));
+    }
+    json!({"name": name, "clientConfig": config, "failurePolicy": policy, "sideEffects": "None", "admissionReviewVersions": ["v1"]})
+}
+
+const CA: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+
+#[test]
+fn the_operator_sets_its_ca_bundle_and_then_the_configured_failure_policy() {
+    use webhook::{Wanted, configuration_ops};
+    let fresh = configuration(json!([hook("a", None, "Ignore"), hook("b", Some(CA), "Ignore")]));
+    let wanted = Wanted { ca_bundle: Some(CA), trust: CA, failure_policy: "Fail" };
+    let ops = configuration_ops(&fresh, wanted);
+    let paths: Vec<&str> = ops.iter().filter_map(|o| o["path"].as_str()).collect();
+    assert_eq!(
+        paths,
+        ["/webhooks/0/clientConfig/caBundle", "/webhooks/0/failurePolicy", "/webhooks/1/failurePolicy"],
+        "{ops:?}"
+    );
+    assert_eq!(ops[1]["value"], "Fail");
+    let done = configuration(json!([hook("a", Some(CA), "Fail"), hook("b", Some(CA), "Fail")]));
+    assert!(configuration_ops(&done, wanted).is_empty(), "nothing to do twice");
+    // The default policy leaves a rendered Ignore as it is.
+    let ignore = Wanted { failure_policy: "Ignore", ..wanted };
+    assert_eq!(
+        configuration_ops(&configuration(json!([hook("a", Some(CA), "Ignore")])), ignore),
+        Vec::<Value>::new()
+    );
+}
+
+#[test]
+fn with_external_certificates_the_failure_policy_waits_for_a_bundle_that_trusts_us() {
+    use webhook::{Wanted, configuration_ops};
+    let wanted = Wanted { ca_bundle: None, trust: CA, failure_policy: "Fail" };
+    let before = configuration(json!([
+        hook("a", None, "Ignore"),
+        hook("b", Some("-----BEGIN CERTIFICATE-----\nOTHER\n-----END CERTIFICATE-----\n"), "Ignore")
+    ]));
+    assert!(
+        configuration_ops(&before, wanted).is_empty(),
+        "no caBundle written, no Fail before cert-manager injects ours"
+    );
+    let bundle = format!("{CA}-----BEGIN CERTIFICATE-----\nOLD\n-----END CERTIFICATE-----\n");
+    let injected = configuration(json!([hook("a", Some(&bundle), "Ignore")]));
+    let ops = configuration_ops(&injected, wanted);
+    assert_eq!(ops, vec![json!({"op": "add", "path": "/webhooks/0/failurePolicy", "value": "Fail"})]);
+}

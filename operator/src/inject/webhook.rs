@@ -3,7 +3,7 @@
 //! here needs the lease.
 //!
 //! [`answer`] is pure (bytes → review), so every answer — malformed reviews included — is
-//! unit-tested; [`serve`] is the listener; [`patch_ca_bundle`] keeps the webhook
+//! unit-tested; [`serve`] is the listener; [`keep_configuration`] keeps the webhook
 //! configuration's `caBundle` on the operator's CA.
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
@@ -268,26 +268,73 @@ async fn route(webhook: &Webhook, req: Request<Incoming>) -> Response<Full<Bytes
     }
 }
 
-/// Sets `caBundle` on every webhook of MutatingWebhookConfiguration `name` to `ca_pem` (a JSON
-/// patch per webhook, only where it differs).
-pub async fn patch_ca_bundle(client: &Client, name: &str, ca_pem: &str) -> Result<usize, kube::Error> {
+/// What the operator keeps on its MutatingWebhookConfiguration.
+#[derive(Debug, Clone, Copy)]
+pub struct Wanted<'a> {
+    /// The `caBundle` to set (the operator's own CA); `None` when someone else sets it
+    /// (cert-manager's CA injector).
+    pub ca_bundle: Option<&'a str>,
+    /// The CA the served certificate chains to: a webhook whose `caBundle` holds it can call us.
+    pub trust: &'a str,
+    /// The failure policy once a webhook can call us (until then it stays as the chart
+    /// rendered it: `Ignore`).
+    pub failure_policy: &'a str,
+}
+
+/// The JSON patch operations that bring `current` to `wanted` (none when it is there).
+pub fn configuration_ops(
+    current: &MutatingWebhookConfiguration,
+    wanted: Wanted<'_>,
+) -> Vec<serde_json::Value> {
+    let first = |pem: &str| -> String {
+        const END: &str = "-----END CERTIFICATE-----";
+        pem.find(END).map_or(pem, |i| &pem[..i + END.len()]).trim().to_owned()
+    };
+    let trust = first(wanted.trust);
+    let mut ops = Vec::new();
+    for (i, hook) in current.webhooks.iter().flatten().enumerate() {
+        let bundle =
+            hook.client_config.ca_bundle.as_ref().map(|b| String::from_utf8_lossy(&b.0).into_owned());
+        let callable = match wanted.ca_bundle {
+            Some(ca) => {
+                if bundle.as_deref() != Some(ca) {
+                    let value = base64::engine::general_purpose::STANDARD.encode(ca);
+                    ops.push(serde_json::json!({"op": "add", "path": format!("/webhooks/{i}/clientConfig/caBundle"), "value": value}));
+                }
+                true
+            }
+            None => !trust.is_empty() && bundle.is_some_and(|b| b.contains(&trust)),
+        };
+        if callable && hook.failure_policy.as_deref() != Some(wanted.failure_policy) {
+            ops.push(serde_json::json!({"op": "add", "path": format!("/webhooks/{i}/failurePolicy"), "value": wanted.failure_policy}));
+        }
+    }
+    ops
+}
+
+/// Applies [`configuration_ops`] to MutatingWebhookConfiguration `name`; returns how many
+/// operations it sent.
+pub async fn keep_configuration(
+    client: &Client,
+    name: &str,
+    wanted: Wanted<'_>,
+) -> Result<usize, kube::Error> {
     let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let current = api.get(name).await?;
-    let bundle = base64::engine::general_purpose::STANDARD.encode(ca_pem);
-    let ops: Vec<serde_json::Value> = current
-        .webhooks
-        .iter()
-        .flatten()
-        .enumerate()
-        .filter(|(_, w)| w.client_config.ca_bundle.as_ref().map(|b| b.0.as_slice()) != Some(ca_pem.as_bytes()))
-        .map(|(i, _)| serde_json::json!({"op": "add", "path": format!("/webhooks/{i}/clientConfig/caBundle"), "value": bundle}))
-        .collect();
-    if ops.is_empty() {
+    let mut ops = configuration_ops(&current, wanted);
+    let n = ops.len();
+    if n == 0 {
         return Ok(0);
     }
-    let n = ops.len();
+    // Only on the configuration we read: a concurrent `helm upgrade` makes the patch fail and
+    // the next round starts from what it wrote.
+    if let Some(rv) = current.metadata.resource_version {
+        ops.insert(0, serde_json::json!({"op": "test", "path": "/metadata/resourceVersion", "value": rv}));
+    }
     let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))
-        .expect("add operations with string paths are a JSON patch");
-    api.patch(name, &PatchParams::default(), &Patch::<()>::Json(patch)).await?;
+        .expect("add and test operations with string paths are a JSON patch");
+    // A named field manager: `kubectl get -o yaml --show-managed-fields` says who set the field.
+    let params = PatchParams { field_manager: Some("breakwater-operator".into()), ..PatchParams::default() };
+    api.patch(name, &params, &Patch::<()>::Json(patch)).await?;
     Ok(n)
 }
