@@ -59,6 +59,12 @@ app.kubernetes.io/component: operator
 {{- printf "%s-injector" (include "breakwater.fullname" .) -}}
 {{- end -}}
 
+{{/* The Secret with the webhook's and the config API's certificates (ca.crt, tls.crt, tls.key):
+     written by the operator, or by cert-manager when certManager.enabled. */}}
+{{- define "breakwater.webhookSecretName" -}}
+{{- printf "%s-webhook-tls" (include "breakwater.fullname" .) -}}
+{{- end -}}
+
 {{/* Namespaces the webhook never sees. */}}
 {{- define "breakwater.excludedNamespaces" -}}
 {{- $list := list "kube-system" "kube-public" "kube-node-lease" .Release.Namespace -}}
