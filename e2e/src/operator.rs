@@ -97,6 +97,27 @@ impl Operator {
         }
     }
 
+    /// `helm upgrade --reuse-values --wait` with `--set` values.
+    pub async fn upgrade(&self, set: &[&str]) -> Result<()> {
+        let chart = chart_dir().display().to_string();
+        let mut args = vec![
+            "upgrade",
+            self.release.as_str(),
+            chart.as_str(),
+            "--namespace",
+            self.namespace.as_str(),
+            "--reuse-values",
+            "--wait",
+            "--timeout",
+            INSTALL_TIMEOUT,
+        ];
+        for s in set {
+            args.extend(["--set", s]);
+        }
+        self.helm.run(&args).await?;
+        Ok(())
+    }
+
     /// Scales the operator's Deployment to `replicas`.
     pub async fn scale(&self, replicas: i32) -> Result<()> {
         let client = kube::Client::try_from(self.config.clone()).map_err(Error::kube("building a client"))?;

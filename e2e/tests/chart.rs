@@ -1,6 +1,8 @@
 //! The Helm chart: `helm lint`, `helm template` with default and custom values, the values schema,
 //! and a full install / upgrade / uninstall against the real API server, with the operator's RBAC
-//! checked by SubjectAccessReview and impersonation.
+//! checked by SubjectAccessReview and impersonation. With `certManager.enabled` the chart renders
+//! cert-manager objects; cert-manager is not installed here, so they are checked as rendered and
+//! the read-only Secret access they imply is checked on the API server from the rendered RBAC alone.
 
 use std::{path::Path, time::Duration};
 
@@ -14,15 +16,16 @@ use k8s_openapi::{
     api::{
         admissionregistration::v1::MutatingWebhookConfiguration,
         authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec},
-        core::v1::Secret,
+        core::v1::{Namespace, Secret},
+        rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
     },
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
 use kube::{
     Api, Client,
-    api::{ListParams, PostParams},
+    api::{DeleteParams, ListParams, PostParams},
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const RELEASE: &str = "bw";
 const NAMESPACE: &str = "breakwater-system";
@@ -42,6 +45,36 @@ fn one<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
     found[0]
 }
 
+fn named<'a>(objects: &[&'a Value], name: &str) -> &'a Value {
+    let found = objects.iter().find(|o| o["metadata"]["name"] == name);
+    found.unwrap_or_else(|| {
+        panic!("no object named {name} among {:?}", objects.iter().map(|o| describe(o)).collect::<Vec<_>>())
+    })
+}
+
+/// A list of strings in a manifest (`verbs`, `resourceNames`), empty when absent.
+fn strings(value: &Value) -> Vec<String> {
+    value.as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_owned).collect()
+}
+
+/// The value of the operator container's environment variable `name`.
+fn operator_env<'a>(objects: &'a [Value], name: &str) -> Option<&'a Value> {
+    let env = &one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"];
+    env.as_array().expect("env is a list").iter().find(|e| e["name"] == name).map(|e| &e["value"])
+}
+
+/// The Role's rules on Secrets, as (resourceNames, verbs).
+fn secret_rules(objects: &[Value]) -> Vec<(Vec<String>, Vec<String>)> {
+    let role = one(objects, "Role");
+    role["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .filter(|r| strings(&r["resources"]).iter().any(|r| r == "secrets"))
+        .map(|r| (strings(&r["resourceNames"]), strings(&r["verbs"])))
+        .collect()
+}
+
 #[tokio::test]
 async fn chart_passes_helm_lint_strict_with_default_and_custom_values() -> anyhow::Result<()> {
     let helm = Helm::offline()?;
@@ -50,6 +83,8 @@ async fn chart_passes_helm_lint_strict_with_default_and_custom_values() -> anyho
     let values = helm.scratch().join("custom.yaml");
     std::fs::write(&values, CUSTOM_VALUES)?;
     let out = helm.run(["lint", "--strict", &chart(), "-f", &values.display().to_string()]).await?;
+    assert!(out.contains("0 chart(s) failed"), "{out}");
+    let out = helm.run(["lint", "--strict", &chart(), "--set", "certManager.enabled=true"]).await?;
     assert!(out.contains("0 chart(s) failed"), "{out}");
     Ok(())
 }
@@ -113,6 +148,23 @@ async fn default_values_render_hardened_and_labelled_objects() -> anyhow::Result
         assert!(hook["objectSelector"]["matchExpressions"].is_array(), "scoped by object selector: {hook}");
     }
 
+    // The operator makes its own certificates: it creates the Secret (create cannot be limited by
+    // name), changes only that one, and lists and watches it for renewals; it owns the caBundle.
+    assert_eq!(operator_env(&objects, "BREAKWATER_CERTIFICATES"), Some(&Value::from("self-signed")));
+    assert_eq!(
+        operator_env(&objects, "BREAKWATER_WEBHOOK_SECRET"),
+        Some(&Value::from("bw-breakwater-webhook-tls"))
+    );
+    assert!(webhook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"].is_null(), "{webhook}");
+    let secret = vec!["bw-breakwater-webhook-tls".to_owned()];
+    assert_eq!(
+        secret_rules(&objects),
+        [
+            (vec![], vec!["create".to_owned()]),
+            (secret, ["get", "list", "watch", "patch", "update"].map(String::from).to_vec())
+        ]
+    );
+
     // Least privilege: no wildcard, no Secrets cluster-wide, nothing but reads outside status,
     // events and its own webhook configuration.
     let cluster_role = one(&objects, "ClusterRole");
@@ -175,8 +227,12 @@ async fn custom_values_reach_the_objects_they_configure() -> anyhow::Result<()> 
         deployment["spec"]["template"]["spec"]["containers"][0]["image"],
         "registry.example/bw/breakwater/operator:1.2.3"
     );
+    let env = &deployment["spec"]["template"]["spec"]["containers"][0]["env"];
+    let policy =
+        env.as_array().expect("env").iter().find(|e| e["name"] == "BREAKWATER_WEBHOOK_FAILURE_POLICY");
+    assert_eq!(policy.map(|e| &e["value"]), Some(&Value::from("Fail")), "the operator sets it: {env}");
     for hook in one(&objects, "MutatingWebhookConfiguration")["webhooks"].as_array().expect("webhooks") {
-        assert_eq!(hook["failurePolicy"], "Fail");
+        assert_eq!(hook["failurePolicy"], "Ignore", "fail-open until the operator is ready");
         assert_eq!(hook["timeoutSeconds"], 3);
         assert!(excluded_namespaces(hook).contains(&"legacy".to_owned()), "{hook}");
     }
@@ -192,6 +248,126 @@ async fn custom_values_reach_the_objects_they_configure() -> anyhow::Result<()> 
 }
 
 #[tokio::test]
+async fn cert_manager_gets_a_ca_chain_and_the_secret_while_the_operator_only_reads_it() -> anyhow::Result<()>
+{
+    let helm = Helm::offline()?;
+    let out = helm
+        .run(["template", RELEASE, &chart(), "--namespace", NAMESPACE, "--set", "certManager.enabled=true"])
+        .await?;
+    let objects = manifests(&out)?;
+    let (issuers, certificates) = (find(&objects, "Issuer"), find(&objects, "Certificate"));
+    assert_eq!(issuers.len(), 2, "a selfSigned and a CA Issuer");
+    assert_eq!(certificates.len(), 2, "the CA and the serving Certificate");
+    let cert_manager = |issuer: &str| json!({"name": issuer, "kind": "Issuer", "group": "cert-manager.io"});
+
+    // cert-manager's CA bootstrap: selfSigned Issuer -> CA Certificate -> CA Issuer -> serving.
+    let self_signed = named(&issuers, "bw-breakwater-selfsigned");
+    assert_eq!(self_signed["spec"], json!({"selfSigned": {}}));
+    let ca = named(&certificates, "bw-breakwater-ca");
+    assert_eq!(ca["spec"]["isCA"], true);
+    assert_eq!(ca["spec"]["secretName"], "bw-breakwater-ca");
+    assert_eq!(ca["spec"]["issuerRef"], cert_manager("bw-breakwater-selfsigned"));
+    let ca_issuer = named(&issuers, "bw-breakwater-ca");
+    assert_eq!(ca_issuer["spec"]["ca"]["secretName"], ca["spec"]["secretName"], "signs with the CA's key");
+    let serving = named(&certificates, "bw-breakwater-webhook");
+    assert_eq!(serving["spec"]["issuerRef"], cert_manager("bw-breakwater-ca"));
+    assert_serving_certificate_for_cert_manager(&objects, serving, "2160h", "720h");
+    Ok(())
+}
+
+#[tokio::test]
+async fn cert_manager_issuer_ref_signs_the_serving_certificate_without_a_chart_ca() -> anyhow::Result<()> {
+    let helm = Helm::offline()?;
+    let cases = [
+        (
+            "issuerRef: {name: corp-ca, kind: ClusterIssuer}\nduration: 720h\nrenewBefore: 240h\n",
+            json!({"name": "corp-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}),
+            ("720h", "240h"),
+        ),
+        (
+            "issuerRef: {name: vault, group: vault.example.dev}\n",
+            json!({"name": "vault", "kind": "Issuer", "group": "vault.example.dev"}),
+            ("2160h", "720h"),
+        ),
+    ];
+    for (i, (values, issuer_ref, (duration, renew_before))) in cases.iter().enumerate() {
+        let file = helm.scratch().join(format!("issuer-{i}.yaml"));
+        let indented: String = values.lines().map(|l| format!("  {l}\n")).collect();
+        std::fs::write(&file, format!("certManager:\n  enabled: true\n{indented}"))?;
+        let out = helm
+            .run(["template", RELEASE, &chart(), "--namespace", NAMESPACE, "-f", &file.display().to_string()])
+            .await?;
+        let objects = manifests(&out)?;
+        assert!(find(&objects, "Issuer").is_empty(), "no chart CA with an issuerRef:\n{values}");
+        let serving = one(&objects, "Certificate");
+        assert_eq!(serving["metadata"]["name"], "bw-breakwater-webhook");
+        assert_eq!(&serving["spec"]["issuerRef"], issuer_ref, "{values}");
+        assert_serving_certificate_for_cert_manager(&objects, serving, duration, renew_before);
+    }
+    Ok(())
+}
+
+/// The serving Certificate names the Service the webhook calls and fills the Secret the operator
+/// reads; cert-manager injects its CA into the webhook; the operator may only read that Secret.
+fn assert_serving_certificate_for_cert_manager(
+    objects: &[Value],
+    serving: &Value,
+    duration: &str,
+    renew_before: &str,
+) {
+    let spec = &serving["spec"];
+    assert_eq!(serving["metadata"]["namespace"], NAMESPACE);
+    assert_eq!(serving["apiVersion"], "cert-manager.io/v1");
+    assert_eq!(spec["secretName"], "bw-breakwater-webhook-tls");
+    assert_eq!(
+        operator_env(objects, "BREAKWATER_WEBHOOK_SECRET"),
+        Some(&spec["secretName"]),
+        "the Secret the operator reads"
+    );
+    assert_eq!(operator_env(objects, "BREAKWATER_CERTIFICATES"), Some(&Value::from("external")));
+
+    let service = one(objects, "Service")["metadata"]["name"].as_str().expect("Service name").to_owned();
+    let webhook = one(objects, "MutatingWebhookConfiguration");
+    for hook in webhook["webhooks"].as_array().expect("webhooks") {
+        assert_eq!(
+            hook["clientConfig"]["service"]["name"],
+            service.as_str(),
+            "the webhook calls the Service"
+        );
+    }
+    let dns = [
+        service.clone(),
+        format!("{service}.{NAMESPACE}"),
+        format!("{service}.{NAMESPACE}.svc"),
+        format!("{service}.{NAMESPACE}.svc.cluster.local"),
+    ];
+    assert_eq!(strings(&spec["dnsNames"]), dns);
+    assert!(strings(&spec["usages"]).contains(&"server auth".to_owned()), "{spec}");
+    assert_eq!(spec["privateKey"], json!({"rotationPolicy": "Always", "algorithm": "ECDSA", "size": 256}));
+    assert_eq!(spec["duration"], duration);
+    assert_eq!(spec["renewBefore"], renew_before);
+
+    let inject = &webhook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"];
+    assert_eq!(
+        inject,
+        &Value::from(format!("{NAMESPACE}/{}", serving["metadata"]["name"].as_str().unwrap_or_default()))
+    );
+
+    // No Secret written: no create, and only reads (and the watch for renewals) on the one Secret.
+    assert_eq!(
+        secret_rules(objects),
+        [(vec!["bw-breakwater-webhook-tls".to_owned()], ["get", "list", "watch"].map(String::from).to_vec())]
+    );
+    // It still sets the webhook's failurePolicy once it answers.
+    let patches_webhook = one(objects, "ClusterRole")["rules"].as_array().expect("rules").iter().any(|r| {
+        strings(&r["resources"]) == ["mutatingwebhookconfigurations"]
+            && strings(&r["resourceNames"]) == ["bw-breakwater-injector"]
+            && strings(&r["verbs"]).contains(&"patch".to_owned())
+    });
+    assert!(patches_webhook, "the operator patches its webhook configuration");
+}
+
+#[tokio::test]
 async fn values_schema_rejects_bad_values_naming_the_key() -> anyhow::Result<()> {
     let helm = Helm::offline()?;
     let cases = [
@@ -201,6 +377,13 @@ async fn values_schema_rejects_bad_values_naming_the_key() -> anyhow::Result<()>
         ("sidecar:\n  ports: {admin: 70000}\n", "admin"),
         ("operator:\n  logLevel: verbose\n", "logLevel"),
         ("webhook:\n  excludeNamespaces: [Kube_System]\n", "excludeNamespaces"),
+        ("certManager:\n  enabled: \"true\"\n", "enabled"),
+        ("certManager:\n  duration: ninety\n", "duration"),
+        ("certManager:\n  renewBefore: 30d\n", "renewBefore"),
+        ("certManager:\n  issuerRef: {name: corp-ca, kind: Foo}\n", "kind"),
+        // An issuerRef without a name.
+        ("certManager:\n  issuerRef: {kind: ClusterIssuer}\n", "issuerRef"),
+        ("certManager:\n  issuer: {name: corp-ca}\n", "issuer"),
     ];
     for (i, (values, key)) in cases.iter().enumerate() {
         let file = helm.scratch().join(format!("bad-{i}.yaml"));
@@ -304,6 +487,91 @@ async fn chart_installs_upgrades_and_uninstalls_on_a_real_api_server() -> anyhow
     Ok(())
 }
 
+/// With `certManager.enabled` cert-manager writes the certificate Secret: the rendered RBAC, applied
+/// on its own (cert-manager's kinds are unknown to this cluster), lets the operator read and watch
+/// that one Secret and write none.
+#[tokio::test]
+async fn cert_manager_rbac_lets_the_operator_only_read_its_secret() -> anyhow::Result<()> {
+    const RELEASE: &str = "bwcm";
+    const NAMESPACE: &str = "breakwater-cm";
+    let cluster = TestCluster::shared().await?;
+    let client = cluster.client()?;
+    let helm = Helm::offline()?;
+    let out = helm
+        .run([
+            "template",
+            RELEASE,
+            &chart(),
+            "--namespace",
+            NAMESPACE,
+            "--set",
+            "certManager.enabled=true",
+            "--show-only",
+            "templates/rbac.yaml",
+        ])
+        .await?;
+    let rbac = manifests(&out)?;
+    let pp = PostParams::default();
+    Api::<Namespace>::all(client.clone())
+        .create(&pp, &serde_json::from_value(json!({"metadata": {"name": NAMESPACE}}))?)
+        .await?;
+    let cluster_role: ClusterRole = serde_json::from_value(one(&rbac, "ClusterRole").clone())?;
+    let cluster_binding: ClusterRoleBinding =
+        serde_json::from_value(one(&rbac, "ClusterRoleBinding").clone())?;
+    let role: Role = serde_json::from_value(one(&rbac, "Role").clone())?;
+    let binding: RoleBinding = serde_json::from_value(one(&rbac, "RoleBinding").clone())?;
+    Api::<ClusterRole>::all(client.clone()).create(&pp, &cluster_role).await?;
+    Api::<ClusterRoleBinding>::all(client.clone()).create(&pp, &cluster_binding).await?;
+    Api::<Role>::namespaced(client.clone(), NAMESPACE).create(&pp, &role).await?;
+    Api::<RoleBinding>::namespaced(client.clone(), NAMESPACE).create(&pp, &binding).await?;
+
+    let sa = "bwcm-breakwater";
+    let secret = "bwcm-breakwater-webhook-tls";
+    let granted: &[AccessCase<'_>] = &[("get", "", "secrets", NAMESPACE, secret, true)];
+    wait::until_ok("the Role to reach the authorizer", TIMEOUT, || async {
+        let wrong = authorizer_disagrees(&client, NAMESPACE, sa, granted).await.map_err(|e| e.to_string())?;
+        if wrong.is_empty() { Ok(()) } else { Err(wrong.join("; ")) }
+    })
+    .await?;
+    let cases: &[AccessCase<'_>] = &[
+        ("get", "", "secrets", NAMESPACE, secret, true),
+        ("list", "", "secrets", NAMESPACE, secret, true),
+        ("watch", "", "secrets", NAMESPACE, secret, true),
+        ("create", "", "secrets", NAMESPACE, "", false),
+        ("update", "", "secrets", NAMESPACE, secret, false),
+        ("patch", "", "secrets", NAMESPACE, secret, false),
+        ("delete", "", "secrets", NAMESPACE, secret, false),
+        ("list", "", "secrets", NAMESPACE, "", false),
+        ("get", "", "secrets", NAMESPACE, "bwcm-breakwater-ca", false),
+        // It still sets the failurePolicy of its webhook configuration.
+        (
+            "patch",
+            "admissionregistration.k8s.io",
+            "mutatingwebhookconfigurations",
+            "",
+            "bwcm-breakwater-injector",
+            true,
+        ),
+    ];
+    let wrong = authorizer_disagrees(&client, NAMESPACE, sa, cases).await?;
+    assert!(
+        wrong.is_empty(),
+        "RBAC differs from what the operator needs with cert-manager:\n{}",
+        wrong.join("\n")
+    );
+    assert_lists_only_its_secret(&cluster.client_as_service_account(NAMESPACE, sa)?, NAMESPACE, secret).await;
+
+    let dp = DeleteParams::default();
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .delete(&cluster_binding.metadata.name.unwrap_or_default(), &dp)
+        .await?;
+    Api::<ClusterRole>::all(client.clone())
+        .delete(&cluster_role.metadata.name.unwrap_or_default(), &dp)
+        .await?;
+    Api::<Namespace>::all(client).delete(NAMESPACE, &dp).await?;
+    Ok(())
+}
+
 async fn wait_established(crds: &Api<CustomResourceDefinition>) -> anyhow::Result<()> {
     wait::until_ok("the CRD to be Established", TIMEOUT, || {
         let crds = crds.clone();
@@ -322,7 +590,7 @@ async fn wait_established(crds: &Api<CustomResourceDefinition>) -> anyhow::Resul
 async fn check_operator_rbac(cluster: &TestCluster, client: &Client) -> anyhow::Result<()> {
     let sa = "bw-breakwater";
     // (verb, group, resource, namespace, name, allowed)
-    let cases: &[(&str, &str, &str, &str, &str, bool)] = &[
+    let cases: &[AccessCase<'_>] = &[
         ("list", "breakwater.dev", "communicationpolicies", "", "", true),
         ("watch", "breakwater.dev", "communicationpolicies", "", "", true),
         ("patch", "breakwater.dev", "communicationpolicies/status", "shop", "p", true),
@@ -343,7 +611,13 @@ async fn check_operator_rbac(cluster: &TestCluster, client: &Client) -> anyhow::
         ("create", "coordination.k8s.io", "leases", NAMESPACE, "", true),
         ("get", "coordination.k8s.io", "leases", NAMESPACE, "bw-breakwater-operator", true),
         ("patch", "coordination.k8s.io", "leases", NAMESPACE, "bw-breakwater-operator", true),
+        // Its certificates: made by the operator (self-signed, the default), watched for renewals.
         ("get", "", "secrets", NAMESPACE, "bw-breakwater-webhook-tls", true),
+        ("list", "", "secrets", NAMESPACE, "bw-breakwater-webhook-tls", true),
+        ("watch", "", "secrets", NAMESPACE, "bw-breakwater-webhook-tls", true),
+        ("create", "", "secrets", NAMESPACE, "", true),
+        ("update", "", "secrets", NAMESPACE, "bw-breakwater-webhook-tls", true),
+        ("delete", "", "secrets", NAMESPACE, "bw-breakwater-webhook-tls", false),
         // Denied: Secrets anywhere else, or any other in its namespace.
         ("list", "", "secrets", "", "", false),
         ("get", "", "secrets", "", "", false),
@@ -394,6 +668,46 @@ async fn check_operator_rbac(cluster: &TestCluster, client: &Client) -> anyhow::
         ("watch", "coordination.k8s.io", "leases", NAMESPACE, "bw-breakwater-operator", false),
         ("get", "", "configmaps", "kube-system", "", false),
     ];
+    let wrong = authorizer_disagrees(client, NAMESPACE, sa, cases).await?;
+    assert!(wrong.is_empty(), "RBAC differs from what the operator needs:\n{}", wrong.join("\n"));
+
+    // The same through the API itself, impersonating the ServiceAccount.
+    let as_operator = cluster.client_as_service_account(NAMESPACE, sa)?;
+    let secrets = Api::<Secret>::all(as_operator.clone()).list(&ListParams::default()).await;
+    assert!(matches!(&secrets, Err(kube::Error::Api(s)) if s.code == 403), "{secrets:?}");
+    assert_lists_only_its_secret(&as_operator, NAMESPACE, "bw-breakwater-webhook-tls").await;
+    let policies = kube::discovery::pinned_kind(
+        &as_operator,
+        &kube::api::GroupVersionKind::gvk("breakwater.dev", "v1alpha1", "CommunicationPolicy"),
+    )
+    .await?;
+    let listed = Api::<kube::api::DynamicObject>::all_with(as_operator, &policies.0)
+        .list(&ListParams::default())
+        .await;
+    assert!(listed.is_ok(), "the operator lists policies cluster-wide: {listed:?}");
+    Ok(())
+}
+
+/// The operator's Secret watcher lists by field selector `metadata.name`, which the API server
+/// authorizes as a request for that name (resourceNames); without the selector it is refused.
+async fn assert_lists_only_its_secret(as_operator: &Client, namespace: &str, secret: &str) {
+    let secrets = Api::<Secret>::namespaced(as_operator.clone(), namespace);
+    let own = secrets.list(&ListParams::default().fields(&format!("metadata.name={secret}"))).await;
+    assert!(own.is_ok(), "the operator lists its Secret {namespace}/{secret} by name: {own:?}");
+    let all = secrets.list(&ListParams::default()).await;
+    assert!(matches!(&all, Err(kube::Error::Api(s)) if s.code == 403), "{all:?}");
+}
+
+/// (verb, group, resource[/subresource], namespace, name, allowed)
+type AccessCase<'a> = (&'a str, &'a str, &'a str, &'a str, &'a str, bool);
+
+/// The cases the API server's authorizer answers otherwise for ServiceAccount `sa_namespace/sa`.
+async fn authorizer_disagrees(
+    client: &Client,
+    sa_namespace: &str,
+    sa: &str,
+    cases: &[AccessCase<'_>],
+) -> anyhow::Result<Vec<String>> {
     let reviews = Api::<SubjectAccessReview>::all(client.clone());
     let mut wrong = Vec::new();
     for &(verb, group, resource, namespace, name, expected) in cases {
@@ -401,10 +715,10 @@ async fn check_operator_rbac(cluster: &TestCluster, client: &Client) -> anyhow::
             resource.split_once('/').map_or((resource, None), |(r, s)| (r, Some(s)));
         let review = SubjectAccessReview {
             spec: SubjectAccessReviewSpec {
-                user: Some(format!("system:serviceaccount:{NAMESPACE}:{sa}")),
+                user: Some(format!("system:serviceaccount:{sa_namespace}:{sa}")),
                 groups: Some(vec![
                     "system:serviceaccounts".into(),
-                    format!("system:serviceaccounts:{NAMESPACE}"),
+                    format!("system:serviceaccounts:{sa_namespace}"),
                     "system:authenticated".into(),
                 ]),
                 resource_attributes: Some(ResourceAttributes {
@@ -427,22 +741,7 @@ async fn check_operator_rbac(cluster: &TestCluster, client: &Client) -> anyhow::
                 .push(format!("{verb} {group}/{resource} ns={namespace:?} name={name:?}: allowed={allowed}"));
         }
     }
-    assert!(wrong.is_empty(), "RBAC differs from what the operator needs:\n{}", wrong.join("\n"));
-
-    // The same through the API itself, impersonating the ServiceAccount.
-    let as_operator = cluster.client_as_service_account(NAMESPACE, sa)?;
-    let secrets = Api::<Secret>::all(as_operator.clone()).list(&ListParams::default()).await;
-    assert!(matches!(&secrets, Err(kube::Error::Api(s)) if s.code == 403), "{secrets:?}");
-    let policies = kube::discovery::pinned_kind(
-        &as_operator,
-        &kube::api::GroupVersionKind::gvk("breakwater.dev", "v1alpha1", "CommunicationPolicy"),
-    )
-    .await?;
-    let listed = Api::<kube::api::DynamicObject>::all_with(as_operator, &policies.0)
-        .list(&ListParams::default())
-        .await;
-    assert!(listed.is_ok(), "the operator lists policies cluster-wide: {listed:?}");
-    Ok(())
+    Ok(wrong)
 }
 
 fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {

@@ -84,7 +84,8 @@ fn get_command(url: &str, count: Option<&String>) -> ExitCode {
 }
 
 fn get(host: &str, path: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = connect(host)?;
+    // A URL without a port means port 80.
+    let mut stream = if host.contains(':') { connect(host)? } else { connect(&format!("{host}:80"))? };
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
     let mut response = String::new();

@@ -10,7 +10,10 @@ use breakwater_e2e::PodRunner;
 use super::*;
 
 /// A namespace whose pods get the sidecar.
-async fn labelled(cluster: &TestCluster, prefix: &str) -> anyhow::Result<breakwater_e2e::TestNamespace> {
+pub(super) async fn labelled(
+    cluster: &TestCluster,
+    prefix: &str,
+) -> anyhow::Result<breakwater_e2e::TestNamespace> {
     let ns = cluster.namespace(prefix).await?;
     Api::<k8s_openapi::api::core::v1::Namespace>::all(cluster.client()?)
         .patch(
@@ -22,7 +25,7 @@ async fn labelled(cluster: &TestCluster, prefix: &str) -> anyhow::Result<breakwa
     Ok(ns)
 }
 
-fn fault_pod(name: &str, extra: Value) -> anyhow::Result<Pod> {
+pub(super) fn fault_pod(name: &str, extra: Value) -> anyhow::Result<Pod> {
     let mut p = json!({
         "metadata": {"name": name, "labels": {"app": name}},
         "spec": {"containers": [{
@@ -37,7 +40,7 @@ fn fault_pod(name: &str, extra: Value) -> anyhow::Result<Pod> {
     Ok(serde_json::from_value(p)?)
 }
 
-fn json_merge(a: &mut Value, b: Value) {
+pub(super) fn json_merge(a: &mut Value, b: Value) {
     match (a, b) {
         (Value::Object(a), Value::Object(b)) => {
             for (k, v) in b {
@@ -48,7 +51,7 @@ fn json_merge(a: &mut Value, b: Value) {
     }
 }
 
-fn container_names(pod: &Pod) -> (Vec<String>, Vec<String>) {
+pub(super) fn container_names(pod: &Pod) -> (Vec<String>, Vec<String>) {
     let spec = pod.spec.clone().unwrap_or_default();
     (
         spec.init_containers.unwrap_or_default().into_iter().map(|c| c.name).collect(),
@@ -58,14 +61,14 @@ fn container_names(pod: &Pod) -> (Vec<String>, Vec<String>) {
 
 /// What the API server would store for `pod` in `ns` (a server-side dry run: webhooks run,
 /// nothing is created).
-async fn admitted(client: &Client, ns: &str, pod: &Pod) -> anyhow::Result<Pod> {
+pub(super) async fn admitted(client: &Client, ns: &str, pod: &Pod) -> anyhow::Result<Pod> {
     Ok(Api::<Pod>::namespaced(client.clone(), ns)
         .create(&PostParams { dry_run: true, ..PostParams::default() }, pod)
         .await?)
 }
 
 /// Waits until the webhook answers (the operator sets the caBundle once it serves).
-async fn injecting(client: &Client, ns: &str) -> anyhow::Result<()> {
+pub(super) async fn injecting(client: &Client, ns: &str) -> anyhow::Result<()> {
     let probe = fault_pod("probe", json!({}))?;
     wait::until_ok("the webhook to inject", TIMEOUT, || async {
         let p = admitted(client, ns, &probe).await.map_err(|e| e.to_string())?;
@@ -76,7 +79,12 @@ async fn injecting(client: &Client, ns: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn in_netns(runner: &PodRunner, ns: &str, pod: &str, args: &[&str]) -> anyhow::Result<String> {
+pub(super) async fn in_netns(
+    runner: &PodRunner,
+    ns: &str,
+    pod: &str,
+    args: &[&str],
+) -> anyhow::Result<String> {
     let netns =
         runner.netns(ns, pod).ok_or_else(|| anyhow::anyhow!("pod {ns}/{pod} has no network namespace"))?;
     let out = tokio::process::Command::new("ip").args(["netns", "exec", &netns]).args(args).output().await?;
@@ -260,8 +268,204 @@ async fn without_the_operator_pods_are_created_without_the_proxy_and_injected_ag
     let stored = admitted(&client, &ns, &fault_pod("while-down", json!({}))?).await?;
     assert_eq!(container_names(&stored).0, Vec::<String>::new(), "failurePolicy Ignore: created, uninjected");
     assert!(started.elapsed() < Duration::from_secs(15), "not blocked for long: {:?}", started.elapsed());
+    // A real one too (bound to a node that does not exist, so it never runs): created without
+    // the proxy, and reported once a replica is back.
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    let missed = pods
+        .create(&PostParams::default(), &fault_pod("missed", json!({"spec": {"nodeName": "nowhere"}}))?)
+        .await?;
+    assert_eq!(container_names(&missed).0, Vec::<String>::new(), "created, uninjected");
     op.scale(2).await?;
     op.ready_pods(2, TAKEOVER * 2).await?;
     injecting(&client, &ns).await?;
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), &ns);
+    let note = wait::until_ok("an Event on the pod created while no replica answered", TIMEOUT, || async {
+        let list = events.list(&kube::api::ListParams::default()).await.map_err(|e| e.to_string())?;
+        list.items
+            .iter()
+            .find(|e| {
+                e.reason.as_deref() == Some("SidecarNotInjected")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("missed")
+            })
+            .and_then(|e| e.note.clone())
+            .ok_or_else(|| format!("{} events", list.items.len()))
+    })
+    .await?;
+    assert!(note.contains("no operator replica answered"), "{note}");
+    let stored = admitted(&client, &ns, &fault_pod("after", json!({}))?).await?;
+    assert_eq!(container_names(&stored).0, ["breakwater-init", "breakwater-proxy"], "injected again");
+    pods.delete("missed", &DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() }).await?;
+    Ok(())
+}
+
+/// The injected pod spec with what differs between runs replaced by placeholders: the
+/// namespace's generated name and the ServiceAccount token volume's random suffix.
+fn normalized(pod: &Pod, ns: &str) -> anyhow::Result<Value> {
+    let mut text = serde_json::to_string(&pod.spec)?.replace(ns, "[namespace]");
+    let volumes: Vec<String> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .filter(|v| v.name.starts_with("kube-api-access-"))
+        .map(|v| v.name.clone())
+        .collect();
+    for name in volumes {
+        text = text.replace(&name, "kube-api-access-[random]");
+    }
+    Ok(serde_json::from_str(&text)?)
+}
+
+#[tokio::test]
+async fn a_deployments_pods_carry_exactly_the_reviewed_spec_and_a_second_admission_adds_nothing()
+-> anyhow::Result<()> {
+    let _shared = DISRUPTIVE.read().await;
+    let (cluster, _op) = operator().await?;
+    let client = cluster.client()?;
+    let ns = labelled(cluster, "spec").await?;
+    injecting(&client, &ns).await?;
+
+    // The user's Deployment, as they would write it; its pod can be placed on no node, so it
+    // stays Pending and the spec is the one the API server stored.
+    let deployment: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "orders"},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "orders"}},
+            "template": {
+                "metadata": {"labels": {"app": "orders"}},
+                "spec": {
+                    "nodeSelector": {"breakwater.dev/e2e": "no-such-node"},
+                    "containers": [{
+                        "name": "app",
+                        "image": "breakwater/fault-server",
+                        "args": ["--listen", "0.0.0.0:8080"],
+                        "ports": [{"name": "http", "containerPort": 8080}],
+                        "readinessProbe": {"httpGet": {"path": "/", "port": 8080}},
+                    }],
+                },
+            },
+        },
+    }))?;
+    Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &deployment)
+        .await?;
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    let pod = wait::until_ok("the Deployment's pod", TIMEOUT, || async {
+        let list = pods
+            .list(&kube::api::ListParams::default().labels("app=orders"))
+            .await
+            .map_err(|e| e.to_string())?;
+        list.items.into_iter().next().ok_or_else(|| "no pod yet".to_owned())
+    })
+    .await?;
+    insta::assert_json_snapshot!("injected_deployment_pod_spec", normalized(&pod, &ns)?);
+
+    // The stored (injected) pod admitted again, as a re-invocation or a re-created pod would be:
+    // exactly the same containers and volumes, one proxy.
+    let mut again = pod.clone();
+    again.metadata = kube::api::ObjectMeta {
+        name: Some("orders-again".into()),
+        labels: pod.metadata.labels.clone(),
+        annotations: pod.metadata.annotations.clone(),
+        ..kube::api::ObjectMeta::default()
+    };
+    again.status = None;
+    let stored = admitted(&client, &ns, &again).await?;
+    let (init, containers) = container_names(&stored);
+    assert_eq!(init, ["breakwater-init", "breakwater-proxy"], "one set of the sidecar's containers");
+    assert_eq!(containers, ["app"]);
+    let (first, second) = (pod.spec.clone().unwrap_or_default(), stored.spec.clone().unwrap_or_default());
+    assert_eq!(first.init_containers, second.init_containers, "init containers unchanged");
+    assert_eq!(first.containers, second.containers, "containers unchanged");
+    assert_eq!(first.volumes, second.volumes, "volumes unchanged");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_jobs_pod_completes_with_the_native_sidecar() -> anyhow::Result<()> {
+    let _shared = DISRUPTIVE.read().await;
+    let (cluster, _op) = operator().await?;
+    let runner = cluster.pod_runner().await?;
+    let client = cluster.client()?;
+    let ns = labelled(cluster, "job").await?;
+    injecting(&client, &ns).await?;
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    pods.create(
+        &PostParams::default(),
+        &fault_pod("payments", json!({"metadata": {"labels": {"breakwater.dev/inject": "disabled"}}}))?,
+    )
+    .await?;
+    let svc = Api::<Service>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &service("payments", &[("http", 80, json!("http"))])?)
+        .await?;
+    let cluster_ip = svc.spec.and_then(|s| s.cluster_ip).unwrap_or_default();
+
+    // A Job calling the Service three times: its container exits, then the kubelet stops the
+    // native sidecar, and the Job completes (a regular proxy container would keep it running).
+    let job: k8s_openapi::api::batch::v1::Job = serde_json::from_value(json!({
+        "metadata": {"name": "report"},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "metadata": {"labels": {"app": "report"}},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{
+                        "name": "app",
+                        "image": "breakwater/e2e-client",
+                        "args": ["get", format!("http://{cluster_ip}/"), "3"],
+                    }],
+                },
+            },
+        },
+    }))?;
+    let jobs = Api::<k8s_openapi::api::batch::v1::Job>::namespaced(client.clone(), &ns);
+    jobs.create(&PostParams::default(), &job).await?;
+    let pod_of_job = || async {
+        let list = pods
+            .list(&kube::api::ListParams::default().labels("app=report"))
+            .await
+            .map_err(|e| e.to_string())?;
+        list.items.into_iter().next().ok_or_else(|| "no pod yet".to_owned())
+    };
+    let done = wait::until_ok("the Job to complete", TIMEOUT, || async {
+        let j = jobs.get("report").await.map_err(|e| e.to_string())?;
+        let conditions = j.status.and_then(|s| s.conditions).unwrap_or_default();
+        if conditions.iter().any(|c| c.type_ == "Failed" && c.status == "True") {
+            return Ok(Err(format!("the Job failed: {conditions:?}")));
+        }
+        if conditions.iter().any(|c| c.type_ == "Complete" && c.status == "True") {
+            return Ok(Ok(()));
+        }
+        let p = pod_of_job().await?;
+        Err(format!("{:?}", p.status.map(|s| (s.phase, s.init_container_statuses, s.container_statuses))))
+    })
+    .await?;
+    let pod = pod_of_job().await.map_err(anyhow::Error::msg)?;
+    let name = pod.name_any();
+    if let Err(e) = done {
+        anyhow::bail!(
+            "{e}\napp log:\n{}\nproxy log:\n{}",
+            runner.logs(&ns, &name, "app").unwrap_or_default(),
+            runner.logs(&ns, &name, "breakwater-proxy").unwrap_or_default()
+        );
+    }
+    let (init, _) = container_names(&pod);
+    assert_eq!(init, ["breakwater-init", "breakwater-proxy"], "the Job's pod was injected");
+    let status = pod.status.unwrap_or_default();
+    assert_eq!(status.phase.as_deref(), Some("Succeeded"));
+    let proxy = status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .find(|s| s.name == "breakwater-proxy")
+        .ok_or_else(|| anyhow::anyhow!("no status for the proxy"))?;
+    assert!(
+        proxy.state.as_ref().is_some_and(|s| s.terminated.is_some()),
+        "the proxy was stopped after the app: {:?}",
+        proxy.state
+    );
+    let log = runner.logs(&ns, &name, "app").unwrap_or_default();
+    assert_eq!(log.lines().filter(|l| l.starts_with("200 ")).count(), 3, "three calls answered:\n{log}");
     Ok(())
 }

@@ -7,8 +7,11 @@
 //!
 //! - [`status`]: policy status, conflicts, snapshots following the cluster, failover, restarts,
 //!   policies the operator cannot use;
-//! - [`stream`]: the config API and sidecars in cluster mode.
+//! - [`stream`]: the config API and sidecars in cluster mode;
+//! - [`inject`]: sidecar injection and injected pods that run;
+//! - [`certs`]: certificate rotation and renewal, the webhook's failure policy.
 
+mod certs;
 mod inject;
 mod status;
 mod stream;
