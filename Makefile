@@ -60,7 +60,7 @@ crds-check:
 otelcol: ## Build the OpenTelemetry Collector for the trace end-to-end test (cached; needs go)
 	@bash e2e/gobuild/otelcol/build.sh
 
-k8s-bins: ## Build etcd, kube-apiserver, controller-manager, scheduler and helm from Go modules (cached; needs go)
+k8s-bins: ## Build etcd, kube-apiserver, controller-manager, scheduler, kubectl and helm from Go modules (cached; needs go)
 	@bash e2e/gobuild/build.sh
 
 e2e: deps k8s-bins ## Only the tests against a real control plane (e2e/)

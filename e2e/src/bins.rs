@@ -23,7 +23,7 @@ fn version(key: &str) -> &'static str {
         .expect("gobuild/versions.env defines K8S_VERSION, ETCD_VERSION and HELM_VERSION")
 }
 
-/// Kubernetes release of kube-apiserver, kube-controller-manager and kube-scheduler (`v1.37.2`).
+/// Kubernetes release of kube-apiserver, kube-controller-manager, kube-scheduler and kubectl (`v1.37.2`).
 pub fn kubernetes_version() -> &'static str {
     version("K8S_VERSION")
 }
@@ -54,6 +54,8 @@ pub struct Binaries {
     pub kube_controller_manager: PathBuf,
     /// `kube-scheduler`.
     pub kube_scheduler: PathBuf,
+    /// `kubectl`, of the same release as the API server.
+    pub kubectl: PathBuf,
     /// `helm`.
     pub helm: PathBuf,
 }
@@ -80,12 +82,20 @@ impl Binaries {
             kube_apiserver: k8s.join("kube-apiserver"),
             kube_controller_manager: k8s.join("kube-controller-manager"),
             kube_scheduler: k8s.join("kube-scheduler"),
+            kubectl: k8s.join("kubectl"),
             helm: cache.join(format!("helm-{}", helm_version())).join("bin").join("helm"),
         }
     }
 
-    fn all(&self) -> [&Path; 5] {
-        [&self.etcd, &self.kube_apiserver, &self.kube_controller_manager, &self.kube_scheduler, &self.helm]
+    fn all(&self) -> [&Path; 6] {
+        [
+            &self.etcd,
+            &self.kube_apiserver,
+            &self.kube_controller_manager,
+            &self.kube_scheduler,
+            &self.kubectl,
+            &self.helm,
+        ]
     }
 
     /// Whether every binary is in the cache.

@@ -27,6 +27,7 @@ pub mod bins;
 pub mod cluster;
 mod error;
 pub mod helm;
+pub mod kubectl;
 pub mod kubelet;
 pub mod network;
 pub mod objects;
@@ -41,5 +42,6 @@ pub use self::{
     cluster::{TestCluster, TestNamespace},
     error::{Error, Result},
     helm::Helm,
+    kubectl::Kubectl,
     kubelet::{ImageTable, PodRunner},
 };

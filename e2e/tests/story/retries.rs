@@ -1,0 +1,145 @@
+//! A caller and a server behind a Service, both injected; the server's pods fail half their calls. With
+//! no policy the caller sees the failures (and its sidecar counts them); a retry policy applied
+//! with kubectl makes them disappear, and its status says it is programmed into the caller's
+//! sidecar; a change to the policy is live within a second.
+
+use super::*;
+
+fn retry_policy(ns: &str, attempts: u32) -> String {
+    format!(
+        r#"apiVersion: breakwater.dev/v1alpha1
+kind: CommunicationPolicy
+metadata:
+  name: payments-from-checkout
+  namespace: {ns}
+spec:
+  targetRef: {{name: payments}}
+  sources: [{{podSelector: {{matchLabels: {{app: checkout}}}}}}]
+  timeouts: {{perTry: 800ms, request: 3s}}
+  retries:
+    attempts: {attempts}
+    retryOn: {{conditions: [connect-failure, reset, gateway-error]}}
+    backoff: {{base: 5ms, max: 20ms}}
+    budget: {{ratio: 1.0, minPerSecond: 100}}
+"#
+    )
+}
+
+#[tokio::test]
+async fn a_retry_policy_applied_with_kubectl_takes_the_callers_errors_away() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let story = story().await?;
+    let runner = story.cluster.pod_runner().await?;
+    let client = story.cluster.client()?;
+    let ns = injected_namespace(story, "retries").await?;
+
+    // payments: two pods that each answer half the calls with 503; checkout: the caller.
+    create_deployment(&client, &ns, &fault_deployment("payments", "payments", 2, &["--fail-rate", "0.5"])?)
+        .await?;
+    create_deployment(&client, &ns, &fault_deployment("checkout", "checkout", 1, &[])?).await?;
+    let service = story
+        .kubectl
+        .output(
+            [
+                "expose",
+                "deployment",
+                "payments",
+                "-n",
+                ns.name(),
+                "--name",
+                "payments",
+                "--port",
+                "80",
+                "--target-port",
+                "http",
+                "--selector",
+                "app=payments",
+            ],
+            None,
+        )
+        .await?;
+    assert!(service.success, "{}", service.stderr);
+    ready_pods(&client, &ns, "app=payments", 2).await?;
+    let caller = ready_pods(&client, &ns, "app=checkout", 1).await?.remove(0);
+    let init: Vec<String> =
+        caller.spec.iter().flat_map(|s| s.init_containers.iter().flatten()).map(|c| c.name.clone()).collect();
+    assert_eq!(init, ["breakwater-init", "breakwater-proxy"], "the caller was injected");
+    let caller = caller.metadata.name.clone().unwrap_or_default();
+    // By cluster IP: `ip netns exec` gives curl the host's /etc/hosts, not the pod's.
+    let svc =
+        Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), &ns).get("payments").await?;
+    let url = format!("http://{}/", svc.spec.and_then(|s| s.cluster_ip).unwrap_or_default());
+
+    // No policy: calls go through the sidecar, and the failures reach the caller (40 calls at
+    // p = 0.5: fewer than 8 errors happens once in 10^5 runs).
+    let before = calls(runner, &ns, &caller, &url, 40).await?;
+    assert!(before.errors >= 8, "half the calls fail without a policy: {before:?}");
+    let pod = Api::<Pod>::namespaced(client.clone(), &ns).get(&caller).await?;
+    let ip = breakwater_e2e::operator::pod_ip(&pod)?;
+    let (_, metrics) = breakwater_e2e::operator::http_get(ip, 15020, "/metrics").await?;
+    // Without a policy the snapshot names no Service: the calls are forwarded to their original
+    // destination and counted as `passthrough`.
+    let counted = metric_sum(
+        &metrics,
+        "breakwater_requests_total",
+        &["service=\"passthrough\"", "direction=\"outbound\""],
+    );
+    assert!(counted >= 40.0, "the caller's sidecar counted every call: {counted}\n{metrics}");
+    let failed = metric_sum(
+        &metrics,
+        "breakwater_requests_total",
+        &["service=\"passthrough\"", "status_class=\"5xx\""],
+    );
+    assert_eq!(failed as usize, before.errors, "and every failure");
+
+    // The policy, applied as a user would.
+    let applied = story.kubectl.output(["apply", "-f", "-"], Some(&retry_policy(&ns, 8))).await?;
+    assert!(applied.success, "{}", applied.stderr);
+    let status = wait::until_ok("the policy to be programmed into the caller's sidecar", TIMEOUT, || async {
+        let out = story
+            .kubectl
+            .run([
+                "get",
+                "cpol",
+                "payments-from-checkout",
+                "-n",
+                ns.name(),
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].reason} {.status.sidecars}",
+            ])
+            .await
+            .map_err(|e| e.to_string())?;
+        if out.starts_with("Programmed ") { Ok(out) } else { Err(out) }
+    })
+    .await?;
+    // Every sidecar whose snapshot carries the policy acknowledged it: the caller's and those of
+    // the two payments pods (its target).
+    assert_eq!(status, "Programmed 3");
+
+    // Eight attempts: a call fails with p = 0.5^8; more than 2 errors in 40 calls happens once in
+    // 10^4 runs.
+    let after = calls(runner, &ns, &caller, &url, 40).await?;
+    assert!(after.errors <= 2, "retries take the errors away: {after:?} (before: {before:?})");
+    assert!(before.rate() > after.rate() + 0.2);
+
+    // A change (no more retries) is what the caller sees within a second of `kubectl apply`:
+    // calls until the first failure comes back (each fails with p = 0.5 once the change is live).
+    let changed = story.kubectl.output(["apply", "-f", "-"], Some(&retry_policy(&ns, 1))).await?;
+    assert!(changed.success && changed.stdout.contains("configured"), "{}{}", changed.stdout, changed.stderr);
+    let applied_at = tokio::time::Instant::now();
+    let mut n = 0;
+    while calls(runner, &ns, &caller, &url, 1).await?.errors == 0 {
+        n += 1;
+        anyhow::ensure!(
+            n < 500 && applied_at.elapsed() < Duration::from_secs(10),
+            "no failure in {n} calls after the change"
+        );
+    }
+    let live = applied_at.elapsed();
+    eprintln!("policy change live after {live:?} ({n} calls without failure first)");
+    assert!(
+        live < Duration::from_secs(2),
+        "the change was live after {live:?} (goal 1 s; 2 s with margin for a loaded CI)"
+    );
+    Ok(())
+}
