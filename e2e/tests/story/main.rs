@@ -15,6 +15,7 @@ use kube::{
 use serde_json::json;
 use tokio::sync::{Mutex, OnceCell};
 
+mod dryrun;
 mod kubectl;
 mod retries;
 
@@ -160,4 +161,58 @@ fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
 async fn create_deployment(client: &Client, ns: &str, d: &Deployment) -> anyhow::Result<()> {
     Api::<Deployment>::namespaced(client.clone(), ns).create(&PostParams::default(), d).await?;
     Ok(())
+}
+
+/// What the scenarios call: an injected namespace, `payments` (a Deployment of two fault-server
+/// pods that each answer half the calls with 503, behind a Service made with `kubectl expose`)
+/// and `checkout`, the caller (one pod).
+struct Shop {
+    ns: breakwater_e2e::TestNamespace,
+    /// The caller pod's name.
+    caller: String,
+    /// payments' URL by cluster IP.
+    url: String,
+}
+
+async fn shop(story: &Story, prefix: &str) -> anyhow::Result<Shop> {
+    let client = story.cluster.client()?;
+    let ns = injected_namespace(story, prefix).await?;
+
+    // payments: two pods that each answer half the calls with 503; checkout: the caller.
+    create_deployment(&client, &ns, &fault_deployment("payments", "payments", 2, &["--fail-rate", "0.5"])?)
+        .await?;
+    create_deployment(&client, &ns, &fault_deployment("checkout", "checkout", 1, &[])?).await?;
+    let service = story
+        .kubectl
+        .output(
+            [
+                "expose",
+                "deployment",
+                "payments",
+                "-n",
+                ns.name(),
+                "--name",
+                "payments",
+                "--port",
+                "80",
+                "--target-port",
+                "http",
+                "--selector",
+                "app=payments",
+            ],
+            None,
+        )
+        .await?;
+    assert!(service.success, "{}", service.stderr);
+    ready_pods(&client, &ns, "app=payments", 2).await?;
+    let caller = ready_pods(&client, &ns, "app=checkout", 1).await?.remove(0);
+    let init: Vec<String> =
+        caller.spec.iter().flat_map(|s| s.init_containers.iter().flatten()).map(|c| c.name.clone()).collect();
+    assert_eq!(init, ["breakwater-init", "breakwater-proxy"], "the caller was injected");
+    let caller = caller.metadata.name.clone().unwrap_or_default();
+    // By cluster IP: `ip netns exec` gives curl the host's /etc/hosts, not the pod's.
+    let svc =
+        Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), &ns).get("payments").await?;
+    let url = format!("http://{}/", svc.spec.and_then(|s| s.cluster_ip).unwrap_or_default());
+    Ok(Shop { ns, caller, url })
 }
