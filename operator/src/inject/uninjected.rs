@@ -13,7 +13,7 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use k8s_openapi::api::{
     admissionregistration::v1::MutatingWebhookConfiguration,
-    core::v1::{Namespace, ObjectReference, Pod},
+    core::v1::{Namespace, Pod},
 };
 use kube::{
     Api, Client, ResourceExt,
@@ -134,34 +134,12 @@ pub async fn scan(scanner: &Scanner, reported: &mut HashSet<String>) -> Result<u
             action: "Inject".into(),
             secondary: None,
         };
-        if let Err(e) = scanner.recorder.publish(&event, &subject(&pod)).await {
+        let Some(subject) = super::webhook::owner_or_pod(&pod, pod.namespace()) else { continue };
+        if let Err(e) = scanner.recorder.publish(&event, &subject).await {
             tracing::debug!(error = %e, "publishing an Event failed");
         }
         scanner.metrics.uninjected_reported();
         n += 1;
     }
     Ok(n)
-}
-
-/// The pod's controller, or the pod.
-fn subject(pod: &Pod) -> ObjectReference {
-    let namespace = pod.namespace();
-    match pod.owner_references().iter().find(|o| o.controller == Some(true)) {
-        Some(owner) => ObjectReference {
-            api_version: Some(owner.api_version.clone()),
-            kind: Some(owner.kind.clone()),
-            name: Some(owner.name.clone()),
-            uid: Some(owner.uid.clone()),
-            namespace,
-            ..ObjectReference::default()
-        },
-        None => ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Pod".into()),
-            name: Some(pod.name_any()),
-            uid: pod.uid(),
-            namespace,
-            ..ObjectReference::default()
-        },
-    }
 }

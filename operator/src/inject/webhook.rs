@@ -119,7 +119,12 @@ pub fn answer(body: &[u8], template: &Template, options: Options) -> Answer {
 /// a name and no owner (a pod being created has no uid yet).
 fn subject(request: &AdmissionRequest<Pod>) -> Option<ObjectReference> {
     let pod = request.object.as_ref()?;
-    let namespace = request.namespace.clone().or_else(|| pod.metadata.namespace.clone());
+    owner_or_pod(pod, request.namespace.clone().or_else(|| pod.metadata.namespace.clone()))
+}
+
+/// Whom an Event about `pod` names: its controller, or the pod itself (None for a pod with
+/// neither an owner nor a name yet).
+pub(super) fn owner_or_pod(pod: &Pod, namespace: Option<String>) -> Option<ObjectReference> {
     if let Some(owner) = pod.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true)) {
         return Some(ObjectReference {
             api_version: Some(owner.api_version.clone()),
@@ -135,6 +140,7 @@ fn subject(request: &AdmissionRequest<Pod>) -> Option<ObjectReference> {
         api_version: Some("v1".into()),
         kind: Some("Pod".into()),
         name: Some(name),
+        uid: pod.metadata.uid.clone(),
         namespace,
         ..ObjectReference::default()
     })
