@@ -28,6 +28,23 @@ pub struct Output {
     pub stderr: String,
 }
 
+impl Output {
+    /// Standard output if the command succeeded; otherwise an error quoting `tool args...` and
+    /// everything it printed.
+    pub fn stdout_or_error(self, tool: &str, args: &[std::ffi::OsString]) -> Result<String> {
+        if self.success {
+            Ok(self.stdout)
+        } else {
+            Err(Error::Other(format!(
+                "`{tool} {}` failed:\n{}{}",
+                args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "),
+                self.stdout,
+                self.stderr
+            )))
+        }
+    }
+}
+
 /// A `helm` with private state, optionally pointed at a cluster.
 #[derive(Debug)]
 pub struct Helm {
@@ -89,17 +106,7 @@ impl Helm {
         S: AsRef<std::ffi::OsStr>,
     {
         let args: Vec<std::ffi::OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
-        let out = self.output(&args).await?;
-        if out.success {
-            Ok(out.stdout)
-        } else {
-            Err(Error::Other(format!(
-                "`helm {}` failed:\n{}{}",
-                args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "),
-                out.stdout,
-                out.stderr
-            )))
-        }
+        self.output(&args).await?.stdout_or_error("helm", &args)
     }
 
     /// A scratch directory owned by this helm (for values files and chart copies).

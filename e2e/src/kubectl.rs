@@ -68,16 +68,6 @@ impl Kubectl {
         S: AsRef<std::ffi::OsStr>,
     {
         let args: Vec<std::ffi::OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
-        let out = self.output(&args, None).await?;
-        if out.success {
-            Ok(out.stdout)
-        } else {
-            Err(Error::Other(format!(
-                "`kubectl {}` failed:\n{}{}",
-                args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "),
-                out.stdout,
-                out.stderr
-            )))
-        }
+        self.output(&args, None).await?.stdout_or_error("kubectl", &args)
     }
 }
