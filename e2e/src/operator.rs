@@ -134,6 +134,23 @@ impl Operator {
         &self.helm
     }
 
+    /// Waits until no operator pod exists, terminating ones included: their processes have
+    /// stopped (a terminating replica still answers the webhook while it drains).
+    pub async fn gone(&self, timeout: std::time::Duration) -> Result<()> {
+        let client = kube::Client::try_from(self.config.clone()).map_err(Error::kube("building a client"))?;
+        let api = Api::<Pod>::namespaced(client, &self.namespace);
+        crate::wait::until_ok("every operator replica to stop", timeout, || async {
+            let n = api
+                .list(&ListParams::default().labels(OPERATOR_SELECTOR))
+                .await
+                .map_err(|e| e.to_string())?
+                .items
+                .len();
+            if n == 0 { Ok(()) } else { Err(format!("{n} pods left")) }
+        })
+        .await
+    }
+
     /// The operator pods that are running (not being deleted), by name.
     pub async fn pods(&self) -> Result<Vec<Pod>> {
         let client = kube::Client::try_from(self.config.clone()).map_err(Error::kube("building a client"))?;

@@ -208,12 +208,7 @@ async fn failure_policies(client: &Client) -> anyhow::Result<Vec<String>> {
 }
 
 async fn no_operator(op: &Operator) -> anyhow::Result<()> {
-    wait::until_ok("every operator replica to stop", TIMEOUT, || async {
-        let n = op.pods().await.map_err(|e| e.to_string())?.len();
-        if n == 0 { Ok(()) } else { Err(format!("{n} left")) }
-    })
-    .await?;
-    Ok(())
+    Ok(op.gone(TIMEOUT).await?)
 }
 
 #[tokio::test]

@@ -91,6 +91,20 @@ pub(super) async fn in_netns(
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The upstream `payments` (not injected: opted out by label) and its Service; its cluster IP.
+async fn upstream(client: &Client, ns: &str) -> anyhow::Result<String> {
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &fault_pod("payments", json!({"metadata": {"labels": {"breakwater.dev/inject": "disabled"}}}))?,
+        )
+        .await?;
+    let svc = Api::<Service>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &service("payments", &[("http", 80, json!("http"))])?)
+        .await?;
+    Ok(svc.spec.and_then(|s| s.cluster_ip).unwrap_or_default())
+}
+
 #[tokio::test]
 async fn a_pod_in_a_labelled_namespace_runs_with_the_proxy_and_its_calls_go_through_it() -> anyhow::Result<()>
 {
@@ -103,15 +117,7 @@ async fn a_pod_in_a_labelled_namespace_runs_with_the_proxy_and_its_calls_go_thro
 
     // The upstream (not injected: opted out by label) and its Service.
     let pods = Api::<Pod>::namespaced(client.clone(), &ns);
-    pods.create(
-        &PostParams::default(),
-        &fault_pod("payments", json!({"metadata": {"labels": {"breakwater.dev/inject": "disabled"}}}))?,
-    )
-    .await?;
-    let svc = Api::<Service>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &service("payments", &[("http", 80, json!("http"))])?)
-        .await?;
-    let cluster_ip = svc.spec.and_then(|s| s.cluster_ip).unwrap_or_default();
+    let cluster_ip = upstream(&client, &ns).await?;
     policies(&client, &ns)
         .create(
             &PostParams::default(),
@@ -259,11 +265,7 @@ async fn without_the_operator_pods_are_created_without_the_proxy_and_injected_ag
     let ns = labelled(cluster, "noop").await?;
     injecting(&client, &ns).await?;
     op.scale(0).await?;
-    wait::until_ok("every operator replica to stop", TIMEOUT, || async {
-        let n = op.pods().await.map_err(|e| e.to_string())?.len();
-        if n == 0 { Ok(()) } else { Err(format!("{n} left")) }
-    })
-    .await?;
+    op.gone(TIMEOUT).await?;
     let started = tokio::time::Instant::now();
     let stored = admitted(&client, &ns, &fault_pod("while-down", json!({}))?).await?;
     assert_eq!(container_names(&stored).0, Vec::<String>::new(), "failurePolicy Ignore: created, uninjected");
@@ -390,15 +392,7 @@ async fn a_jobs_pod_completes_with_the_native_sidecar() -> anyhow::Result<()> {
     let ns = labelled(cluster, "job").await?;
     injecting(&client, &ns).await?;
     let pods = Api::<Pod>::namespaced(client.clone(), &ns);
-    pods.create(
-        &PostParams::default(),
-        &fault_pod("payments", json!({"metadata": {"labels": {"breakwater.dev/inject": "disabled"}}}))?,
-    )
-    .await?;
-    let svc = Api::<Service>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &service("payments", &[("http", 80, json!("http"))])?)
-        .await?;
-    let cluster_ip = svc.spec.and_then(|s| s.cluster_ip).unwrap_or_default();
+    let cluster_ip = upstream(&client, &ns).await?;
 
     // A Job calling the Service three times: its container exits, then the kubelet stops the
     // native sidecar, and the Job completes (a regular proxy container would keep it running).
