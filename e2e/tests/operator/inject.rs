@@ -102,6 +102,18 @@ async fn upstream(client: &Client, ns: &str) -> anyhow::Result<String> {
     let svc = Api::<Service>::namespaced(client.clone(), ns)
         .create(&PostParams::default(), &service("payments", &[("http", 80, json!("http"))])?)
         .await?;
+    // Ready, so the Service has an endpoint: a call before that is answered 502, which a Job
+    // with backoffLimit 0 does not survive.
+    let pods = Api::<Pod>::namespaced(client.clone(), ns);
+    wait::until_ok("payments to be Ready", TIMEOUT, || async {
+        let p = pods.get("payments").await.map_err(|e| e.to_string())?;
+        let ready = p
+            .status
+            .and_then(|s| s.conditions)
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        if ready { Ok(()) } else { Err("not Ready".to_owned()) }
+    })
+    .await?;
     Ok(svc.spec.and_then(|s| s.cluster_ip).unwrap_or_default())
 }
 
