@@ -303,6 +303,17 @@ fn proxy_container(t: &Template, o: &annotations::Overrides, native: bool) -> Va
             {"name": "breakwater-snapshot", "mountPath": SNAPSHOT_DIR},
         ],
     });
+    if !t.tracing.endpoint.is_empty() {
+        let tr = &t.tracing;
+        if let Some(env) = c["env"].as_array_mut() {
+            env.extend([
+                json!({"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": tr.endpoint}),
+                json!({"name": "OTEL_EXPORTER_OTLP_PROTOCOL", "value": tr.protocol}),
+                json!({"name": "OTEL_TRACES_SAMPLER", "value": tr.sampler}),
+                json!({"name": "OTEL_TRACES_SAMPLER_ARG", "value": tr.sampler_arg.to_string()}),
+            ]);
+        }
+    }
     if native {
         c["restartPolicy"] = json!("Always");
     } else {

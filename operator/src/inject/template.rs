@@ -43,6 +43,73 @@ pub struct Template {
     pub grace_period: String,
     /// `host:port` of the config API (the operator's Service).
     pub config_api: String,
+    /// Where the proxies export their spans (OTLP); no endpoint: tracing off.
+    #[serde(default)]
+    pub tracing: Tracing,
+}
+
+/// The proxies' trace export, passed to them as the standard `OTEL_*` variables.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Tracing {
+    /// The collector's OTLP endpoint, `http://HOST:PORT` (`OTEL_EXPORTER_OTLP_ENDPOINT`); empty:
+    /// off.
+    #[serde(default)]
+    pub endpoint: String,
+    /// `grpc` (port 4317) or `http/protobuf` (port 4318).
+    #[serde(default = "default_protocol")]
+    pub protocol: String,
+    /// The sampler (`OTEL_TRACES_SAMPLER`): `parentbased_traceidratio` follows the caller's
+    /// decision and samples `samplerArg` of the traces that start here.
+    #[serde(default = "default_sampler")]
+    pub sampler: String,
+    /// The sampler's ratio, 0 to 1 (`OTEL_TRACES_SAMPLER_ARG`).
+    #[serde(default = "default_sampler_arg")]
+    pub sampler_arg: f64,
+}
+
+impl Default for Tracing {
+    fn default() -> Self {
+        Tracing {
+            endpoint: String::new(),
+            protocol: default_protocol(),
+            sampler: default_sampler(),
+            sampler_arg: default_sampler_arg(),
+        }
+    }
+}
+
+/// The samplers the proxy knows (the OpenTelemetry SDK's names).
+const SAMPLERS: [&str; 6] = [
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+];
+
+impl Tracing {
+    fn check(&self) -> Result<(), String> {
+        let e = &self.endpoint;
+        if !(e.is_empty() || e.starts_with("http://") || e.starts_with("https://")) {
+            return Err(format!("tracing.endpoint: {e:?} must be http://HOST:PORT or https://HOST:PORT"));
+        }
+        if !matches!(self.protocol.as_str(), "grpc" | "http/protobuf") {
+            return Err(format!("tracing.protocol: {:?} must be grpc or http/protobuf", self.protocol));
+        }
+        if !SAMPLERS.contains(&self.sampler.as_str()) {
+            return Err(format!(
+                "tracing.sampler: {:?} must be one of {}",
+                self.sampler,
+                SAMPLERS.join(", ")
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.sampler_arg) {
+            return Err(format!("tracing.samplerArg: {} must be between 0 and 1", self.sampler_arg));
+        }
+        Ok(())
+    }
 }
 
 /// The proxy's ports.
@@ -85,6 +152,15 @@ fn default_log_format() -> String {
 fn default_uid() -> i64 {
     2102
 }
+fn default_protocol() -> String {
+    "grpc".into()
+}
+fn default_sampler() -> String {
+    "parentbased_traceidratio".into()
+}
+fn default_sampler_arg() -> f64 {
+    0.01
+}
 fn default_grace() -> String {
     "30s".into()
 }
@@ -121,6 +197,7 @@ impl Template {
         if humantime::parse_duration(&t.grace_period).is_err() {
             return Err(format!("gracePeriod: {:?} is not a duration (e.g. 30s)", t.grace_period));
         }
+        t.tracing.check()?;
         Ok(t)
     }
 

@@ -393,3 +393,46 @@ fn with_external_certificates_the_failure_policy_waits_for_a_bundle_that_trusts_
     let ops = configuration_ops(&injected, wanted);
     assert_eq!(ops, vec![json!({"op": "add", "path": "/webhooks/0/failurePolicy", "value": "Fail"})]);
 }
+
+#[test]
+fn with_a_tracing_endpoint_the_proxy_gets_the_otel_variables_and_without_none() {
+    let env_of = |t: &Template| {
+        let p = pod(json!({}));
+        let after = patched(&p, &inject(&p, t, NATIVE));
+        let proxy = after["spec"]["initContainers"]
+            .as_array()
+            .expect("init containers")
+            .iter()
+            .find(|c| c["name"] == PROXY)
+            .cloned();
+        let env = proxy.expect("the proxy")["env"].as_array().cloned().unwrap_or_default();
+        env.iter()
+            .filter(|e| e["name"].as_str().is_some_and(|n| n.starts_with("OTEL_")))
+            .map(|e| format!("{}={}", e["name"].as_str().unwrap_or(""), e["value"].as_str().unwrap_or("")))
+            .collect::<Vec<_>>()
+    };
+    assert!(env_of(&template()).is_empty(), "tracing is off by default");
+    let traced = Template::parse(
+        "configApi: \"x:9090\"\ntracing: {endpoint: \"http://otel.observability:4317\", samplerArg: 0.5}\n",
+    )
+    .expect("a template with tracing");
+    assert_eq!(
+        env_of(&traced),
+        [
+            "OTEL_EXPORTER_OTLP_ENDPOINT=http://otel.observability:4317",
+            "OTEL_EXPORTER_OTLP_PROTOCOL=grpc",
+            "OTEL_TRACES_SAMPLER=parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG=0.5",
+        ]
+    );
+    for (bad, field) in [
+        ("{endpoint: \"otel:4317\"}", "tracing.endpoint"),
+        ("{protocol: http/json}", "tracing.protocol"),
+        ("{sampler: sometimes}", "tracing.sampler"),
+        ("{samplerArg: 2}", "tracing.samplerArg"),
+        ("{endpiont: \"http://otel:4317\"}", "endpiont"),
+    ] {
+        let e = Template::parse(&format!("configApi: \"x:9090\"\ntracing: {bad}\n")).expect_err(bad);
+        assert!(e.contains(field), "{bad}: {e}");
+    }
+}
