@@ -25,6 +25,7 @@
 
 pub mod bins;
 pub mod cluster;
+pub mod collector;
 mod error;
 pub mod helm;
 pub mod kubectl;
@@ -35,6 +36,7 @@ pub mod operator;
 pub mod pki;
 pub mod process;
 pub mod reaper;
+pub mod scenario;
 pub mod wait;
 
 pub use self::{

@@ -54,9 +54,7 @@ async fn a_dry_run_policy_changes_nothing_for_callers_and_reports_what_it_would_
     assert!(seen.errors >= 8, "a DryRun policy neither retries nor sheds: {seen:?}");
 
     // What it would have done: open the breaker of a pod that failed twice in a row.
-    let pod = Api::<Pod>::namespaced(client.clone(), &ns).get(&caller).await?;
-    let ip = breakwater_e2e::operator::pod_ip(&pod)?;
-    let (_, metrics) = breakwater_e2e::operator::http_get(ip, 15020, "/metrics").await?;
+    let metrics = sidecar_metrics(&client, &ns, &caller).await?;
     let service = format!("payments.{}", ns.name());
     let would = metric_sum(&metrics, "breakwater_dryrun_decisions_total", &[&service, "circuit-open"]);
     assert!(would >= 1.0, "the breaker it would have opened is counted:\n{metrics}");

@@ -5,7 +5,7 @@
 
 use super::*;
 
-fn retry_policy(ns: &str, attempts: u32) -> String {
+pub(crate) fn retry_policy(ns: &str, attempts: u32) -> String {
     format!(
         r#"apiVersion: breakwater.dev/v1alpha1
 kind: CommunicationPolicy
@@ -37,9 +37,7 @@ async fn a_retry_policy_applied_with_kubectl_takes_the_callers_errors_away() -> 
     // p = 0.5: fewer than 8 errors happens once in 10^5 runs).
     let before = calls(runner, &ns, &caller, &url, 40).await?;
     assert!(before.errors >= 8, "half the calls fail without a policy: {before:?}");
-    let pod = Api::<Pod>::namespaced(client.clone(), &ns).get(&caller).await?;
-    let ip = breakwater_e2e::operator::pod_ip(&pod)?;
-    let (_, metrics) = breakwater_e2e::operator::http_get(ip, 15020, "/metrics").await?;
+    let metrics = sidecar_metrics(&client, &ns, &caller).await?;
     // Without a policy the snapshot names no Service: the calls are forwarded to their original
     // destination and counted as `passthrough`.
     let counted = metric_sum(

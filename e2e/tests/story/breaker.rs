@@ -1,0 +1,88 @@
+//! A circuit breaker per endpoint: one payments pod is dead (answers every call with 503), the
+//! other healthy. Without a policy nothing protects the caller from the dead pod; with the
+//! breaker, the dead pod fails `consecutiveFailures` calls, its breaker opens, and it receives nothing more
+//! (its own sidecar's count stops) while every call succeeds on the healthy pod.
+
+use super::*;
+
+fn breaker_policy(ns: &str) -> String {
+    format!(
+        r#"apiVersion: breakwater.dev/v1alpha1
+kind: CommunicationPolicy
+metadata:
+  name: payments-breaker
+  namespace: {ns}
+spec:
+  targetRef: {{name: payments}}
+  circuitBreaker:
+    consecutiveFailures: 3
+    openDuration: 5m
+    scope: Endpoint
+"#
+    )
+}
+
+/// Requests the sidecar of pod `ns/pod` received (inbound), all services and codes together.
+async fn inbound(client: &Client, ns: &str, pod: &str) -> anyhow::Result<f64> {
+    let metrics = sidecar_metrics(client, ns, pod).await?;
+    Ok(metric_sum(&metrics, "breakwater_requests_total", &["direction=\"inbound\""]))
+}
+
+#[tokio::test]
+async fn a_circuit_breaker_stops_calls_to_the_dead_pod() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let story = story().await?;
+    let runner = story.cluster.pod_runner().await?;
+    let client = story.cluster.client()?;
+    let ns = injected_namespace(story, "breaker").await?;
+
+    create_deployment(&client, &ns, &fault_deployment("payments-healthy", "payments", 1, &[])?).await?;
+    create_deployment(
+        &client,
+        &ns,
+        &fault_deployment("payments-dead", "payments", 1, &["--fail-rate", "1.0"])?,
+    )
+    .await?;
+    create_deployment(&client, &ns, &fault_deployment("checkout", "checkout", 1, &[])?).await?;
+    let url = expose(story, &ns, "payments").await?;
+    let dead = ready_pods(&client, &ns, "variant=payments-dead", 1).await?.remove(0);
+    let dead_ip = breakwater_e2e::operator::pod_ip(&dead)?;
+    let dead = dead.metadata.name.clone().unwrap_or_default();
+    ready_pods(&client, &ns, "variant=payments-healthy", 1).await?;
+    let caller = ready_pods(&client, &ns, "app=checkout", 1).await?.remove(0);
+    let caller = caller.metadata.name.clone().unwrap_or_default();
+
+    scenario::ready_endpoints(&client, &ns, "payments", 2, TIMEOUT).await?;
+
+    // No policy: the sidecar forwards to the cluster IP as it was called, over a pooled
+    // connection (so to whichever pod the Service rules chose for it); the dead pod fails
+    // every call that reaches it.
+    let dead_url = format!("http://{dead_ip}:8080/");
+    let before = calls(runner, &ns, &caller, &dead_url, 5).await?;
+    assert_eq!(before.codes.get(&503), Some(&5), "the dead pod answers every call with 503: {before:?}");
+
+    let applied = story.kubectl.output(["apply", "-f", "-"], Some(&breaker_policy(&ns))).await?;
+    assert!(applied.success, "{}", applied.stderr);
+    programmed(story, &ns, "payments-breaker").await?;
+
+    // With the policy the caller's sidecar picks an endpoint per call. The breaker opens after
+    // three failures in a row at the dead pod: at most those three reach
+    // the caller, then every call goes to the healthy pod.
+    let opening = calls(runner, &ns, &caller, &url, 30).await?;
+    assert!(opening.errors <= 3, "the dead pod's breaker opens after 3 failures: {opening:?}");
+    let metrics = sidecar_metrics(&client, &ns, &caller).await?;
+    let service = format!("service=\"payments.{}\"", ns.name());
+    let endpoint = format!("endpoint=\"{dead_ip}:8080\"");
+    let state = metric_sum(&metrics, "breakwater_breaker_state", &[&service, &endpoint]);
+    assert_eq!(state, 2.0, "the dead pod's breaker is open in the caller's sidecar:\n{metrics}");
+
+    let received = inbound(&client, &ns, &dead).await?;
+    let after = calls(runner, &ns, &caller, &url, 30).await?;
+    assert_eq!(after.errors, 0, "with the breaker open every call succeeds: {after:?}");
+    assert_eq!(
+        inbound(&client, &ns, &dead).await?,
+        received,
+        "the dead pod receives no call while its breaker is open"
+    );
+    Ok(())
+}
