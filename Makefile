@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: help build test lint fmt fmt-check clippy crds crds-check unit deps demo
+.PHONY: help build test lint fmt fmt-check clippy crds crds-check unit deps demo demo-cluster
 
 # System tools the tests and the demo use, installed from Debian's packages when missing.
 # (command -> package)
@@ -16,6 +16,13 @@ help: ## List the targets
 demo: ## Run Breakwater locally: flaky services, a sidecar, the same load with the policy off and on
 	$(CARGO) build --release -p breakwater-sidecar -p breakwater-fault -p breakwater-demo
 	./target/release/breakwater-demo --config examples/local/demo.yaml
+
+# The same story on a real Kubernetes control plane started on this machine (the e2e harness):
+# needs root (network namespaces, iptables) and Go; the first run builds the control plane and
+# the OpenTelemetry Collector from their Go modules (about 20 minutes on 2 cores, cached after).
+demo-cluster: deps k8s-bins otelcol ## Breakwater on a real Kubernetes control plane: helm install, kubectl apply, calls before and after, a trace (about 30 s once built)
+	$(CARGO) build --workspace --bins
+	./target/debug/breakwater-demo-cluster $(DEMO_ARGS)
 
 build: ## Build every crate and binary
 	$(CARGO) build --workspace --all-targets
