@@ -81,25 +81,29 @@ fn config_yaml(ip: Ipv4Addr, port: u16, spans: &Path) -> String {
 }
 
 /// The spans of an OTLP JSON-lines file, each with its resource's `service.name` added as
-/// `"service"`.
+/// `"service"` and its `k8s.pod.name` as `"pod"`.
 pub fn read_spans(file: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(file).unwrap_or_default();
     let mut spans = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let Ok(doc) = serde_json::from_str::<Value>(line) else { continue };
         for rs in doc["resourceSpans"].as_array().into_iter().flatten() {
-            let service = rs["resource"]["attributes"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|a| a["key"] == "service.name")
-                .and_then(|a| a["value"]["stringValue"].as_str())
-                .unwrap_or("")
-                .to_owned();
+            let resource = |key: &str| {
+                rs["resource"]["attributes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|a| a["key"] == key)
+                    .and_then(|a| a["value"]["stringValue"].as_str())
+                    .unwrap_or("")
+                    .to_owned()
+            };
+            let (service, pod) = (resource("service.name"), resource("k8s.pod.name"));
             for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
                 for span in ss["spans"].as_array().into_iter().flatten() {
                     let mut span = span.clone();
                     span["service"] = Value::String(service.clone());
+                    span["pod"] = Value::String(pod.clone());
                     spans.push(span);
                 }
             }

@@ -384,6 +384,10 @@ async fn values_schema_rejects_bad_values_naming_the_key() -> anyhow::Result<()>
         // An issuerRef without a name.
         ("certManager:\n  issuerRef: {kind: ClusterIssuer}\n", "issuerRef"),
         ("certManager:\n  issuer: {name: corp-ca}\n", "issuer"),
+        ("sidecar:\n  tracing: {endpoint: \"otel:4317\"}\n", "endpoint"),
+        ("sidecar:\n  tracing: {sampler: sometimes}\n", "sampler"),
+        ("sidecar:\n  tracing: {samplerArg: 2}\n", "samplerArg"),
+        ("sidecar:\n  tracing: {samplerArg: \"half\"}\n", "samplerArg"),
     ];
     for (i, (values, key)) in cases.iter().enumerate() {
         let file = helm.scratch().join(format!("bad-{i}.yaml"));
@@ -393,6 +397,10 @@ async fn values_schema_rejects_bad_values_naming_the_key() -> anyhow::Result<()>
         assert!(out.stderr.contains("schema"), "{}", out.stderr);
         assert!(out.stderr.contains(key), "message names {key}: {}", out.stderr);
     }
+    // A ratio from `--set` arrives as a string (Helm parses only integers there): accepted, and
+    // rendered as a number.
+    let out = helm.run(["template", RELEASE, &chart(), "--set", "sidecar.tracing.samplerArg=0.25"]).await?;
+    assert!(out.contains("samplerArg: 0.25\n"), "{out}");
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! A policy in DryRun: the caller sees exactly what it saw without one, and the decisions the
-//! policy would have made are in the caller's sidecar metrics.
+//! policy would have made are in the caller's sidecar metrics and, as span events, in the traces
+//! the real collector receives.
 
 use super::*;
 
@@ -60,5 +61,37 @@ async fn a_dry_run_policy_changes_nothing_for_callers_and_reports_what_it_would_
     assert!(would >= 1.0, "the breaker it would have opened is counted:\n{metrics}");
     let failures = metric_sum(&metrics, "breakwater_requests_total", &[&service, "status_class=\"5xx\""]);
     assert_eq!(failures as usize, seen.errors, "and each failure the caller saw, under the policy's service");
+
+    // In the traces: calls that carry the app's sampled trace context (so traced at the chart's
+    // default sampler), until one fails (p = 0.5; none in 20: 1 in 10^6). Its CLIENT span says
+    // DryRun and carries the retry it would have made as an event.
+    let mut failed = Vec::new();
+    for n in 0..20 {
+        let (header, trace) = sampled(0xd7, n);
+        let answer = scenario::call(runner, &ns, &caller, &url, Duration::from_secs(3), &[&header]).await?;
+        if answer.code != 200 {
+            failed.push(trace);
+        }
+    }
+    assert!(!failed.is_empty(), "one of twenty calls failed");
+    let client = wait::until_ok("a DryRun decision in a trace", TIMEOUT, || async {
+        let spans = story.collector.spans();
+        spans
+            .into_iter()
+            .find(|s| {
+                failed.iter().any(|t| s["traceId"] == t.as_str())
+                    && s["kind"] == 3
+                    && s["parentSpanId"] == APP_SPAN
+                    && s["events"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|e| e["name"].as_str().is_some_and(|n| n.starts_with("dry run")))
+            })
+            .ok_or_else(|| "not yet".to_owned())
+    })
+    .await?;
+    assert_eq!(breakwater_e2e::collector::attr(&client, "breakwater.mode").as_deref(), Some("DryRun"));
+    assert_eq!(breakwater_e2e::collector::attr(&client, "http.response.status_code").as_deref(), Some("503"));
     Ok(())
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use breakwater_e2e::{
     Kubectl, TestCluster,
+    collector::Collector,
     operator::Operator,
     scenario::{self, calls, create_deployment, fault_deployment, metric_sum, sidecar_metrics},
     wait,
@@ -32,9 +33,13 @@ static SERIAL: Mutex<()> = Mutex::const_new(());
 
 struct Story {
     cluster: &'static TestCluster,
-    /// The release (the operator scenarios scale and upgrade it).
+    /// The release (the operator scenarios scale and upgrade it), installed with the proxies'
+    /// spans exported to [`Story::collector`] (the chart's default sampler: a caller's sampled
+    /// trace is followed, 1 % of the others).
     op: Operator,
     kubectl: Kubectl,
+    /// A real OpenTelemetry Collector on the node's address.
+    collector: Collector,
 }
 
 async fn story() -> anyhow::Result<&'static Story> {
@@ -42,10 +47,13 @@ async fn story() -> anyhow::Result<&'static Story> {
     let cluster = TestCluster::shared().await?;
     STORY
         .get_or_init(|| async {
-            let op = Operator::install(cluster, "bw", NAMESPACE, &[]).await.map_err(|e| e.to_string())?;
+            let collector = Collector::start(cluster).await.map_err(|e| e.to_string())?;
+            let tracing = format!("sidecar.tracing.endpoint={}", collector.endpoint());
+            let op =
+                Operator::install(cluster, "bw", NAMESPACE, &[&tracing]).await.map_err(|e| e.to_string())?;
             op.ready_pods(2, TIMEOUT).await.map_err(|e| e.to_string())?;
             let kubectl = Kubectl::for_cluster(cluster).map_err(|e| e.to_string())?;
-            Ok(Story { cluster, op, kubectl })
+            Ok(Story { cluster, op, kubectl, collector })
         })
         .await
         .as_ref()
@@ -152,4 +160,14 @@ async fn programmed(story: &Story, ns: &str, name: &str) -> anyhow::Result<()> {
     })
     .await?;
     Ok(())
+}
+
+/// The parent span id a caller's app sends in its `traceparent` (W3C Trace Context).
+const APP_SPAN: &str = "00f067aa0ba902b7";
+
+/// A `traceparent` header that starts sampled trace `n` of scenario `tag` (one hex digit or
+/// more), and that trace's id.
+fn sampled(tag: u32, n: u32) -> (String, String) {
+    let trace = format!("4bf92f3577b34da6{tag:08x}{n:08x}");
+    (format!("traceparent: 00-{trace}-{APP_SPAN}-01"), trace)
 }

@@ -1,17 +1,14 @@
-//! `helm upgrade` with changed sidecar settings (trace export to a real OpenTelemetry Collector,
-//! `sidecar.tracing.endpoint`): the pods already running are left as they were (same pods, same
-//! proxy settings, calls still governed by their policy), and pods created after the upgrade get
-//! the new settings. With them, a caller's retried call is one trace across both sidecars: the
-//! caller's CLIENT span with one child span per attempt, and under each attempt the SERVER span
-//! of the payments sidecar that received it.
+//! `helm upgrade` with changed sidecar settings (every trace sampled, `sidecar.tracing.samplerArg`
+//! 0.01 → 1): the pods already running are left as they were (same pods, same proxy settings,
+//! calls still governed by their policy), and pods created after the upgrade get the new
+//! settings and act on them: a call that carries no trace context of its own is traced, and a
+//! caller's retried call is one trace across both sidecars — the caller's CLIENT span with one
+//! child span per attempt, and under each attempt the SERVER span of the payments sidecar that
+//! received it.
 
-use breakwater_e2e::collector::Collector;
 use serde_json::Value;
 
 use super::{retries::retry_policy, *};
-
-/// The parent span the caller's app sends in its `traceparent` (W3C Trace Context).
-const APP_SPAN: &str = "00f067aa0ba902b7";
 
 /// `NAME=value` of each `OTEL_*` variable of the proxy container of pod `ns/name`, and the
 /// proxy's restart count.
@@ -48,13 +45,23 @@ async fn restart(story: &Story, ns: &str, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The spans of the first of `traces` that shows a retried call across both sidecars: the
-/// caller sidecar's CLIENT span (child of the app's span), two or more attempts under it, and a
-/// SERVER span under every attempt.
-fn retried_trace(spans: &[Value], traces: &[String]) -> Option<Vec<Value>> {
-    traces.iter().find_map(|trace| {
-        let of: Vec<&Value> = spans.iter().filter(|s| s["traceId"] == trace.as_str()).collect();
-        let client = of.iter().find(|s| s["kind"] == 3 && s["parentSpanId"] == APP_SPAN)?;
+/// The CLIENT spans that the sidecar of pod `caller` started as the roots of their traces (the
+/// app sent no trace context).
+fn roots<'a>(spans: &'a [Value], caller: &str) -> Vec<&'a Value> {
+    spans
+        .iter()
+        .filter(|s| {
+            s["kind"] == 3 && s["pod"] == caller && s["parentSpanId"].as_str().unwrap_or_default().is_empty()
+        })
+        .collect()
+}
+
+/// The spans of a trace that `caller`'s sidecar started and that shows a retried call across
+/// both sidecars: the root CLIENT span, two or more attempts under it, and a SERVER span under
+/// every attempt.
+fn retried_trace(spans: &[Value], caller: &str) -> Option<Vec<Value>> {
+    roots(spans, caller).into_iter().find_map(|client| {
+        let of: Vec<&Value> = spans.iter().filter(|s| s["traceId"] == client["traceId"]).collect();
         let attempts: Vec<&&Value> = of.iter().filter(|s| s["parentSpanId"] == client["spanId"]).collect();
         let served =
             attempts.iter().all(|a| of.iter().any(|s| s["kind"] == 2 && s["parentSpanId"] == a["spanId"]));
@@ -73,12 +80,12 @@ async fn a_helm_upgrade_keeps_running_pods_and_gives_new_pods_the_new_sidecar_se
     let applied = story.kubectl.output(["apply", "-f", "-"], Some(&retry_policy(&ns, 8))).await?;
     assert!(applied.success, "{}", applied.stderr);
     programmed(story, &ns, "payments-from-checkout").await?;
+    let endpoint = format!("OTEL_EXPORTER_OTLP_ENDPOINT={}", story.collector.endpoint());
     let before = proxy_settings(&client, &ns, &caller).await?;
-    assert_eq!(before, (vec![], 0), "tracing is off by default");
+    anyhow::ensure!(before.0.contains(&endpoint), "the release exports traces: {before:?}");
+    assert!(before.0.contains(&"OTEL_TRACES_SAMPLER_ARG=0.01".to_owned()), "{before:?}");
 
-    let collector = Collector::start(story.cluster).await?;
-    let endpoint = format!("sidecar.tracing.endpoint={}", collector.endpoint());
-    story.op.upgrade(&[&endpoint]).await?;
+    story.op.upgrade(&["sidecar.tracing.samplerArg=1"]).await?;
     let upgraded = story.op.ready_pods(2, TIMEOUT).await;
     // Put the release back whatever happens next (the other scenarios share it).
     let result = async {
@@ -96,30 +103,31 @@ async fn a_helm_upgrade_keeps_running_pods_and_gives_new_pods_the_new_sidecar_se
         let caller = ready_pods(&client, &ns, "app=checkout", 1).await?.remove(0);
         let caller = caller.metadata.name.clone().unwrap_or_default();
         let payments = ready_pods(&client, &ns, "app=payments", 2).await?;
-        let wanted = format!("OTEL_EXPORTER_OTLP_ENDPOINT={}", collector.endpoint());
         for pod in
             std::iter::once(caller.clone()).chain(payments.iter().filter_map(|p| p.metadata.name.clone()))
         {
             let (otel, _) = proxy_settings(&client, &ns, &pod).await?;
-            anyhow::ensure!(otel.contains(&wanted), "{pod} was created after the upgrade: {otel:?}");
+            anyhow::ensure!(
+                otel.contains(&"OTEL_TRACES_SAMPLER_ARG=1".to_owned()) && otel.contains(&endpoint),
+                "{pod} was created after the upgrade: {otel:?}"
+            );
         }
 
-        // Calls that carry the app's own sampled trace context, until one of them was retried
-        // (each is retried with p = 0.5; twenty without a retry: 1 in 10^6).
-        let mut traces = Vec::new();
-        for i in 0..20u32 {
-            let trace = format!("4bf92f3577b34da6a3ce929d{i:08x}");
-            let header = format!("traceparent: 00-{trace}-{APP_SPAN}-01");
-            let answer =
-                scenario::call(runner, &ns, &caller, &url, Duration::from_secs(3), &[&header]).await?;
-            anyhow::ensure!(answer.code == 200, "the retry policy holds in the new pods: {answer:?}");
-            traces.push(trace);
-        }
-        let spans = wait::until_ok("a retried call's trace across both sidecars", TIMEOUT, || async {
-            let spans = collector.spans();
-            retried_trace(&spans, &traces).ok_or_else(|| format!("{} spans, none such yet", spans.len()))
-        })
-        .await?;
+        // And act on them: every one of 20 calls without a trace context of its own is traced
+        // (at 0.01, all 20 would be a 1-in-10^40 event), and one of them was retried (each is,
+        // with p = 0.5; none in twenty: 1 in 10^6).
+        let sent = calls(runner, &ns, &caller, &url, 20).await?;
+        anyhow::ensure!(sent.errors == 0, "the retry policy holds in the new pods: {sent:?}");
+        let spans =
+            wait::until_ok("20 traces, a retried call across both sidecars among them", TIMEOUT, || async {
+                let spans = story.collector.spans();
+                let traced = roots(&spans, &caller).len();
+                match retried_trace(&spans, &caller) {
+                    Some(trace) if traced == 20 => Ok(trace),
+                    _ => Err(format!("{traced} traces from {caller}")),
+                }
+            })
+            .await?;
         let ips: Vec<String> = payments
             .iter()
             .filter_map(|p| breakwater_e2e::operator::pod_ip(p).ok())
@@ -127,8 +135,8 @@ async fn a_helm_upgrade_keeps_running_pods_and_gives_new_pods_the_new_sidecar_se
             .collect();
         // The caller's attempts (the server's sidecar has attempts of its own, to its app on
         // loopback, under its SERVER span).
-        let client = spans.iter().find(|s| s["kind"] == 3 && s["parentSpanId"] == APP_SPAN);
-        let client_id = client.map(|c| c["spanId"].clone()).unwrap_or_default();
+        let client = roots(&spans, &caller).first().map(|c| c["spanId"].clone());
+        let client_id = client.ok_or_else(|| anyhow::anyhow!("the trace has its root"))?;
         for attempt in spans.iter().filter(|s| s["parentSpanId"] == client_id) {
             let to = breakwater_e2e::collector::attr(attempt, "server.address").unwrap_or_default();
             anyhow::ensure!(ips.contains(&to), "each attempt went to a payments pod ({ips:?}): {attempt}");
@@ -145,6 +153,6 @@ async fn a_helm_upgrade_keeps_running_pods_and_gives_new_pods_the_new_sidecar_se
         anyhow::Ok(())
     }
     .await;
-    story.op.upgrade(&["sidecar.tracing.endpoint="]).await?;
+    story.op.upgrade(&["sidecar.tracing.samplerArg=0.01"]).await?;
     result
 }
