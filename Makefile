@@ -27,21 +27,27 @@ demo-cluster: deps k8s-bins otelcol ## Breakwater on a real Kubernetes control p
 build: ## Build every crate and binary
 	$(CARGO) build --workspace --all-targets
 
-test: deps haproxy k8s-bins otelcol fmt-check clippy crds-check unit ## Everything CI runs: format check, clippy, generated-file check, all tests
+test: deps haproxy k8s-bins otelcol images image-test-tools fmt-check clippy crds-check unit ## Everything CI runs: format check, clippy, generated-file check, all tests
 
 unit:
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 
-deps: ## Install the system tools the tests need (iproute2, iptables, curl, util-linux) if missing
-	@missing=""; for pair in $(SYSTEM_TOOLS); do \
-	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
+# $(call apt-ensure,command:package ...): installs, from Debian's packages, each package whose
+# command is neither on PATH nor in /usr/sbin (needs root).
+define apt-ensure
+	@missing=""; for pair in $(1); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || [ -x /usr/sbin/$${pair%%:*} ] || missing="$$missing $${pair#*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  if [ "$$(id -u)" != 0 ]; then echo "need root to install$$missing" >&2; exit 1; fi; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
+endef
+
+deps: ## Install the system tools the tests need (iproute2, iptables, curl, util-linux) if missing
+	$(call apt-ensure,$(SYSTEM_TOOLS))
 
 lint: fmt-check clippy ## Format check and clippy with warnings as errors
 
@@ -59,6 +65,36 @@ crds: ## Regenerate the CRD in the chart from the Rust types
 
 crds-check:
 	$(CARGO) run -q -p breakwater-crds --bin crdgen -- --check
+
+# Images (images/build.sh, Dockerfile): static musl binaries of the `dist` profile, packed by umoci
+# into OCI archives under target/images/, reproducibly (same commit, same digest), no daemon.
+.PHONY: images image-tools image-test-tools push
+MUSL_TARGET := x86_64-unknown-linux-musl
+IMAGE_DIR := target/images
+VERSION := $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$$/\1/p' charts/breakwater/Chart.yaml)
+TAG ?= $(VERSION)
+# What `make push` publishes (fault-server and e2e-client are the tests' own images).
+PUSH_IMAGES ?= operator sidecar
+
+image-tools: ## Install what make images needs: Rust's musl target (rustup), musl-tools, umoci, iptables, file (Debian)
+	@rustup target list --installed 2>/dev/null | grep -qx $(MUSL_TARGET) || rustup target add $(MUSL_TARGET)
+	$(call apt-ensure,musl-gcc:musl-tools umoci:umoci file:file xtables-nft-multi:iptables)
+
+# The tests compare the Dockerfile's image stages (built by Buildah) with make images, and push to a
+# real registry (crane's, built from its Go module) with skopeo.
+image-test-tools: image-tools
+	$(call apt-ensure,buildah:buildah skopeo:skopeo)
+	@bash e2e/gobuild/crane/build.sh
+
+images: image-tools ## Build the operator, sidecar, fault-server and e2e-client images into target/images/*.oci.tar (no Docker needed)
+	$(CARGO) build --locked --profile dist --target $(MUSL_TARGET) \
+	  -p breakwater-sidecar -p breakwater-operator -p breakwater-fault -p breakwater-e2e \
+	  --bin breakwater-sidecar --bin breakwater-operator --bin breakwater-fault --bin breakwater-e2e-client
+	images/build.sh target/$(MUSL_TARGET)/dist $(IMAGE_DIR)
+
+push: images ## Copy the operator and sidecar images to a registry: make push REGISTRY=registry.example.com/team [TAG=chart appVersion]
+	$(call apt-ensure,skopeo:skopeo)
+	@images/push.sh "$(REGISTRY)" "$(TAG)" $(IMAGE_DIR) $(PUSH_IMAGES)
 
 # Tests against a real control plane (e2e/): etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler and helm, built from their Go modules once into $BREAKWATER_CACHE (~/.cache/breakwater).
@@ -84,16 +120,10 @@ OHA_VERSION := 1.16.0
 OHA := $(BENCH_TOOLS)/oha-$(OHA_VERSION)/bin/oha
 
 haproxy: ## Install HAProxy from Debian's packages if missing (the bench compares with it)
-	@command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || { \
-	  echo "installing: haproxy"; \
-	  if [ "$$(id -u)" != 0 ]; then echo "need root to install haproxy" >&2; exit 1; fi; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy; }
+	$(call apt-ensure,haproxy:haproxy)
 
 bench-tools: haproxy ## Install what make bench needs: HAProxy and valgrind (Debian), oha 1.16.0 (crates.io, built once into the cache)
-	@command -v valgrind >/dev/null 2>&1 || { \
-	  echo "installing: valgrind"; \
-	  if [ "$$(id -u)" != 0 ]; then echo "need root to install valgrind" >&2; exit 1; fi; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind; }
+	$(call apt-ensure,valgrind:valgrind)
 	@[ -x $(OHA) ] || $(CARGO) install oha --locked --version $(OHA_VERSION) --root $(BENCH_TOOLS)/oha-$(OHA_VERSION)
 
 # The proxies are measured as they ship: the `dist` profile (fat LTO, one codegen unit).

@@ -32,6 +32,7 @@ pub mod kubectl;
 pub mod kubelet;
 pub mod network;
 pub mod objects;
+pub mod oci;
 pub mod operator;
 pub mod pki;
 pub mod process;
