@@ -115,9 +115,10 @@ async fn a_helm_upgrade_keeps_running_pods_and_gives_new_pods_the_new_sidecar_se
 
         // And act on them: every one of 20 calls without a trace context of its own is traced
         // (at 0.01, all 20 would be a 1-in-10^40 event), and one of them was retried (each is,
-        // with p = 0.5; none in twenty: 1 in 10^6).
+        // with p = 0.5; none in twenty: 1 in 10^6). With 8 attempts a call still fails with
+        // p = 2^-8, so one error in 20 calls happens in 1 run of 13 (it did); three, in 1 of 10^4.
         let sent = calls(runner, &ns, &caller, &url, 20).await?;
-        anyhow::ensure!(sent.errors == 0, "the retry policy holds in the new pods: {sent:?}");
+        anyhow::ensure!(sent.errors <= 2, "the retry policy holds in the new pods: {sent:?}");
         let spans =
             wait::until_ok("20 traces, a retried call across both sidecars among them", TIMEOUT, || async {
                 let spans = story.collector.spans();
