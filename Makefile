@@ -20,7 +20,7 @@ demo: ## Run Breakwater locally: flaky services, a sidecar, the same load with t
 # The same story on a real Kubernetes control plane started on this machine (the e2e harness):
 # needs root (network namespaces, iptables) and Go; the first run builds the control plane and
 # the OpenTelemetry Collector from their Go modules (about 20 minutes on 2 cores, cached after).
-demo-cluster: deps k8s-bins otelcol ## Breakwater on a real Kubernetes control plane: helm install, kubectl apply, calls before and after, a trace (about 30 s once built)
+demo-cluster: deps k8s-bins otelcol images ## Breakwater on a real Kubernetes control plane: helm install, kubectl apply, calls before and after, a trace (about 30 s once built)
 	$(CARGO) build --workspace --bins
 	./target/debug/breakwater-demo-cluster $(DEMO_ARGS)
 
@@ -106,7 +106,7 @@ otelcol: ## Build the OpenTelemetry Collector for the trace end-to-end test (cac
 k8s-bins: ## Build etcd, kube-apiserver, controller-manager, scheduler, kubectl and helm from Go modules (cached; needs go)
 	@bash e2e/gobuild/build.sh
 
-e2e: deps k8s-bins ## Only the tests against a real control plane (e2e/)
+e2e: deps k8s-bins otelcol images image-test-tools ## Only the tests against a real control plane (e2e/)
 	$(CARGO) build --workspace --bins
 	$(CARGO) test -p breakwater-e2e
 

@@ -6,8 +6,9 @@
 //!   enabled. One cluster per test binary ([`TestCluster::shared`]), a namespace per test
 //!   ([`TestCluster::namespace`]).
 //! - [`PodRunner`]: the kubelet (and kube-proxy) of one Node. Each Pod scheduled to it becomes a
-//!   network namespace with an address in 198.18.0.0/16, its containers local processes started
-//!   from binaries of this workspace ([`ImageTable`]); Services reach their endpoints through
+//!   network namespace with an address in 198.18.0.0/16, its containers local processes each on
+//!   its own copy of its image's root filesystem, from the OCI archives `make images` builds
+//!   ([`ImageTable`]); Services reach their endpoints through
 //!   iptables DNAT from cluster IPs in 198.19.0.0/16.
 //! - [`Helm`]: the real `helm` against the cluster, and the chart's path; [`operator::Operator`]:
 //!   the chart installed, and what tests read from the operator's replicas.

@@ -50,8 +50,12 @@ impl Archive {
             .tempdir()
             .map_err(Error::io("creating a directory for an OCI layout"))?;
         let dir = layout.path().to_str().expect("temporary paths are UTF-8");
-        run("tar", &["-xf", path.to_str().expect("archive paths are UTF-8"), "-C", dir])
-            .map_err(|e| Error::Other(format!("{} is not a readable OCI archive: {e}", path.display())))?;
+        run("tar", &["-xf", path.to_str().expect("archive paths are UTF-8"), "-C", dir]).map_err(|e| {
+            Error::Other(format!(
+                "{} is not a readable OCI archive (run `make images` again): {e}",
+                path.display()
+            ))
+        })?;
         let index = read_json(&layout.path().join("index.json"))?;
         let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
         let [descriptor] = manifests.as_slice() else {

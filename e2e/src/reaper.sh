@@ -47,13 +47,6 @@ if [[ "$x" =~ ^[0-9]+$ ]]; then
   ip link del "bwe2e$x" 2>/dev/null
 fi
 
-# Mount points the pod runner created on the host (deepest first; only if still empty).
-if [[ -f "$dir/mountpoints" ]]; then
-  tac "$dir/mountpoints" | while read -r p; do
-    if [[ -d "$p" ]]; then rmdir -- "$p" 2>/dev/null; elif [[ -f "$p" && ! -s "$p" ]]; then rm -f -- "$p"; fi
-  done
-fi
-
 if [[ "$keep" == 1 ]]; then
   echo "breakwater-e2e: kept $dir (logs of every control-plane process and pod)" >&2
 else

@@ -6,7 +6,7 @@ use std::{collections::BTreeSet, net::Ipv4Addr, path::Path, time::Duration};
 use breakwater_e2e::{TestCluster, wait};
 use k8s_openapi::api::{
     apps::v1::Deployment,
-    core::v1::{Node, Pod, Service},
+    core::v1::{ContainerStateWaiting, Node, Pod, Service},
     discovery::v1::EndpointSlice,
 };
 use kube::{
@@ -303,34 +303,135 @@ async fn a_pod_waits_in_container_creating_until_its_configmap_exists() -> anyho
     Ok(())
 }
 
+/// The waiting state of the first container of pod `name`, once it has a reason.
+async fn waiting(pods: &Api<Pod>, name: &str) -> anyhow::Result<ContainerStateWaiting> {
+    let what = format!("a waiting reason for {name}");
+    Ok(wait::until_ok(&what, TIMEOUT, || async {
+        let pod = pods.get(name).await.map_err(|e| e.to_string())?;
+        let status = pod.status.and_then(|s| s.container_statuses).and_then(|c| c.into_iter().next());
+        let waiting = status.and_then(|c| c.state).and_then(|s| s.waiting);
+        waiting.filter(|w| w.reason.is_some()).ok_or_else(|| "no waiting reason yet".to_owned())
+    })
+    .await?)
+}
+
 #[tokio::test]
-async fn an_image_outside_the_table_is_reported_on_the_pod() -> anyhow::Result<()> {
+async fn containers_run_their_image_and_images_that_cannot_run_are_reported_as_a_kubelet_would()
+-> anyhow::Result<()> {
     let cluster = TestCluster::shared().await?;
-    cluster.pod_runner().await?;
+    let runner = cluster.pod_runner().await?;
     let ns = cluster.namespace("images").await?;
     let pods = Api::<Pod>::namespaced(cluster.client()?, &ns);
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "nginx"},
-        "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]},
+    let scratch = tempfile::tempdir()?;
+    std::fs::write(scratch.path().join("corrupt.oci.tar"), b"this is not a tar archive")?;
+    runner.images().add("breakwater-test/corrupt", scratch.path().join("corrupt.oci.tar"));
+    runner.images().add("breakwater-test/missing", scratch.path().join("missing.oci.tar"));
+
+    let cases = [
+        ("nginx", json!({"image": "nginx:1.27"}), "ErrImagePull", "not in the e2e image table"),
+        ("missing", json!({"image": "breakwater-test/missing:1"}), "ErrImagePull", "run `make images`"),
+        (
+            "corrupt",
+            json!({"image": "breakwater-test/corrupt:1"}),
+            "ErrImagePull",
+            "not a readable OCI archive",
+        ),
+        // The images have no shell: a command that needs one cannot start.
+        (
+            "shell",
+            json!({"image": "breakwater/fault-server", "command": ["/bin/sh", "-c", "true"]}),
+            "CreateContainerError",
+            "stat /bin/sh: no such file or directory",
+        ),
+        (
+            "bare-name",
+            json!({"image": "breakwater/fault-server", "command": ["curl"]}),
+            "CreateContainerError",
+            "\"curl\": executable file not found in $PATH",
+        ),
+    ];
+    for (name, container, _, _) in &cases {
+        let mut container = container.clone();
+        container["name"] = json!("c");
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"containers": [container], "restartPolicy": "Never"},
+        }))?;
+        pods.create(&PostParams::default(), &pod).await?;
+    }
+    // And one that runs: the fault server's image, as its image says (user, entrypoint).
+    let good: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "good"},
+        "spec": {"containers": [{"name": "fault", "image": "ghcr.io/example/breakwater/fault-server:0.1.0",
+            "args": ["--listen", "0.0.0.0:8080"]}]},
     }))?;
-    pods.create(&PostParams::default(), &pod).await?;
-    let waiting = wait::until_ok("an ErrImagePull status", TIMEOUT, || {
-        let pods = pods.clone();
-        async move {
-            let pod = pods.get("nginx").await.map_err(|e| e.to_string())?;
-            let state = pod
-                .status
-                .and_then(|s| s.container_statuses)
-                .and_then(|c| c.into_iter().next())
-                .and_then(|c| c.state)
-                .and_then(|s| s.waiting);
-            state.filter(|w| w.reason.is_some()).ok_or_else(|| "no waiting reason yet".to_owned())
-        }
+    pods.create(&PostParams::default(), &good).await?;
+
+    for (name, _, reason, message) in &cases {
+        let state = waiting(&pods, name).await?;
+        assert_eq!(state.reason.as_deref(), Some(*reason), "{name}: {state:?}");
+        let text = state.message.unwrap_or_default();
+        assert!(text.contains(message), "{name}: {text:?} should say {message:?}");
+    }
+
+    let running = wait::until_ok("the fault server running", TIMEOUT, || async {
+        let pod = pods.get("good").await.map_err(|e| e.to_string())?;
+        let status = pod.status.and_then(|s| s.container_statuses).and_then(|c| c.into_iter().next());
+        status
+            .filter(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
+            .ok_or("not running yet".to_owned())
     })
     .await?;
-    assert_eq!(waiting.reason.as_deref(), Some("ErrImagePull"));
-    assert!(waiting.message.unwrap_or_default().contains("not in the e2e image table"));
+    let digest = std::fs::read_to_string(breakwater_e2e::oci::images_dir().join("fault-server.digest"))?;
+    assert_eq!(running.image_id, format!("ghcr.io/example/breakwater/fault-server@{}", digest.trim()));
+    let netns = runner.netns(&ns, "good").ok_or_else(|| anyhow::anyhow!("no netns recorded"))?;
+    let pid = wait::until_ok("the container's process", TIMEOUT, || async {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "pids", &netns])
+            .output()
+            .map_err(|e| e.to_string())?;
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+            .find(|pid| {
+                std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e.ends_with("breakwater-fault"))
+            })
+            .ok_or_else(|| "no breakwater-fault process yet".to_owned())
+    })
+    .await?;
+    // Its root is the image's: the binary at the image's path, no shell, and the image's user.
+    let root = Path::new("/proc").join(pid.to_string()).join("root");
+    assert!(root.join("usr/local/bin/breakwater-fault").is_file());
+    assert!(!root.join("bin/sh").exists() && !root.join("usr/bin").exists(), "only the image's files");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or_default().to_owned();
+    assert_eq!(uid.split_whitespace().skip(1).collect::<Vec<_>>(), ["65532"; 4], "the image's user: {uid}");
+    let caps = status.lines().find(|l| l.starts_with("CapEff:")).unwrap_or_default().to_owned();
+    assert!(caps.ends_with("0000000000000000"), "a non-root container has no capabilities: {caps}");
+
+    // Deleted, nothing is left on the host: no mount, no copy of the image.
+    let pod_dirs: Vec<_> = cluster_pod_dirs(runner, &ns, ["good", "shell", "bare-name"]);
+    pods.delete_collection(&DeleteParams::default(), &ListParams::default()).await?;
+    wait::until_ok("every pod gone", TIMEOUT, || async {
+        let left = pods.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+        if left.items.is_empty() { Ok(()) } else { Err(format!("{} pods left", left.items.len())) }
+    })
+    .await?;
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+    for dir in &pod_dirs {
+        assert!(!mounts.contains(&dir.display().to_string()), "a mount under {} is left", dir.display());
+        assert!(!dir.join("rootfs").exists(), "{} still holds a root filesystem", dir.display());
+    }
     Ok(())
+}
+
+/// The directories the runner keeps for pods `names` of `ns` (logs, volumes, root filesystems).
+fn cluster_pod_dirs<const N: usize>(
+    runner: &breakwater_e2e::PodRunner,
+    ns: &str,
+    names: [&str; N],
+) -> Vec<std::path::PathBuf> {
+    names.iter().map(|name| runner.pod_dir(ns, name)).collect()
 }
 
 /// GET / on `ip:port` from the host; the body.

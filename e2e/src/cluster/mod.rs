@@ -246,10 +246,9 @@ impl TestCluster {
                 let config = self.config.clone();
                 let network = Arc::clone(&self.network);
                 let pods_dir = self.dir.join("pods");
-                let mount_record = self.dir.join("mountpoints");
                 let images = ImageTable::workspace();
                 background()
-                    .spawn(PodRunner::start(config, network, images, pods_dir, mount_record))
+                    .spawn(PodRunner::start(config, network, images, pods_dir))
                     .await
                     .map_err(|e| Error::Other(format!("starting the pod runner panicked: {e}")))?
             })

@@ -1,6 +1,7 @@
-//! One container as a local process: its command line (image → binary, `command`/`args`, `$(VAR)`
-//! expansion), its environment, how it is started inside the pod's network namespace, and its
-//! readiness probe.
+//! One container as a local process: its image (pulled from the OCI archives `make images`
+//! writes), its command line (the image's entrypoint and cmd, the pod's `command`/`args`, `$(VAR)`
+//! expansion), its environment, how it is started inside the pod's network namespace on its own
+//! copy of the image's root filesystem, and its readiness probe.
 
 use std::{
     collections::BTreeMap,
@@ -32,10 +33,14 @@ use super::{
 pub(crate) struct Launch {
     pub name: String,
     pub image: String,
-    pub binary: PathBuf,
-    pub args: Vec<String>,
+    /// `repository@sha256:…` of the image pulled.
+    pub image_id: String,
+    /// The image's unpacked root filesystem (copied at each start, never written).
+    pub image_rootfs: PathBuf,
+    /// The program (`argv[0]`, as found in the image) and its arguments.
+    pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
-    pub working_dir: Option<String>,
+    pub working_dir: String,
     pub readiness: Option<Probe>,
     /// Its startup probe: a native sidecar must pass it before the next container starts.
     pub startup: Option<Probe>,
@@ -58,8 +63,20 @@ impl Launch {
         volumes: &BTreeMap<String, PathBuf>,
     ) -> Result<Launch, (&'static str, String)> {
         let image = container.image.clone().unwrap_or_default();
-        let binary = images.resolve_for_any_user(&image).map_err(|e| ("ErrImagePull", e))?;
-        let mut env: Vec<(String, String)> = base_env.to_vec();
+        let pulled = {
+            let (images, image) = (images.clone(), image.clone());
+            tokio::task::spawn_blocking(move || images.pull(&image))
+                .await
+                .map_err(|e| ("ErrImagePull", e.to_string()))?
+                .map_err(|e| ("ErrImagePull", e))?
+        };
+        let config = &pulled.config;
+        // The image's environment first; the kubelet's and the container's own override it.
+        let mut env: Vec<(String, String)> = config.env.clone();
+        for (k, v) in base_env {
+            env.retain(|(name, _)| name != k);
+            env.push((k.clone(), v.clone()));
+        }
         for var in container.env.iter().flatten() {
             let value =
                 env_value(client, pod, var, &env).await.map_err(|e| ("CreateContainerConfigError", e))?;
@@ -70,23 +87,28 @@ impl Launch {
             return Err(("CreateContainerConfigError", "envFrom is not supported by the e2e kubelet".into()));
         }
         let vars: BTreeMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let expand_all = |list: Option<&Vec<String>>| -> Vec<String> {
-            list.into_iter().flatten().map(|s| expand(s, &vars)).collect()
+        let expand_all = |list: &[String]| -> Vec<String> { list.iter().map(|s| expand(s, &vars)).collect() };
+        // Kubernetes' rule: `command` replaces the entrypoint (and drops the image's cmd), `args`
+        // replaces the cmd.
+        let mut argv = match &container.command {
+            Some(command) => expand_all(command),
+            None => config.entrypoint.clone(),
         };
-        let mut args = Vec::new();
-        if let Some(command) = &container.command {
-            let program = command.first().map(String::as_str).unwrap_or_default();
-            let wanted = binary.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            let given = Path::new(program).file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            if given != wanted {
-                return Err((
-                    "CreateContainerError",
-                    format!("command[0] {program:?} is not the image's binary {wanted:?}"),
-                ));
-            }
-            args.extend(expand_all(Some(command)).into_iter().skip(1));
+        match &container.args {
+            Some(args) => argv.extend(expand_all(args)),
+            None if container.command.is_none() => argv.extend(config.cmd.iter().cloned()),
+            None => {}
         }
-        args.extend(expand_all(container.args.as_ref()));
+        let Some(program) = argv.first() else {
+            return Err(("CreateContainerError", "no command specified".into()));
+        };
+        let path_var = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or_default();
+        find_program(&pulled.rootfs, program, path_var).map_err(|e| ("CreateContainerError", e))?;
+        let working_dir = container
+            .working_dir
+            .clone()
+            .or_else(|| Some(config.working_dir.clone()).filter(|w| !w.is_empty()))
+            .unwrap_or_else(|| "/".to_owned());
         let ports = container
             .ports
             .iter()
@@ -94,14 +116,16 @@ impl Launch {
             .filter_map(|p| Some((p.name.clone()?, u16::try_from(p.container_port).ok()?)))
             .collect();
         let mounts = volumes::mounts(container, volumes).map_err(|e| ("CreateContainerConfigError", e))?;
-        let security = Security::resolve(pod, container).map_err(|e| ("CreateContainerConfigError", e))?;
+        let security =
+            Security::resolve(pod, container, &config.user).map_err(|e| ("CreateContainerConfigError", e))?;
         Ok(Launch {
             name: container.name.clone(),
             image,
-            binary,
-            args,
+            image_id: pulled.image_id.clone(),
+            image_rootfs: pulled.rootfs.clone(),
+            argv,
             env,
-            working_dir: container.working_dir.clone(),
+            working_dir,
             readiness: container.readiness_probe.clone(),
             startup: container.startup_probe.clone(),
             ports,
@@ -110,11 +134,29 @@ impl Launch {
         })
     }
 
-    /// Starts the process inside `netns`, through a script that makes its mounts in the
-    /// private mount namespace `ip netns exec` creates and applies its security settings, then
-    /// `exec`s the binary (so the pid is the container's), with stdout and stderr appended to
-    /// `log`.
-    pub fn spawn(&self, netns: &str, log: &Path, default_dir: &Path) -> std::io::Result<Child> {
+    /// Starts the container inside `netns`: a fresh copy of the image's root filesystem under
+    /// `dir` (a runtime's writable layer), then a script that mounts `/proc`, `/dev`, `/sys` and
+    /// the volumes into it in the private mount namespace `ip netns exec` creates, and `exec`s
+    /// `breakwater-e2e-exec`, which enters that root as the container's user and `exec`s the
+    /// program — so the pid is the container's. Stdout and stderr are appended to `log`.
+    pub fn spawn(&self, netns: &str, log: &Path, dir: &Path) -> std::io::Result<Child> {
+        let rootfs = dir.join("rootfs").join(&self.name);
+        if rootfs.exists() {
+            std::fs::remove_dir_all(&rootfs)?;
+        }
+        std::fs::create_dir_all(rootfs.parent().unwrap_or(dir))?;
+        let copied = std::process::Command::new("cp")
+            .args(["-a", "--reflink=auto"])
+            .arg(&self.image_rootfs)
+            .arg(&rootfs)
+            .status()?;
+        if !copied.success() {
+            return Err(std::io::Error::other(format!(
+                "copying {} to {} failed ({copied})",
+                self.image_rootfs.display(),
+                rootfs.display()
+            )));
+        }
         let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
         let err = out.try_clone()?;
         let mut command = Command::new("ip");
@@ -122,16 +164,15 @@ impl Launch {
         command.args([
             "bash",
             "-c",
-            &volumes::launch_script(&self.mounts, &self.security),
+            &volumes::launch_script(&rootfs, &self.mounts, &self.security, &self.working_dir, &self.env),
             "breakwater-e2e-container",
         ]);
         command
-            .arg(&self.binary)
-            .args(&self.args)
+            .arg(exec_binary())
+            .args(&self.argv)
             .env_clear()
             .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .current_dir(self.working_dir.as_deref().map(Path::new).unwrap_or(default_dir))
+            .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -276,6 +317,72 @@ pub(crate) fn expand(input: &str, vars: &BTreeMap<&str, &str>) -> String {
     out
 }
 
+/// `breakwater-e2e-exec` of this workspace (`target/debug/`, or `$CARGO_TARGET_DIR/debug/`),
+/// built with the crate's binaries.
+fn exec_binary() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::bins::workspace_root().join("target"))
+        .join("debug")
+        .join("breakwater-e2e-exec")
+}
+
+/// Checks that `program` exists in the image at `rootfs` as the runtime would look it up (a path
+/// as given, a bare name on `path_var`), following symbolic links inside the image; the error is
+/// the runtime's message.
+pub(crate) fn find_program(rootfs: &Path, program: &str, path_var: &str) -> Result<PathBuf, String> {
+    let is_program = |path: &str| resolve_in(rootfs, path).filter(|p| p.is_file());
+    if program.contains('/') {
+        return is_program(program)
+            .ok_or_else(|| format!("exec: {program:?}: stat {program}: no such file or directory"));
+    }
+    path_var
+        .split(':')
+        .filter(|dir| dir.starts_with('/'))
+        .find_map(|dir| is_program(&format!("{dir}/{program}")))
+        .ok_or_else(|| format!("exec: {program:?}: executable file not found in $PATH"))
+}
+
+/// `path` (absolute, inside the container) resolved under `rootfs` with symbolic links followed
+/// as the container would see them (an absolute target is inside the image, never the host's).
+fn resolve_in(rootfs: &Path, path: &str) -> Option<PathBuf> {
+    let mut pending: Vec<String> =
+        path.split('/').filter(|c| !c.is_empty()).rev().map(str::to_owned).collect();
+    let mut resolved: Vec<String> = Vec::new();
+    let mut links = 0;
+    while let Some(component) = pending.pop() {
+        match component.as_str() {
+            "." => continue,
+            ".." => {
+                resolved.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let candidate: PathBuf = std::iter::once(rootfs.to_path_buf())
+            .chain(resolved.iter().map(PathBuf::from))
+            .collect::<PathBuf>()
+            .join(&component);
+        match std::fs::read_link(&candidate) {
+            Ok(target) => {
+                links += 1;
+                if links > 40 {
+                    return None;
+                }
+                let target = target.to_string_lossy().into_owned();
+                if target.starts_with('/') {
+                    resolved.clear();
+                }
+                pending.extend(target.split('/').filter(|c| !c.is_empty()).rev().map(str::to_owned));
+            }
+            Err(_) => resolved.push(component),
+        }
+    }
+    let full: PathBuf =
+        std::iter::once(rootfs.to_path_buf()).chain(resolved.into_iter().map(PathBuf::from)).collect();
+    full.exists().then_some(full)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,5 +410,31 @@ mod tests {
         );
         assert_eq!(super::super::downward::field_value(&pod, "spec.nodeName").as_deref(), Some("node"));
         assert_eq!(super::super::downward::field_value(&pod, "status.podIPs"), None);
+    }
+
+    #[test]
+    fn programs_are_found_in_the_image_never_on_the_host() {
+        let root = tempfile::tempdir().expect("a temp dir");
+        let r = root.path();
+        std::fs::create_dir_all(r.join("usr/local/bin")).expect("dirs");
+        std::fs::write(r.join("usr/local/bin/tool"), b"").expect("file");
+        std::os::unix::fs::symlink("usr/local", r.join("opt")).expect("relative link");
+        std::fs::create_dir_all(r.join("usr/sbin")).expect("dirs");
+        // An absolute link points into the image, not at the host's /usr/local/bin/tool.
+        std::os::unix::fs::symlink("/usr/local/bin/tool", r.join("usr/sbin/alias")).expect("absolute link");
+        std::os::unix::fs::symlink("/bin/sh", r.join("usr/sbin/sh")).expect("link to the host's shell");
+        let path = "/usr/sbin:/usr/local/bin";
+        assert_eq!(find_program(r, "tool", path), Ok(r.join("usr/local/bin/tool")));
+        assert_eq!(find_program(r, "/opt/bin/tool", path), Ok(r.join("usr/local/bin/tool")));
+        assert_eq!(find_program(r, "alias", path), Ok(r.join("usr/local/bin/tool")));
+        assert_eq!(
+            find_program(r, "sh", path),
+            Err("exec: \"sh\": executable file not found in $PATH".into())
+        );
+        assert_eq!(
+            find_program(r, "/bin/sh", path),
+            Err("exec: \"/bin/sh\": stat /bin/sh: no such file or directory".into())
+        );
+        assert!(find_program(r, "tool", "").is_err(), "no PATH, no lookup");
     }
 }

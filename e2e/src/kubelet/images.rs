@@ -1,127 +1,177 @@
-//! Container images → binaries of this workspace: the harness's "image pull".
+//! Container images: the OCI archives `make images` writes (`target/images/<name>.oci.tar`),
+//! "pulled" by the harness's kubelet.
 //!
-//! A small, explicit table. An image that is not in it is an error reported on the Pod (as
-//! `ErrImagePull`), never a guess: a test that deploys something the harness cannot run must fail
-//! and say so.
+//! A small, explicit table maps image repositories to archives. An image that is not in it, an
+//! archive that is missing or unreadable, is an error reported on the Pod as `ErrImagePull` (with
+//! what to run), never a guess: a test that deploys something the harness cannot run must fail
+//! and say so. A pulled image is unpacked once per digest (layers in order, whiteouts honoured,
+//! by umoci) into [`IMAGE_CACHE`]; each container start copies that root filesystem, as a
+//! runtime gives every container its own writable layer.
 
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
+    sync::{Arc, RwLock},
 };
 
-use crate::bins::workspace_root;
+use serde_json::Value;
 
-/// Maps image repositories to executables; see the module docs.
+use crate::oci::{Archive, images_dir};
+
+/// Where pulled images are unpacked, one directory per manifest digest (`<hex>/rootfs`).
+pub const IMAGE_CACHE: &str = "/var/lib/breakwater-e2e/images";
+
+/// Maps image repositories to OCI archives; see the module docs. Clones share one table.
 #[derive(Debug, Clone)]
 pub struct ImageTable {
-    /// Repository (no registry, tag or digest needed; matched as a `/`-bounded suffix) → binary.
-    images: BTreeMap<String, PathBuf>,
+    /// Repository (no registry, tag or digest needed; matched as a `/`-bounded suffix) → archive.
+    images: Arc<RwLock<BTreeMap<String, PathBuf>>>,
+    cache: PathBuf,
+}
+
+/// An image ready to run: its digest, unpacked root filesystem and configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct Pulled {
+    /// `repository@sha256:…`, as a kubelet reports `imageID`.
+    pub image_id: String,
+    /// The unpacked root filesystem (shared: copied, never written).
+    pub rootfs: PathBuf,
+    pub config: ImageConfig,
+}
+
+/// What the image's configuration says about running it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ImageConfig {
+    /// `uid[:gid]`, or empty for root.
+    pub user: String,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub working_dir: String,
+}
+
+impl ImageConfig {
+    fn from_json(config: &Value) -> Self {
+        let c = &config["config"];
+        let strings = |v: &Value| -> Vec<String> {
+            v.as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_owned).collect()
+        };
+        ImageConfig {
+            user: c["User"].as_str().unwrap_or_default().to_owned(),
+            entrypoint: strings(&c["Entrypoint"]),
+            cmd: strings(&c["Cmd"]),
+            env: strings(&c["Env"])
+                .into_iter()
+                .map(|e| match e.split_once('=') {
+                    Some((k, v)) => (k.to_owned(), v.to_owned()),
+                    None => (e, String::new()),
+                })
+                .collect(),
+            working_dir: c["WorkingDir"].as_str().unwrap_or_default().to_owned(),
+        }
+    }
 }
 
 impl ImageTable {
-    /// The workspace's images, mapped to `target/debug/` (or `$CARGO_TARGET_DIR/debug/`):
+    /// The workspace's images, from `target/images/` (or `$CARGO_TARGET_DIR/images/`):
     ///
-    /// | image | binary |
+    /// | image | archive |
     /// |---|---|
-    /// | `breakwater/fault-server` | `breakwater-fault` |
-    /// | `breakwater/sidecar` | `breakwater-sidecar` |
-    /// | `breakwater/operator` | `breakwater-operator` |
-    /// | `breakwater/e2e-client` | `breakwater-e2e-client` (this crate: GETs a URL, prints answers) |
+    /// | `breakwater/fault-server` | `fault-server.oci.tar` |
+    /// | `breakwater/sidecar` | `sidecar.oci.tar` |
+    /// | `breakwater/operator` | `operator.oci.tar` |
+    /// | `breakwater/e2e-client` | `e2e-client.oci.tar` (GETs a URL, prints answers) |
     pub fn workspace() -> Self {
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| workspace_root().join("target"))
-            .join("debug");
-        let mut table = ImageTable { images: BTreeMap::new() };
-        for (image, binary) in [
-            ("breakwater/fault-server", "breakwater-fault"),
-            ("breakwater/sidecar", "breakwater-sidecar"),
-            ("breakwater/operator", "breakwater-operator"),
-            ("breakwater/e2e-client", "breakwater-e2e-client"),
-        ] {
-            table.images.insert(image.to_owned(), target.join(binary));
+        let dir = std::env::var_os("CARGO_TARGET_DIR")
+            .map(|t| PathBuf::from(t).join("images"))
+            .unwrap_or_else(images_dir);
+        let table = ImageTable { images: Default::default(), cache: PathBuf::from(IMAGE_CACHE) };
+        for name in ["fault-server", "sidecar", "operator", "e2e-client"] {
+            table.add(&format!("breakwater/{name}"), dir.join(format!("{name}.oci.tar")));
         }
         table
     }
 
-    /// Adds or replaces a mapping.
-    pub fn with(mut self, repository: &str, binary: impl Into<PathBuf>) -> Self {
-        self.images.insert(repository.to_owned(), binary.into());
-        self
+    /// Adds or replaces a mapping, for every clone of this table (a running kubelet's too).
+    pub fn add(&self, repository: &str, archive: impl Into<PathBuf>) {
+        self.images.write().unwrap_or_else(|e| e.into_inner()).insert(repository.to_owned(), archive.into());
     }
 
-    /// The binary for `image` (`[registry/]repository[:tag][@digest]`), or why there is none.
-    pub fn resolve(&self, image: &str) -> Result<&Path, String> {
+    /// The repository and archive for `image` (`[registry/]repository[:tag][@digest]`), or why
+    /// there is none.
+    pub fn resolve<'a>(&self, image: &'a str) -> Result<(&'a str, PathBuf), String> {
         let repository = repository(image);
-        let found = self.images.iter().find(|(key, _)| {
+        let images = self.images.read().unwrap_or_else(|e| e.into_inner());
+        let found = images.iter().find(|(key, _)| {
             repository == key.as_str()
                 || repository.strip_suffix(key.as_str()).is_some_and(|prefix| prefix.ends_with('/'))
         });
         match found {
             None => Err(format!(
                 "image {image:?} is not in the e2e image table (known: {})",
-                self.images.keys().cloned().collect::<Vec<_>>().join(", ")
+                images.keys().cloned().collect::<Vec<_>>().join(", ")
             )),
-            Some((_, path)) if !path.is_file() => Err(format!(
-                "image {image:?} runs {}, which is not built; run `cargo build --workspace --bins`",
-                path.display()
-            )),
-            Some((_, path)) => Ok(path),
+            Some((_, path)) if !path.is_file() => {
+                Err(format!("image {image:?}: {} is not built; run `make images`", path.display()))
+            }
+            Some((_, path)) => Ok((repository, path.clone())),
         }
     }
 
-    /// The binary for `image`, at a path no pod's volumes can hide and every user can execute:
-    /// containers run as their `runAsUser`, and may mount an emptyDir over `/tmp` — where a
-    /// checkout (CI's, say) may well live — or the workspace may sit in a private home
-    /// directory (`/root`, mode 0700). So the binary is hard-linked (or, across filesystems,
-    /// copied) once into [`SHARED_BIN`], a world-readable directory, and run from there, as a
-    /// kubelet runs an image's binary from the image's own root filesystem.
-    pub fn resolve_for_any_user(&self, image: &str) -> Result<PathBuf, String> {
-        let path = self.resolve(image)?;
-        shared_copy(path)
-            .map_err(|e| format!("image {image:?}: making {} runnable for any user: {e}", path.display()))
+    /// Pulls `image`: its archive read, its root filesystem unpacked (once per digest).
+    /// Blocking (tar, umoci): call it off the async threads.
+    pub(crate) fn pull(&self, image: &str) -> Result<Pulled, String> {
+        let (repository, path) = self.resolve(image)?;
+        let archive = Archive::open(&path).map_err(|e| format!("image {image:?}: {e}"))?;
+        let hex = archive.digest().trim_start_matches("sha256:");
+        let dir = self.cache.join(hex);
+        if dir.join("rootfs").is_dir() {
+            // Used now: [`prune`] keeps it.
+            let _ = std::fs::File::open(&dir).and_then(|d| d.set_modified(std::time::SystemTime::now()));
+        } else {
+            unpack(&archive, &self.cache, &dir).map_err(|e| format!("image {image:?}: {e}"))?;
+            prune(&self.cache, &dir);
+        }
+        Ok(Pulled {
+            image_id: format!("{repository}@{}", archive.digest()),
+            rootfs: dir.join("rootfs"),
+            config: ImageConfig::from_json(archive.config()),
+        })
     }
 }
 
-/// Where the images' binaries are linked to (created 0755).
-pub const SHARED_BIN: &str = "/var/lib/breakwater-e2e/bin";
-
-/// `path` linked into [`SHARED_BIN`] under a name that changes when the binary is rebuilt;
-/// links of earlier builds of the same binary are removed.
-fn shared_copy(path: &Path) -> std::io::Result<PathBuf> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let meta = std::fs::metadata(path)?;
-    let dir = Path::new(SHARED_BIN);
-    std::fs::create_dir_all(dir)?;
-    for d in dir.ancestors().take(2) {
-        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))?;
-    }
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("binary");
-    let target = dir.join(format!("{name}-{}-{}-{}", meta.dev(), meta.ino(), meta.mtime()));
-    if target.is_file() {
-        return Ok(target);
-    }
-    let tmp = dir.join(format!(".{name}-{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    if std::fs::hard_link(path, &tmp).is_err() {
-        std::fs::copy(path, &tmp)?;
-    }
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
-    std::fs::rename(&tmp, &target)?;
-    // Earlier builds of this binary are not needed any more (a running pod keeps its inode).
-    let prefix = format!("{name}-");
-    for entry in std::fs::read_dir(dir)?.flatten() {
-        let p = entry.path();
-        let stale = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-            n.strip_prefix(&prefix).is_some_and(|rest| {
-                rest.split('-').count() == 3 && rest.split('-').all(|x| x.parse::<u64>().is_ok())
-            })
-        });
-        if stale && p != target {
-            let _ = std::fs::remove_file(&p);
+/// Removes the cache's images (and abandoned unpacks) nobody pulled for an hour, but `keep`:
+/// each `make images` after a change adds new digests.
+fn prune(cache: &Path, keep: &Path) {
+    let Ok(entries) = std::fs::read_dir(cache) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let idle = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+        if path != keep && idle.is_some_and(|idle| idle > std::time::Duration::from_secs(3600)) {
+            let _ = std::fs::remove_dir_all(&path);
         }
     }
-    Ok(target)
+}
+
+/// Unpacks `archive` into `dir/rootfs`, atomically: into a fresh sibling first, then renamed,
+/// so that concurrent pulls (pods starting together, other test binaries) never see half an
+/// image.
+fn unpack(archive: &Archive, cache: &Path, dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(cache).map_err(|e| format!("creating {}: {e}", cache.display()))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".unpack-")
+        .tempdir_in(cache)
+        .map_err(|e| format!("creating a directory in {}: {e}", cache.display()))?;
+    archive.unpack(&staging.path().join("rootfs")).map_err(|e| e.to_string())?;
+    let staged = staging.keep();
+    if let Err(e) = std::fs::rename(&staged, dir) {
+        let _ = std::fs::remove_dir_all(&staged);
+        // Another pull of the same digest won the race: its copy is as good as ours.
+        if !dir.join("rootfs").is_dir() {
+            return Err(format!("moving the unpacked image to {}: {e}", dir.display()));
+        }
+    }
+    Ok(())
 }
 
 /// `ghcr.io/x/breakwater/sidecar:0.1@sha256:..` → `ghcr.io/x/breakwater/sidecar`.
@@ -150,11 +200,39 @@ mod tests {
 
     #[test]
     fn unknown_images_are_errors_and_suffixes_match_on_path_boundaries() {
-        let table = ImageTable { images: BTreeMap::new() }.with("breakwater/sh", "/bin/sh");
-        assert_eq!(table.resolve("docker.io/breakwater/sh:latest"), Ok(Path::new("/bin/sh")));
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let archive = dir.path().join("sh.oci.tar");
+        std::fs::write(&archive, b"not a tar").expect("written");
+        let table = ImageTable { images: Default::default(), cache: dir.path().join("cache") };
+        table.add("breakwater/sh", &archive);
+        table.clone().add("breakwater/x", "/nonexistent/x.oci.tar");
+        assert_eq!(
+            table.resolve("docker.io/breakwater/sh:latest"),
+            Ok(("docker.io/breakwater/sh", archive.clone()))
+        );
         assert!(table.resolve("notbreakwater/sh").is_err_and(|e| e.contains("not in the e2e image table")));
         assert!(table.resolve("nginx:1.27").is_err());
-        let missing = ImageTable { images: BTreeMap::new() }.with("breakwater/x", "/nonexistent/x");
-        assert!(missing.resolve("breakwater/x").is_err_and(|e| e.contains("not built")));
+        assert!(table.resolve("breakwater/x").is_err_and(|e| e.contains("run `make images`")));
+        let corrupt = table.pull("breakwater/sh").map(|p| p.image_id);
+        assert!(corrupt.as_ref().is_err_and(|e| e.contains("not a readable OCI archive")), "{corrupt:?}");
+    }
+
+    #[test]
+    fn the_image_config_gives_user_entrypoint_cmd_env_and_working_dir() {
+        let config = ImageConfig::from_json(&serde_json::json!({"config": {
+            "User": "2102:2102", "Entrypoint": ["/bin/x"], "Cmd": ["run"],
+            "Env": ["PATH=/usr/bin", "EMPTY"], "WorkingDir": "/w"
+        }}));
+        assert_eq!(
+            config,
+            ImageConfig {
+                user: "2102:2102".into(),
+                entrypoint: vec!["/bin/x".into()],
+                cmd: vec!["run".into()],
+                env: vec![("PATH".into(), "/usr/bin".into()), ("EMPTY".into(), String::new())],
+                working_dir: "/w".into(),
+            }
+        );
+        assert_eq!(ImageConfig::from_json(&serde_json::json!({})), ImageConfig::default());
     }
 }

@@ -3,7 +3,9 @@
 //! It registers a Node (Ready, with allocatable cpu, memory and pods) and renews its Lease in
 //! `kube-node-lease` every 10 s, so the node lifecycle controller keeps it Ready. It watches the
 //! Pods the scheduler bound to it — the objects as the API server returned them, after admission —
-//! and runs each as a network namespace with local processes ([`pod`]); it stops a pod when its
+//! and runs each as a network namespace whose containers are local processes, each in its own
+//! mount namespace on a copy of its image's root filesystem, unpacked from the OCI archives
+//! `make images` builds ([`ImageTable`]) ([`pod`]); it stops a pod when its
 //! deletionTimestamp appears and then deletes the object. [`services`] wires cluster IPs to
 //! endpoints with iptables.
 
@@ -52,6 +54,7 @@ const FIELD_MANAGER: &str = "breakwater-e2e-kubelet";
 pub struct PodRunner {
     node: String,
     pods_dir: PathBuf,
+    images: ImageTable,
     shutdown: watch::Sender<bool>,
     /// Set by the pod loop once every pod has stopped.
     stopped: Arc<AtomicBool>,
@@ -72,7 +75,6 @@ impl PodRunner {
         network: Arc<HostNetwork>,
         images: ImageTable,
         pods_dir: PathBuf,
-        mount_record: PathBuf,
     ) -> Result<PodRunner> {
         let client = Client::try_from(config).map_err(Error::kube("building the kubelet's client"))?;
         let node = format!("e2e-node-{}", network.index());
@@ -86,11 +88,10 @@ impl PodRunner {
             client: client.clone(),
             node: node.clone(),
             network: Arc::clone(&network),
-            images,
+            images: images.clone(),
             pods_dir: pods_dir.clone(),
             slots: Default::default(),
             seq: AtomicU32::new(0),
-            mount_points: volumes::MountPoints::new(mount_record),
         });
         let tasks = vec![
             tokio::spawn(heartbeat(
@@ -105,12 +106,23 @@ impl PodRunner {
                 stopped_tx.store(true, Ordering::Release);
             }),
         ];
-        Ok(PodRunner { node, pods_dir, shutdown, stopped, tasks })
+        Ok(PodRunner { node, pods_dir, images, shutdown, stopped, tasks })
+    }
+
+    /// The images this kubelet can run; [`ImageTable::add`] adds one.
+    pub fn images(&self) -> &ImageTable {
+        &self.images
     }
 
     /// The Node's name.
     pub fn node_name(&self) -> &str {
         &self.node
+    }
+
+    /// The directory kept for pod `namespace/name`: container logs, volumes, the containers'
+    /// root filesystems while it runs.
+    pub fn pod_dir(&self, namespace: &str, name: &str) -> PathBuf {
+        self.pods_dir.join(format!("{namespace}_{name}"))
     }
 
     /// What `container` of pod `namespace/name` wrote to stdout and stderr (all runs).

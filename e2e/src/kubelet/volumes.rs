@@ -1,12 +1,12 @@
 //! Volumes, the kubelet's way: each volume becomes a directory under the pod's directory, filled
 //! from the API (ConfigMaps, Secrets, a bound ServiceAccount token, downward API fields), and each
-//! `volumeMount` a bind mount inside the container's private mount namespace.
+//! `volumeMount` a bind mount into the container's root filesystem, in its private mount namespace.
 //!
 //! This is what lets a pod read `/var/run/secrets/kubernetes.io/serviceaccount/{token,ca.crt,
 //! namespace}` — the projected volume the ServiceAccount admission plugin adds to every pod — and
 //! so talk to the API server with in-cluster configuration. `ip netns exec` already gives each
-//! container its own mount namespace (mounts there never reach the host); a mount point missing on
-//! the host is created, counted by [`MountPoints`] and removed when its last pod stops.
+//! container its own mount namespace (mounts there never reach the host); mount points are made in
+//! the container's own copy of its image, never on the host.
 
 use std::{
     collections::BTreeMap,
@@ -220,77 +220,6 @@ fn write(dir: &Path, relative: &str, value: &[u8]) -> Result<(), String> {
     std::fs::write(&file, value).map_err(|e| format!("writing {}: {e}", file.display()))
 }
 
-/// Mount points the runner had to create on the host, counted across pods; recorded in a file so
-/// the reaper can remove them if the test binary dies first.
-#[derive(Debug)]
-pub(crate) struct MountPoints {
-    record: PathBuf,
-    /// Path created by us → how many running containers mount on it.
-    created: tokio::sync::Mutex<BTreeMap<PathBuf, usize>>,
-}
-
-impl MountPoints {
-    pub fn new(record: PathBuf) -> Self {
-        MountPoints { record, created: Default::default() }
-    }
-
-    /// Makes sure every target exists (creating what is missing) and takes a reference on each.
-    /// Returns the paths referenced, to pass back to [`MountPoints::release`].
-    pub async fn acquire(&self, mounts: &[Mount]) -> Result<Vec<PathBuf>, String> {
-        let mut created = self.created.lock().await;
-        let mut held = Vec::new();
-        for m in mounts {
-            // Ancestors that do not exist yet, outermost first.
-            let mut missing: Vec<PathBuf> =
-                m.target.ancestors().take_while(|p| !p.exists()).map(Path::to_path_buf).collect();
-            missing.reverse();
-            for (i, path) in missing.iter().enumerate() {
-                let is_leaf = i + 1 == missing.len();
-                let result = if is_leaf && m.source.is_file() {
-                    std::fs::write(path, b"")
-                } else {
-                    std::fs::create_dir(path)
-                };
-                result.map_err(|e| format!("creating mount point {}: {e}", path.display()))?;
-                created.insert(path.clone(), 0);
-                let line = format!("{}\n", path.display());
-                let _ = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&self.record)
-                    .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
-            }
-            for path in m.target.ancestors() {
-                if let Some(count) = created.get_mut(path) {
-                    *count += 1;
-                    held.push(path.to_path_buf());
-                }
-            }
-        }
-        Ok(held)
-    }
-
-    /// Drops references; removes the paths we created once nothing mounts on them.
-    pub async fn release(&self, held: Vec<PathBuf>) {
-        let mut created = self.created.lock().await;
-        for path in held {
-            if let Some(count) = created.get_mut(&path) {
-                *count = count.saturating_sub(1);
-            }
-        }
-        // Deepest first, so directories are empty when their turn comes.
-        let unused: Vec<PathBuf> =
-            created.iter().filter(|(_, n)| **n == 0).map(|(p, _)| p.clone()).rev().collect();
-        for path in unused {
-            let removed =
-                if path.is_dir() { std::fs::remove_dir(&path) } else { std::fs::remove_file(&path) };
-            if removed.is_ok() || !path.exists() {
-                created.remove(&path);
-            }
-        }
-    }
-}
-
 /// The bind mounts for a container's `volumeMounts`.
 pub(crate) fn mounts(
     container: &k8s_openapi::api::core::v1::Container,
@@ -315,52 +244,63 @@ pub(crate) fn mounts(
     Ok(out)
 }
 
-/// A bash script that prepares a container's mount namespace and `exec`s its arguments with
-/// its security settings.
+/// A bash script that prepares a container's mount namespace (the private one `ip netns exec`
+/// makes) and `exec`s `breakwater-e2e-exec`, its first argument, with the rest as the command.
 ///
-/// Every volume's source is opened first and mounted through `/proc/$$/fd/N`: a later mount may
-/// cover the directory an earlier source lives in (an emptyDir over `/tmp`, where the harness
-/// keeps volumes), and an open descriptor still reaches it, as a kubelet's mounts into a
-/// separate root filesystem never hide each other. With `readOnlyRootFilesystem` the root is
-/// remounted read-only before the volumes are mounted on it, and each writable volume is
-/// remounted read-write (its bind mount inherits the root's read-only flag).
-pub(crate) fn launch_script(mounts: &[Mount], security: &super::security::Security) -> String {
-    let mut script = String::from("set -e\n");
+/// `rootfs` (the container's copy of its image) becomes a mount point; into it go `/proc`, a
+/// small `/dev` (null, zero, full, random, urandom, tty; shm; the fd links), `/sys` read-only and
+/// the volumes, parents first, each missing mount point created in the container's root (a file
+/// for a file), as a runtime does. With `readOnlyRootFilesystem` the root is remounted read-only
+/// last: the mounts on it keep their own flags, so volumes stay writable unless `readOnly`. All
+/// of it vanishes with the container's process.
+pub(crate) fn launch_script(
+    rootfs: &Path,
+    mounts: &[Mount],
+    security: &super::security::Security,
+    working_dir: &str,
+    env: &[(String, String)],
+) -> String {
+    let r = quote(rootfs);
+    let mut script = format!(
+        "set -e\nR={r}\n\
+         mount --bind \"$R\" \"$R\"\n\
+         mkdir -p \"$R/proc\" \"$R/dev\" \"$R/sys\"\n\
+         mount -t proc -o nosuid,nodev,noexec proc \"$R/proc\"\n\
+         mount -t tmpfs -o nosuid,mode=0755,size=65536k tmpfs \"$R/dev\"\n\
+         for d in null zero full random urandom tty; do : > \"$R/dev/$d\"; mount --bind \"/dev/$d\" \"$R/dev/$d\"; done\n\
+         mkdir \"$R/dev/shm\" && mount -t tmpfs -o nosuid,nodev,noexec,mode=1777,size=65536k shm \"$R/dev/shm\"\n\
+         ln -s /proc/self/fd \"$R/dev/fd\"; ln -s /proc/self/fd/0 \"$R/dev/stdin\"; \
+         ln -s /proc/self/fd/1 \"$R/dev/stdout\"; ln -s /proc/self/fd/2 \"$R/dev/stderr\"\n\
+         mount --rbind /sys \"$R/sys\" && mount -o remount,bind,ro \"$R/sys\"\n"
+    );
     // Parents before children (`/run` before `/run/secrets/…`), as container runtimes order them.
     let mut mounts: Vec<&Mount> = mounts.iter().collect();
     mounts.sort_by_key(|m| m.target.components().count());
-    let fd = |i: usize| i + 3;
-    if !mounts.is_empty() {
-        let opens: Vec<String> =
-            mounts.iter().enumerate().map(|(i, m)| format!("{}<{}", fd(i), quote(&m.source))).collect();
-        script.push_str(&format!("exec {}\n", opens.join(" ")));
-    }
-    if security.read_only_root {
-        script.push_str("mount -o remount,bind,ro /\n");
-    }
-    for (i, m) in mounts.iter().enumerate() {
-        let dst = quote(&m.target);
+    for m in mounts {
+        let dst = format!("\"$R\"{}", quote(&m.target));
         // A target inside an earlier volume (`/var/run/secrets/…` under an emptyDir on `/run`)
-        // exists only in that volume: made there, as a container runtime makes mount points.
+        // is made in that volume, as a container runtime makes mount points.
         if m.source.is_file() {
             script.push_str(&format!("[ -e {dst} ] || {{ mkdir -p \"$(dirname {dst})\" && : > {dst}; }}\n"));
         } else {
             script.push_str(&format!("[ -e {dst} ] || mkdir -p {dst}\n"));
         }
-        script.push_str(&format!("mount -c --bind /proc/$$/fd/{} {dst}\n", fd(i)));
+        script.push_str(&format!("mount --bind {} {dst}\n", quote(&m.source)));
         if m.read_only {
             script.push_str(&format!("mount -o remount,bind,ro {dst}\n"));
-        } else if security.read_only_root {
-            // A bind mount copies the flags of the mount its source is on — the root, now
-            // read-only — so a writable volume is made writable again, as on a kubelet.
-            script.push_str(&format!("mount -o remount,bind,rw {dst}\n"));
         }
     }
-    if !mounts.is_empty() {
-        let closes: Vec<String> = (0..mounts.len()).map(|i| format!("{}<&-", fd(i))).collect();
-        script.push_str(&format!("exec {}\n", closes.join(" ")));
+    let wd = quote(Path::new(working_dir));
+    script.push_str(&format!("[ -d \"$R\"{wd} ] || mkdir -p \"$R\"{wd}\n"));
+    if security.read_only_root {
+        script.push_str("mount -o remount,bind,ro \"$R\"\n");
     }
-    script.push_str(&format!("exec {} \"$@\"\n", security.setpriv().join(" ")));
+    let mut exec = vec!["exec \"$1\"".to_owned(), "--root \"$R\"".to_owned(), format!("--cwd {wd}")];
+    exec.extend(security.exec_args());
+    exec.extend(env.iter().map(|(k, v)| format!("--env {}", quote(Path::new(&format!("{k}={v}"))))));
+    exec.push("-- \"${@:2}\"".to_owned());
+    script.push_str(&exec.join(" "));
+    script.push('\n');
     script
 }
 
@@ -374,7 +314,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn launch_script_opens_every_source_first_then_mounts_parents_first_and_drops_privileges() {
+    fn launch_script_mounts_into_the_root_parents_first_and_remounts_the_root_read_only_last() {
         let security = super::super::security::Security {
             uid: 65532,
             gid: 65532,
@@ -384,22 +324,31 @@ mod tests {
             read_only_root: true,
         };
         let script = launch_script(
+            Path::new("/pods/p/rootfs/c"),
             &[
                 Mount { source: "/p/v/a".into(), target: "/var/run/x".into(), read_only: true },
                 Mount { source: "/p/it's".into(), target: "/data".into(), read_only: false },
             ],
             &security,
+            "/work",
+            &[("PATH".into(), "/usr/bin".into()), ("Q".into(), "it's".into())],
         );
+        let lines: Vec<&str> = script.lines().collect();
+        assert_eq!(lines[..3], ["set -e", "R='/pods/p/rootfs/c'", "mount --bind \"$R\" \"$R\""]);
+        let tail = &lines[lines.len() - 8..];
         assert_eq!(
-            script,
-            "set -e\nexec 3<'/p/it'\\''s' 4<'/p/v/a'\nmount -o remount,bind,ro /\n\
-             [ -e '/data' ] || mkdir -p '/data'\n\
-             mount -c --bind /proc/$$/fd/3 '/data'\nmount -o remount,bind,rw '/data'\n\
-             [ -e '/var/run/x' ] || mkdir -p '/var/run/x'\n\
-             mount -c --bind /proc/$$/fd/4 '/var/run/x'\nmount -o remount,bind,ro '/var/run/x'\n\
-             exec 3<&- 4<&-\n\
-             exec setpriv --reuid=65532 --regid=65532 --clear-groups --bounding-set=-all --inh-caps=-all \
-             --ambient-caps=-all --no-new-privs -- \"$@\"\n"
+            tail,
+            [
+                "[ -e \"$R\"'/data' ] || mkdir -p \"$R\"'/data'",
+                "mount --bind '/p/it'\\''s' \"$R\"'/data'",
+                "[ -e \"$R\"'/var/run/x' ] || mkdir -p \"$R\"'/var/run/x'",
+                "mount --bind '/p/v/a' \"$R\"'/var/run/x'",
+                "mount -o remount,bind,ro \"$R\"'/var/run/x'",
+                "[ -d \"$R\"'/work' ] || mkdir -p \"$R\"'/work'",
+                "mount -o remount,bind,ro \"$R\"",
+                "exec \"$1\" --root \"$R\" --cwd '/work' --uid=65532 --gid=65532 --no-new-privs \
+                 --env 'PATH=/usr/bin' --env 'Q=it'\\''s' -- \"${@:2}\"",
+            ]
         );
     }
 

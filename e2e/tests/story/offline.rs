@@ -31,7 +31,7 @@ fn sidecar_pid(netns: &str) -> anyhow::Result<u32> {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let args: Vec<String> =
             cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-        // The harness runs a content-named copy of each binary (`breakwater-sidecar-<hash>`).
+        // The container runs the image's `/usr/local/bin/breakwater-sidecar`.
         let program = args.first().and_then(|a| a.rsplit('/').next()).unwrap_or_default();
         if program.starts_with("breakwater-sidecar") && args.get(1).is_some_and(|a| a == "run") {
             return Ok(pid);

@@ -29,7 +29,7 @@ use kube::{
 };
 use tokio::{process::Child, sync::watch, time::Instant};
 
-use super::{container::Launch, images::ImageTable, volumes::MountPoints};
+use super::{container::Launch, images::ImageTable};
 use crate::network::{HostNetwork, PodNetns};
 
 /// How often containers are checked for exits and probed while not ready.
@@ -60,7 +60,6 @@ pub(crate) struct Ctx {
     /// Pod address slots (the last octet) in use.
     pub slots: tokio::sync::Mutex<std::collections::BTreeSet<u8>>,
     pub seq: AtomicU32,
-    pub mount_points: MountPoints,
 }
 
 impl Ctx {
@@ -149,8 +148,6 @@ struct Worker {
     phase: &'static str,
     /// Reason and message for container waiting states before launch (image errors).
     failure: Option<(String, &'static str, String)>,
-    /// Mount points referenced in `ctx.mount_points`, released at teardown.
-    mount_points: Vec<PathBuf>,
 }
 
 impl Worker {
@@ -171,7 +168,6 @@ impl Worker {
             conditions: BTreeMap::new(),
             phase: "Pending",
             failure: None,
-            mount_points: Vec::new(),
         }
     }
 
@@ -211,14 +207,6 @@ impl Worker {
                 _ = stop.changed() => return Ok(()),
                 // Try again.
                 _ = tokio::time::sleep(RETRY) => {}
-            }
-        }
-        if self.failure.is_none() {
-            let mounts: Vec<_> =
-                self.init.iter().chain(&self.containers).flat_map(|r| r.launch.mounts.clone()).collect();
-            match self.ctx.mount_points.acquire(&mounts).await {
-                Ok(held) => self.mount_points = held,
-                Err(e) => self.failure = Some(("*".into(), "CreateContainerConfigError", e)),
             }
         }
         self.publish().await;
@@ -373,8 +361,8 @@ impl Worker {
         if let Some(slot) = self.slot.take() {
             self.ctx.release_slot(slot).await;
         }
-        let held = std::mem::take(&mut self.mount_points);
-        self.ctx.mount_points.release(held).await;
+        // The containers' writable copies of their images go with the pod, as with a runtime.
+        let _ = std::fs::remove_dir_all(self.dir.join("rootfs"));
     }
 
     /// Deletes the Pod object now that nothing runs (what the kubelet does after a graceful stop).

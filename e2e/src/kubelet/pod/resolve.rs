@@ -1,4 +1,4 @@
-//! What each container will run: its image's binary, command line, environment (the
+//! What each container will run: its image, command line, environment (the
 //! kubelet's own variables first) and volumes, resolved once when the pod starts.
 
 use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
@@ -162,10 +162,11 @@ fn placeholder(c: &Container, reason: &'static str, message: &str) -> Running {
     let mut r = Running::new(Launch {
         name: c.name.clone(),
         image: c.image.clone().unwrap_or_default(),
-        binary: PathBuf::new(),
-        args: Vec::new(),
+        image_id: String::new(),
+        image_rootfs: PathBuf::new(),
+        argv: Vec::new(),
         env: Vec::new(),
-        working_dir: None,
+        working_dir: "/".into(),
         readiness: None,
         startup: None,
         ports: BTreeMap::new(),

@@ -89,7 +89,7 @@ fn container_status(r: &Running) -> Value {
     let mut status = json!({
         "name": r.launch.name,
         "image": r.launch.image,
-        "imageID": format!("e2e://{}", r.launch.binary.display()),
+        "imageID": r.launch.image_id,
         "ready": r.ready,
         "started": r.child.is_some(),
         "restartCount": r.restarts,
