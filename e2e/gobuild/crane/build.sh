@@ -8,23 +8,9 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=../versions.env
-source "$here/../versions.env"
-cache="${BREAKWATER_CACHE:-$HOME/.cache/breakwater}"
-dir="$cache/crane-$CRANE_VERSION"
-bin="$dir/bin/crane"
-
-if [[ "${1:-}" == "path" ]]; then
-  echo "$bin"
-  exit 0
-fi
-if [[ -x "$bin" ]]; then
-  exit 0
-fi
-command -v go >/dev/null 2>&1 || {
-  echo "crane: 'go' is not on PATH; the image tests build crane from its Go module. Install Go >= 1.26." >&2
-  exit 1
-}
+# shellcheck source=../cached.sh
+source "$here/../cached.sh"
+cached_tool crane "crane-$CRANE_VERSION" crane "the image tests build crane from its Go module." "$@"
 start=$(date +%s)
 echo "crane: building go-containerregistry's crane $CRANE_VERSION (first time only)..."
 CGO_ENABLED=0 GOBIN="$dir/bin" go install "github.com/google/go-containerregistry/cmd/crane@$CRANE_VERSION"

@@ -9,23 +9,10 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=../versions.env
-source "$here/../versions.env"
-cache="${BREAKWATER_CACHE:-$HOME/.cache/breakwater}"
-dir="$cache/otelcol-$OTELCOL_VERSION"
-bin="$dir/bin/otelcol-breakwater"
-
-if [[ "${1:-}" == "path" ]]; then
-  echo "$bin"
-  exit 0
-fi
-if [[ -x "$bin" ]]; then
-  exit 0
-fi
-command -v go >/dev/null 2>&1 || {
-  echo "otelcol: 'go' is not on PATH; the trace end-to-end test builds the OpenTelemetry Collector from its Go modules. Install Go >= 1.26." >&2
-  exit 1
-}
+# shellcheck source=../cached.sh
+source "$here/../cached.sh"
+cached_tool otelcol "otelcol-$OTELCOL_VERSION" otelcol-breakwater \
+  "the trace end-to-end test builds the OpenTelemetry Collector from its Go modules." "$@"
 
 start=$(date +%s)
 tmp="$(mktemp -d)"

@@ -1,6 +1,6 @@
 //! The command lines of the control-plane processes. Flags follow envtest's defaults, plus what a
-//! controller-manager needs (see `../shared/HARNESS-NOTES.md`); names were checked against the
-//! built binaries' `--help`.
+//! controller-manager needs to mint ServiceAccount tokens (the signing key and the root CA it
+//! publishes); names were checked against the built binaries' `--help`.
 
 use std::{path::Path, process::Command};
 
