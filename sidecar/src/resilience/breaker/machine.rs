@@ -24,7 +24,7 @@ pub struct Settings {
 
 pub(super) struct Machine {
     settings: Settings,
-    reports: mpsc::Receiver<Report>,
+    reports: mpsc::UnboundedReceiver<Report>,
     publish: watch::Sender<Published>,
     observer: Observer,
     counts: Arc<Counts>,
@@ -62,7 +62,7 @@ impl Settings {
 impl Machine {
     pub(super) fn new(
         settings: Settings,
-        reports: mpsc::Receiver<Report>,
+        reports: mpsc::UnboundedReceiver<Report>,
         publish: watch::Sender<Published>,
         observer: Observer,
         counts: Arc<Counts>,
@@ -121,7 +121,10 @@ impl Machine {
         loop {
             // A closed channel means every handle is gone.
             let Some(report) = self.reports.recv().await else { return Next::Stop };
-            if let Report::Trip { span } = report {
+            // A trip reported in an earlier Closed period (a late call racing the reset) is stale.
+            if let Report::Trip { generation, span } = report
+                && generation == self.counts.generation.load(std::sync::atomic::Ordering::Acquire)
+            {
                 self.cause = Some(span);
                 self.trips += 1;
                 return Next::Open;

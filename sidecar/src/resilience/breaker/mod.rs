@@ -16,6 +16,12 @@
 //! atomics and message the task only when they cross a trip rule: a healthy service costs no
 //! message and no task wake-up per call. A closed channel (every handle dropped, e.g. after a
 //! reload that changed the settings) stops the task.
+//!
+//! No report is ever dropped: the channel is unbounded, and bounded by construction instead —
+//! at most one trip report is pending per Closed period (a flag in [`Counts`]), and a probe
+//! report is sent once per probe permit the half-open state handed out. (An earlier bounded
+//! queue with `try_send` could lose a probe's outcome under a burst of late trip reports and
+//! leave the breaker half-open with no probe slot left.)
 
 mod layer;
 mod machine;
@@ -24,7 +30,7 @@ mod window;
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicU32, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -96,9 +102,9 @@ pub struct Published {
 /// ([`Counts`]) and only a trip is sent, so a healthy service costs no message per call.
 #[derive(Debug, Clone)]
 enum Report {
-    /// A call's outcome crossed a trip rule. `span` is that call's span, kept open until the
-    /// machine has recorded the state change on it.
-    Trip { span: tracing::Span },
+    /// A call's outcome crossed a trip rule in Closed period `generation`. `span` is that
+    /// call's span, kept open until the machine has recorded the state change on it.
+    Trip { generation: u64, span: tracing::Span },
     /// A half-open probe finished.
     Probe { failed: bool, span: tracing::Span },
     /// A call ended without an outcome (cancelled): a half-open probe slot is given back.
@@ -113,6 +119,9 @@ pub(crate) struct Counts {
     /// Bumped each time the breaker (re)enters Closed: outcomes of calls admitted before are
     /// ignored.
     generation: AtomicU64,
+    /// A trip report is on its way (or the breaker already left Closed): no other is sent
+    /// until the breaker is Closed again.
+    trip_sent: AtomicBool,
 }
 
 impl Counts {
@@ -120,6 +129,7 @@ impl Counts {
         self.consecutive.store(0, Ordering::Release);
         self.window.clear();
         self.generation.fetch_add(1, Ordering::AcqRel);
+        self.trip_sent.store(false, Ordering::Release);
     }
 }
 
@@ -130,7 +140,7 @@ pub type Observer = Arc<dyn Fn(State) + Send + Sync>;
 #[derive(Clone)]
 pub struct Breaker {
     state: watch::Receiver<Published>,
-    reports: mpsc::Sender<Report>,
+    reports: mpsc::UnboundedSender<Report>,
     settings: Settings,
     counts: Arc<Counts>,
 }
@@ -145,7 +155,7 @@ impl std::fmt::Debug for Breaker {
 /// counts as a cancelled call.
 #[derive(Debug)]
 pub struct Permit {
-    reports: Option<mpsc::Sender<Report>>,
+    reports: Option<mpsc::UnboundedSender<Report>>,
     probe: bool,
     counts: Arc<Counts>,
     settings: Settings,
@@ -157,7 +167,8 @@ impl Permit {
     pub fn record(mut self, failed: bool) {
         let Some(tx) = self.reports.take() else { return };
         if self.probe {
-            let _ = tx.try_send(Report::Probe { failed, span: tracing::Span::current() });
+            // An error only means the machine is gone (every handle dropped).
+            let _ = tx.send(Report::Probe { failed, span: tracing::Span::current() });
             return;
         }
         let c = &self.counts;
@@ -176,9 +187,8 @@ impl Permit {
             }
             0
         };
-        if self.settings.trips(run, || c.window.totals()) {
-            // Full queue: the machine is busy, and a later failure will report the trip again.
-            let _ = tx.try_send(Report::Trip { span: tracing::Span::current() });
+        if self.settings.trips(run, || c.window.totals()) && !c.trip_sent.swap(true, Ordering::AcqRel) {
+            let _ = tx.send(Report::Trip { generation: self.generation, span: tracing::Span::current() });
         }
     }
 
@@ -193,18 +203,15 @@ impl Drop for Permit {
         if let Some(tx) = self.reports.take()
             && self.probe
         {
-            let _ = tx.try_send(Report::Cancelled { probe: true });
+            let _ = tx.send(Report::Cancelled { probe: true });
         }
     }
 }
 
-/// Messages queued for the state machine; beyond this they are dropped, never waited for.
-const REPORT_QUEUE: usize = 1024;
-
 impl Breaker {
     /// Starts a breaker task with `settings`, calling `observer` on every state change.
     pub fn spawn(settings: Settings, observer: Observer) -> Self {
-        let (tx, rx) = mpsc::channel(REPORT_QUEUE);
+        let (tx, rx) = mpsc::unbounded_channel();
         let initial = Published {
             state: State::Closed,
             consecutive_failures: 0,
@@ -218,6 +225,7 @@ impl Breaker {
             consecutive: AtomicU32::new(0),
             window: window::Window::new(settings.failure_rate.map_or(Duration::from_secs(10), |(_, w, _)| w)),
             generation: AtomicU64::new(0),
+            trip_sent: AtomicBool::new(false),
         });
         let (state_tx, state_rx) = watch::channel(initial);
         tokio::spawn(machine::Machine::new(settings, rx, state_tx, observer, counts.clone()).run());
