@@ -25,6 +25,7 @@ pub mod precedence;
 pub mod selector;
 pub mod snapshot;
 mod validate;
+mod warnings;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -39,6 +40,7 @@ pub use self::{
         Retries, RetryBudget, RetryCondition, RetryOn, Source, TargetRef, Timeouts, VERSION, reasons,
     },
     validate::{FieldError, ValidationErrors, validate},
+    warnings::warnings,
 };
 
 /// The `CommunicationPolicy` CustomResourceDefinition, as installed by the Helm chart.

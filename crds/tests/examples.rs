@@ -44,6 +44,12 @@ fn every_example_is_valid_everywhere() {
             let policy = load::policy(&doc.value)
                 .unwrap_or_else(|e| panic!("{} {}: {e}", file.display(), doc.describe()));
             EffectivePolicy::resolve(&policy.spec).expect("a valid policy resolves");
+            let dead = breakwater_crds::warnings(&policy.spec);
+            assert!(
+                dead.is_empty(),
+                "{}: a shipped example with settings that never take effect: {dead:?}",
+                file.display()
+            );
             Validator::new()
                 .validate(&schema, &doc.value, None)
                 .unwrap_or_else(|e| panic!("{}: CEL rules refuse a valid example: {e:?}", file.display()));

@@ -238,10 +238,12 @@ fn validate(file: &std::path::Path) -> ExitCode {
         Ok(Checked::Sidecar(c)) => {
             let (services, attachments) = c.counts();
             println!("{}: valid ({services} services, {attachments} policy attachments)", file.display());
+            print_warnings(file, &c.warnings);
             ExitCode::SUCCESS
         }
-        Ok(Checked::Policies(n)) => {
+        Ok(Checked::Policies(n, warnings)) => {
             println!("{}: valid ({n} policies)", file.display());
+            print_warnings(file, &warnings);
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -251,6 +253,13 @@ fn validate(file: &std::path::Path) -> ExitCode {
             eprintln!("{}: {} problem(s)", file.display(), e.problems.len());
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Valid settings that can never take effect: reported, not refused (the exit status stays 0).
+fn print_warnings(file: &std::path::Path, warnings: &[String]) {
+    for w in warnings {
+        println!("{}: warning: {w}", file.display());
     }
 }
 

@@ -145,3 +145,28 @@ fn every_local_example_is_a_valid_sidecar_config() {
     }
     assert!(n >= 1);
 }
+
+/// `validate` names what can never take effect, and still says the file is valid (exit 0).
+#[test]
+fn validate_warns_about_settings_that_never_take_effect() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("inventory.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: breakwater.dev/v1alpha1\nkind: CommunicationPolicy\nmetadata: {name: inventory, namespace: shop}\n\
+         spec:\n  targetRef: {name: inventory}\n  retries:\n    retryOn: {grpcCodes: [UNAVAILABLE]}\n    retryableMethods: [POST]\n",
+    )
+    .expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_breakwater-sidecar"))
+        .arg("validate")
+        .arg(&file)
+        .output()
+        .expect("run validate");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "warnings are not errors: {stdout}");
+    assert!(stdout.contains("valid (1 policies)"), "{stdout}");
+    assert!(
+        stdout.contains("warning:") && stdout.contains("spec.retries.retryableMethods: lists POST: the gRPC codes in retryOn.grpcCodes (UNAVAILABLE) are retried without it"),
+        "{stdout}"
+    );
+}

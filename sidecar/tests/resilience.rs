@@ -66,8 +66,10 @@ async fn post_is_not_retried_but_post_with_idempotency_key_is() {
 
 #[tokio::test]
 async fn grpc_unavailable_in_trailers_is_retried() {
+    // gRPC's own retry semantics: listing a code makes calls ending with it retryable, although
+    // every gRPC call is a POST; it does not make plain-HTTP POSTs retryable.
     let up = fault(failing_first(1)).await;
-    let spec = "  retries:\n    attempts: 2\n    backoff: {base: 5ms, max: 20ms}\n    retryOn: {grpcCodes: [UNAVAILABLE]}\n    retryableMethods: [POST]\n";
+    let spec = "  retries:\n    attempts: 2\n    backoff: {base: 5ms, max: 20ms}\n    retryOn: {conditions: [5xx], grpcCodes: [UNAVAILABLE]}\n";
     let sc = sidecar_with(&[up.addr()], spec).await;
     let got = grpc(sc.outbound, "http://payments/payments.v1.Payments/Charge").await;
     let status = got.trailers.as_ref().and_then(|t| t.get("grpc-status")).and_then(|v| v.to_str().ok());
@@ -77,6 +79,12 @@ async fn grpc_unavailable_in_trailers_is_retried() {
         metric(&sc, "breakwater_retries_total{service=\"payments.shop\",reason=\"grpc-code\"}").await,
         1.0
     );
+
+    let up = fault(failing_first(1)).await;
+    let sc = sidecar_with(&[up.addr()], spec).await;
+    let got = http1(sc.outbound, post("http://payments/charges", None)).await;
+    assert_eq!(got.status, 503, "a plain POST that reached the app is still not replayed");
+    assert_eq!(up.stats().requests(), 1);
 }
 
 #[tokio::test]

@@ -50,7 +50,8 @@ pub struct Retries {
     pub budget: Option<RetryBudget>,
 
     /// HTTP methods (upper case) that may be retried after the request may have reached the
-    /// application. A connect failure (nothing was sent) is retried for every method. Default:
+    /// application. A connect failure (nothing was sent) is retried for every method, and so is
+    /// a gRPC call ending with a code `retryOn.grpcCodes` lists. Default:
     /// the idempotent methods `GET`, `HEAD`, `OPTIONS`, `PUT`, `DELETE`, `TRACE`. Listing methods
     /// replaces the default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -100,7 +101,9 @@ pub struct RetryOn {
     pub http_status_codes: Option<Vec<u16>>,
 
     /// gRPC status codes to retry, by canonical name (e.g. `UNAVAILABLE`,
-    /// `RESOURCE_EXHAUSTED`), read from the response headers or trailers. Omit for none.
+    /// `RESOURCE_EXHAUSTED`), read from the response headers or trailers. As in gRPC's own retry
+    /// policy, a listed code makes the call retryable by itself: `retryableMethods` (every gRPC
+    /// call is a POST) does not apply to it. Omit for none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 16))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]

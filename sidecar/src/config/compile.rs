@@ -90,6 +90,9 @@ pub struct Config {
     pub inbound_app: Option<SocketAddr>,
     /// What this sidecar enforces.
     pub snapshot: Snapshot,
+    /// Settings of its policies that are valid but can never take effect, one line each
+    /// (document and field first).
+    pub warnings: Vec<String>,
 }
 
 impl Config {
@@ -159,8 +162,9 @@ pub struct ConfigError {
 pub enum Checked {
     /// A complete sidecar configuration.
     Sidecar(Box<Config>),
-    /// Only `CommunicationPolicy` documents (what a team keeps in Git and applies to a cluster).
-    Policies(usize),
+    /// Only `CommunicationPolicy` documents (what a team keeps in Git and applies to a
+    /// cluster): how many, and the warnings about them (see [`Config::warnings`]).
+    Policies(usize, Vec<String>),
 }
 
 /// Validates a file for `breakwater-sidecar validate`: a full sidecar configuration, or a
@@ -171,10 +175,12 @@ pub fn check(text: &str) -> Result<Checked, ConfigError> {
         return compile(text).map(|c| Checked::Sidecar(Box::new(c)));
     }
     let mut problems = Vec::new();
+    let mut warnings = Vec::new();
     for doc in &docs {
         if doc.kind == "CommunicationPolicy" {
-            if let Err(errors) = load::policy(&doc.value) {
-                problems.extend(errors.iter().map(|e| format!("{}: {e}", doc.describe())));
+            match load::policy(&doc.value) {
+                Ok(policy) => warnings.extend(policy_warnings(doc, &policy)),
+                Err(errors) => problems.extend(errors.iter().map(|e| format!("{}: {e}", doc.describe()))),
             }
         } else {
             problems.push(format!(
@@ -188,7 +194,16 @@ pub fn check(text: &str) -> Result<Checked, ConfigError> {
     if docs.is_empty() {
         problems.push("the file holds no documents".to_owned());
     }
-    if problems.is_empty() { Ok(Checked::Policies(docs.len())) } else { Err(ConfigError { problems }) }
+    if problems.is_empty() {
+        Ok(Checked::Policies(docs.len(), warnings))
+    } else {
+        Err(ConfigError { problems })
+    }
+}
+
+/// [`breakwater_crds::warnings`] of one policy document, as lines naming the document.
+fn policy_warnings(doc: &load::Document, policy: &CommunicationPolicy) -> Vec<String> {
+    breakwater_crds::warnings(&policy.spec).iter().map(|w| format!("{}: {w}", doc.describe())).collect()
 }
 
 /// Parses and validates a local-mode file. Every problem is reported.
@@ -198,6 +213,7 @@ pub fn compile(text: &str) -> Result<Config, ConfigError> {
 
     let mut sidecar: Option<SidecarConfig> = None;
     let mut policies: Vec<CommunicationPolicy> = Vec::new();
+    let mut warnings = Vec::new();
     for doc in &docs {
         if doc.is(model::KIND) {
             match load::from_value_strict::<SidecarConfig>(&doc.value) {
@@ -209,7 +225,10 @@ pub fn compile(text: &str) -> Result<Config, ConfigError> {
             }
         } else if doc.kind == "CommunicationPolicy" {
             match load::policy(&doc.value) {
-                Ok(p) => policies.push(p),
+                Ok(p) => {
+                    warnings.extend(policy_warnings(doc, &p));
+                    policies.push(p);
+                }
                 Err(errors) => problems.extend(errors.iter().map(|e| format!("{}: {e}", doc.describe()))),
             }
         } else {
@@ -320,7 +339,7 @@ pub fn compile(text: &str) -> Result<Config, ConfigError> {
 
     if problems.is_empty() {
         snapshot.version.hash = snapshot.content_hash();
-        Ok(Config { listeners, proxy, telemetry: sidecar.telemetry.clone(), inbound_app, snapshot })
+        Ok(Config { listeners, proxy, telemetry: sidecar.telemetry.clone(), inbound_app, snapshot, warnings })
     } else {
         Err(ConfigError { problems })
     }

@@ -68,6 +68,13 @@ fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// Settings that can never take effect are worth a line in the log, not a refusal.
+fn log_warnings(config: &Config) {
+    for w in &config.warnings {
+        tracing::warn!(warning = %w, "a policy setting can never take effect");
+    }
+}
+
 fn hash(text: &str) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -79,6 +86,7 @@ impl Store {
     /// Compiles `text` into the first configuration.
     pub fn new(text: &str, metrics: Arc<Metrics>) -> Result<Self, ConfigError> {
         let config = super::compile(text)?;
+        log_warnings(&config);
         let routes = Routes::build(&config, None, &metrics);
         let published = Published {
             version: 1,
@@ -120,6 +128,7 @@ impl Store {
         }
         match super::compile(text) {
             Ok(config) => {
+                log_warnings(&config);
                 self.publish(&current, config, h, Source::File);
                 Ok(true)
             }

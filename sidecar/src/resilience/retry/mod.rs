@@ -6,7 +6,8 @@
 //! 1. it failed in a way the policy's `retryOn` lists;
 //! 2. attempts remain;
 //! 3. it is safe: nothing reached the application (connect failure, refused stream), or the
-//!    request is idempotent (by method, by policy, or by `Idempotency-Key`);
+//!    request is idempotent (by method, by policy, or by `Idempotency-Key`), or it ended with a
+//!    gRPC code the policy lists (gRPC's semantics: listing a code says so, whatever the method);
 //! 4. no sidecar upstream already retried this call at the policy's depth limit (retry-storm
 //!    damping across a call chain);
 //! 5. the request can be sent again (its body was small enough to keep);

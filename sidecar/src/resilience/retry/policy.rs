@@ -6,7 +6,10 @@ use breakwater_crds::RetryCondition;
 use tokio::time::Instant;
 
 use super::Backoff;
-use crate::resilience::{budget::RetryBudget, outcome::Outcome};
+use crate::resilience::{
+    budget::RetryBudget,
+    outcome::{Failure, Outcome},
+};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -113,7 +116,11 @@ impl RetryPolicy {
             self.observer.skipped(why);
             None
         };
-        if failure.may_have_been_processed() && !req.idempotent() {
+        // A gRPC code the policy lists is retryable by itself (gRPC's retry policy semantics:
+        // listing `retryableStatusCodes` declares the calls safe to repeat), although every gRPC
+        // call is a POST; it does not widen what is retried for plain HTTP.
+        let listed_grpc_code = matches!(failure, Failure::Grpc(_));
+        if failure.may_have_been_processed() && !listed_grpc_code && !req.idempotent() {
             return skip("method");
         }
         if req.depth() >= s.max_depth {
