@@ -205,7 +205,15 @@ async fn serve_one(
         Some(w) => w.acquire_owned().await.ok(),
         None => None,
     };
-    handle(req, faults, stats, fail_counter).await
+    // A HEAD response has no body (RFC 9110 §9.3.2). hyper's HTTP/1 server leaves it out by
+    // itself; its HTTP/2 server would send it, and END_STREAM would not be on the HEADERS frame.
+    let head = req.method() == http::Method::HEAD;
+    let resp = handle(req, faults, stats, fail_counter).await?;
+    Ok(if head {
+        resp.map(|_| http_body_util::Empty::new().map_err(|never| match never {}).boxed())
+    } else {
+        resp
+    })
 }
 
 struct InFlight(Arc<Stats>);

@@ -101,6 +101,13 @@ struct ServiceKind {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClientErrorLabels {
+    service: String,
+    direction: Direction,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceDecision {
     service: String,
     decision: &'static str,
@@ -130,6 +137,7 @@ pub struct Metrics {
     bulkhead_queue_wait: Family<ServiceDirection, Histogram, fn() -> Histogram>,
     timeouts: Family<ServiceKind, Counter>,
     dryrun_decisions: Family<ServiceDecision, Counter>,
+    client_errors: Family<ClientErrorLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -166,8 +174,14 @@ impl Metrics {
             bulkhead_queue_wait: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             timeouts: Family::default(),
             dryrun_decisions: Family::default(),
+            client_errors: Family::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "client_errors",
+            "Requests that failed by the caller's fault (malformed or cut short), by reason; never counted against the upstream, never retried",
+            m.client_errors.clone(),
+        );
         registry.register(
             "requests",
             "Requests handled, by service, direction and status class",
@@ -303,6 +317,14 @@ impl Metrics {
     /// Counts fields of an applied snapshot that this build ignored.
     pub fn snapshot_unknown_fields(&self, n: usize) {
         self.snapshot_unknown_fields.inc_by(n as u64);
+    }
+
+    /// Counts a request that failed by its caller's fault: `reason` is `bad-request` (refused
+    /// before routing, `service` is then `-`), `body-malformed` or `body-incomplete`.
+    pub fn client_error(&self, service: &str, direction: Direction, reason: &'static str) {
+        self.client_errors
+            .get_or_create(&ClientErrorLabels { service: service.to_owned(), direction, reason })
+            .inc();
     }
 
     /// The gauge of open client connections in `direction`.

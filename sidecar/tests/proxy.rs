@@ -315,3 +315,74 @@ async fn idle_client_connections_are_closed() {
     let closed = tokio::time::timeout(PATIENCE, s.read(&mut buf)).await.expect("closed in time");
     assert!(matches!(closed, Ok(0) | Err(_)), "the idle connection was closed");
 }
+
+/// RFC 9112 §3.2: a request with two Host lines, or an HTTP/1.1 request with none, is refused
+/// with 400 by the sidecar itself (the upstream sees nothing); §3.2.2: an absolute-form target
+/// wins over the Host header, which the proxy replaces.
+#[tokio::test]
+async fn host_header_rules_of_rfc_9112() {
+    let up = fault("p").await;
+    let sc = start(&sidecar_yaml(&service("payments", &[up.addr()]), None, "")).await;
+
+    let got = raw(
+        sc.outbound,
+        b"GET http://payments/echo HTTP/1.1\r\nHost: inventory.shop\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    let body = &got[got.find("\r\n\r\n").expect("a head") + 4..];
+    let echo: serde_json::Value = serde_json::from_str(body).expect("echo json");
+    assert_eq!(echo["headers"]["host"], "payments", "the proxy replaced the client's Host: {echo}");
+
+    let got = raw(
+        sc.outbound,
+        b"GET /echo HTTP/1.1\r\nHost: payments\r\nHost: inventory\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 400"), "two Host lines: {got}");
+    assert!(got.contains("breakwater-error: bad-request"), "{got}");
+    let got = raw(sc.outbound, b"GET /echo HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+    assert!(got.starts_with("HTTP/1.1 400"), "HTTP/1.1 without Host: {got}");
+    let got = raw(sc.outbound, b"GET /echo HTTP/1.1\r\nHost: pay ments\r\nConnection: close\r\n\r\n").await;
+    assert!(got.starts_with("HTTP/1.1 400"), "an invalid Host: {got}");
+    assert_eq!(up.stats().requests(), 1, "only the first request reached the upstream");
+    assert_eq!(
+        metric(
+            &sc,
+            "breakwater_client_errors_total{service=\"-\",direction=\"outbound\",reason=\"bad-request\"}"
+        )
+        .await,
+        3.0,
+        "client faults are counted, and not against the Service"
+    );
+}
+
+/// The sidecar's own answers to HEAD carry no body, on HTTP/2 too: END_STREAM on the HEADERS
+/// frame, as RFC 9110 §9.3.2 and RFC 9113 §8.1 want (a body there makes h2 clients reset).
+#[tokio::test]
+async fn head_gets_no_body_from_the_sidecar_on_either_protocol() {
+    let up = fault("p").await;
+    let sc = start(&sidecar_yaml(&service("payments", &[up.addr()]), None, "")).await;
+    // The sidecar's own answer, the upstream's through the sidecar, the fault server's direct.
+    for (to, url, status) in [
+        (sc.outbound, "http://inventory/", 404),
+        (sc.outbound, "http://payments/", 200),
+        (up.addr(), "http://p/", 200),
+    ] {
+        let stream = tokio::net::TcpStream::connect(to).await.expect("connect");
+        let (client, conn) = h2::client::handshake(stream).await.expect("h2 handshake");
+        tokio::spawn(conn);
+        let mut client = client.ready().await.expect("ready");
+        let req = Request::head(url).body(()).expect("request");
+        let (resp, _) = client.send_request(req, true).expect("send");
+        let resp =
+            tokio::time::timeout(Duration::from_secs(10), resp).await.expect("in time").expect("response");
+        assert_eq!(resp.status().as_u16(), status, "{url}");
+        assert!(resp.body().is_end_stream(), "{url}: END_STREAM on the HEADERS frame");
+    }
+    let got =
+        raw(sc.outbound, b"HEAD http://inventory/ HTTP/1.1\r\nHost: inventory\r\nConnection: close\r\n\r\n")
+            .await;
+    assert!(got.starts_with("HTTP/1.1 404"), "{got}");
+    assert!(got.ends_with("\r\n\r\n"), "no body after the head: {got:?}");
+}

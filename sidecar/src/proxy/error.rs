@@ -38,6 +38,9 @@ pub enum Refusal {
     /// The Service exists but none of its endpoints is ready (a cluster: every pod is starting,
     /// failing its readiness probe or terminating).
     NoHealthyEndpoints,
+    /// The request itself is malformed (RFC 9112's Host rules, a broken body): the caller's
+    /// fault, never retried, never counted against the upstream.
+    BadRequest,
 }
 
 impl Refusal {
@@ -53,6 +56,7 @@ impl Refusal {
             Self::BulkheadFull => "bulkhead-full",
             Self::Draining => "draining",
             Self::NoHealthyEndpoints => "no-healthy-endpoints",
+            Self::BadRequest => "bad-request",
         }
     }
 
@@ -60,6 +64,7 @@ impl Refusal {
     pub fn status(self) -> StatusCode {
         match self {
             Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::BadRequest => StatusCode::BAD_REQUEST,
             Self::ConnectFailed | Self::UpstreamProtocol | Self::UpstreamReset => StatusCode::BAD_GATEWAY,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::CircuitOpen | Self::BulkheadFull | Self::Draining | Self::NoHealthyEndpoints => {
@@ -69,11 +74,13 @@ impl Refusal {
     }
 
     /// The gRPC status that fits: DEADLINE_EXCEEDED for timeouts, UNIMPLEMENTED for no route,
-    /// UNAVAILABLE (safe to retry) for the rest.
+    /// INTERNAL for a malformed request (gRPC's mapping of HTTP 400), UNAVAILABLE (safe to
+    /// retry) for the rest.
     pub fn grpc_status(self) -> u8 {
         match self {
             Self::Timeout => 4,
             Self::NoRoute => 12,
+            Self::BadRequest => 13,
             _ => 14,
         }
     }

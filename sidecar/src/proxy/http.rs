@@ -90,14 +90,63 @@ where
     }
 }
 
-async fn handle(mut req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyBody> {
+async fn handle(req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyBody> {
+    // HEAD: the answer has no body, whoever wrote it. hyper's HTTP/1 server leaves a body out
+    // of a HEAD response by itself; its HTTP/2 server sends what it is given, and a body there
+    // (or a HEADERS frame without END_STREAM) makes HTTP/2 clients reset the stream.
+    let head = req.method() == http::Method::HEAD;
+    let resp = route_and_forward(req, ctx).await;
+    if head { resp.map(|_| super::body::empty()) } else { resp }
+}
+
+/// RFC 9112 §3.2: a request with more than one Host line, or with an invalid one, and an
+/// HTTP/1.1 request without one, get 400. Two leniencies, neither of which can make one
+/// request route two ways: an empty Host (what a client sends for a target without an
+/// authority), and no Host on an absolute-form target (whose authority a proxy uses anyway,
+/// §3.2.2; low-level clients such as hyper's connection API send it so).
+fn check_host<B>(req: &Request<B>) -> Result<(), &'static str> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err("the request has more than one Host header");
+    }
+    match first {
+        None if req.version() == Version::HTTP_11 && req.uri().authority().is_none() => {
+            Err("an HTTP/1.1 request needs a Host header")
+        }
+        Some(h) if !h.is_empty() && h.to_str().ok().and_then(|h| h.parse::<Authority>().ok()).is_none() => {
+            Err("the Host header is not a valid host[:port]")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// RFC 9112 §3.2.2: the target's authority wins over the `Host` header, which a proxy replaces
+/// (HTTP/2's `:authority` likewise). The upstream client writes `Host` from the URI for
+/// HTTP/1 when there is none.
+fn set_host_from_target<B>(req: &mut Request<B>) {
+    let Some(authority) = req.uri().authority() else { return };
+    if req.headers().contains_key(header::HOST)
+        && let Ok(v) = HeaderValue::from_str(authority.as_str())
+    {
+        req.headers_mut().insert(header::HOST, v);
+    }
+}
+
+async fn route_and_forward(mut req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyBody> {
     let start = Instant::now();
+    let grpc = is_grpc(&req);
+    if let Err(why) = check_host(&req) {
+        tracing::debug!(why, "refusing a malformed request");
+        ctx.store.metrics().client_error("-", ctx.direction, "bad-request");
+        return Refusal::BadRequest.response(grpc, why);
+    }
     let published = ctx.store.load();
     let routes = &published.routes;
-    let grpc = is_grpc(&req);
     telemetry::propagation::ensure_request_id(req.headers_mut());
     // Absolute form once, here: routing, spans and the upstream request all read this authority.
     absolute_uri(&mut req);
+    set_host_from_target(&mut req);
     let dest = match ctx.direction {
         Direction::Outbound => route_outbound(routes, &req, ctx.orig_dst),
         Direction::Inbound => match &routes.inbound {
