@@ -438,6 +438,11 @@ impl ServiceMetrics {
         self.all.timeouts.get_or_create(&ServiceKind { service: self.service.clone(), kind }).inc();
     }
 
+    /// Counts a request that failed by its caller's fault (see [`Metrics::client_error`]).
+    pub fn client_error(&self, reason: &'static str) {
+        self.all.client_error(&self.service, self.direction, reason);
+    }
+
     /// Counts a decision a DryRun policy would have enforced.
     pub fn dryrun(&self, decision: &'static str) {
         self.all

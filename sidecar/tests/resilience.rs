@@ -371,3 +371,61 @@ async fn breaker_state_survives_a_reload_that_keeps_its_settings() {
     assert!(sc.store.reload(&changed).expect("valid"));
     assert_eq!(get(sc.outbound, "http://payments/").await.header("breakwater-error"), Some("connect-failed"));
 }
+
+/// Sends a request whose body the caller breaks: a malformed chunk size, or half of its
+/// Content-Length followed by a hang-up (write side closed). Returns what came back.
+async fn broken_body(proxy: std::net::SocketAddr, cut_short: bool) -> String {
+    let mut s = tokio::net::TcpStream::connect(proxy).await.expect("connect");
+    let req: &[u8] = if cut_short {
+        b"POST http://payments/ HTTP/1.1\r\nHost: payments\r\nContent-Length: 100\r\n\r\nhalf of it"
+    } else {
+        b"POST http://payments/ HTTP/1.1\r\nHost: payments\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"
+    };
+    s.write_all(req).await.expect("write");
+    if cut_short {
+        s.shutdown().await.expect("hang up");
+    }
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A caller's broken body is the caller's fault: answered 400 (or nothing, when it is gone),
+/// never retried, never counted toward the breaker, counted as a client error — whether the
+/// body breaks while buffered for replay (a retry policy) or while streamed to the upstream.
+#[tokio::test]
+async fn a_callers_broken_body_is_its_own_fault_not_the_upstreams() {
+    let breaker = "  circuitBreaker: {consecutiveFailures: 2, openDuration: 1m, scope: Service}\n";
+    let retries = "  retries: {attempts: 3, backoff: {base: 1ms, max: 2ms}, retryableMethods: [POST]}\n";
+    for spec in [breaker.to_owned(), format!("{breaker}{retries}")] {
+        let up = fault(Faults { name: "up".into(), ..Default::default() }).await;
+        let sc = sidecar_with(&[up.addr()], &spec).await;
+        for _ in 0..4 {
+            let got = broken_body(sc.outbound, false).await;
+            assert!(got.is_empty() || got.starts_with("HTTP/1.1 400"), "{spec}: {got}");
+            broken_body(sc.outbound, true).await;
+        }
+        let got = get(sc.outbound, "http://payments/").await;
+        assert_eq!(got.status, 200, "{spec}: the breaker stayed closed: {got:?}");
+        let count = |reason: &'static str| {
+            let sc = &sc;
+            async move {
+                metric(
+                    sc,
+                    &format!(
+                        "breakwater_client_errors_total{{service=\"payments.shop\",direction=\"outbound\",reason=\"{reason}\"}}"
+                    ),
+                )
+                .await
+            }
+        };
+        assert_eq!(count("body-malformed").await, 4.0, "{spec}");
+        assert_eq!(count("body-incomplete").await, 4.0, "{spec}");
+        assert_eq!(metric(&sc, "breakwater_retries_total").await, 0.0, "{spec}: nothing retried");
+        assert_eq!(
+            metric(&sc, "breakwater_breaker_transitions_total{service=\"payments.shop\",to=\"open\"}").await,
+            0.0,
+            "{spec}"
+        );
+    }
+}

@@ -59,6 +59,82 @@ impl<G: Unpin> Body for Guarded<G> {
     }
 }
 
+/// Whether the caller's request body failed, and how: set by [`ClientBody`] when the body it
+/// reads from the caller fails, read by the forwarding code when an attempt fails, so that the
+/// caller's own fault (a malformed chunk, a body cut short) is answered 400 and never retried
+/// nor counted against the upstream. Shared by every copy of a request.
+#[derive(Debug, Clone, Default)]
+pub struct ClientFault(std::sync::Arc<std::sync::OnceLock<&'static str>>);
+
+impl ClientFault {
+    /// `body-malformed` or `body-incomplete` once the caller's body failed.
+    pub fn reason(&self) -> Option<&'static str> {
+        self.0.get().copied()
+    }
+}
+
+/// The caller's request body failed: its fault, not the upstream's.
+#[derive(Debug, thiserror::Error)]
+#[error("the caller's request body failed ({reason}): {source}")]
+pub struct ClientBodyError {
+    /// `body-malformed` or `body-incomplete`.
+    pub reason: &'static str,
+    #[source]
+    source: hyper::Error,
+}
+
+/// The body of a caller's request, which records in a [`ClientFault`] how it failed.
+pub struct ClientBody {
+    inner: hyper::body::Incoming,
+    fault: ClientFault,
+}
+
+impl ClientBody {
+    /// Wraps a caller's request body; the returned [`ClientFault`] tells later whether it failed.
+    pub fn wrap(inner: hyper::body::Incoming) -> (ProxyBody, ClientFault) {
+        let fault = ClientFault::default();
+        (Self { inner, fault: fault.clone() }.boxed_unsync(), fault)
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+            Some(Err(source)) => {
+                // The connection ended before the body did (Content-Length not reached, an
+                // HTTP/2 stream reset by the caller) or the body broke the framing rules.
+                let cause = std::error::Error::source(&source);
+                let cut_short = source.is_incomplete_message()
+                    || source.is_canceled()
+                    || cause
+                        .and_then(|s| s.downcast_ref::<std::io::Error>())
+                        .is_some_and(|e| e.kind() == std::io::ErrorKind::UnexpectedEof)
+                    || cause
+                        .and_then(|s| s.downcast_ref::<h2::Error>())
+                        .is_some_and(|e| e.is_reset() || e.is_io());
+                let reason = if cut_short { "body-incomplete" } else { "body-malformed" };
+                let _ = self.fault.0.set(reason);
+                Poll::Ready(Some(Err(Box::new(ClientBodyError { reason, source }))))
+            }
+            other => Poll::Ready(other.map(|r| r.map_err(Into::into))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// An empty body; boxing it allocates nothing (every part of it is zero-sized).
 pub fn empty() -> ProxyBody {
     http_body_util::Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync()

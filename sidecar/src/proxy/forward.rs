@@ -30,7 +30,7 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 
 use super::{
     balance,
-    body::{BoxError, Buffered, Chain, Guarded, ProxyBody},
+    body::{BoxError, Buffered, Chain, ClientFault, Guarded, ProxyBody},
     error::{ERROR_HEADER, GRPC_STATUS, Refusal},
     http::{AttemptError, forward_once},
     routes::Target,
@@ -78,6 +78,8 @@ pub struct HttpRequest {
     deadline: Option<Instant>,
     /// Endpoints tried by earlier attempts (bit i = endpoint i), shared by every copy.
     tried: Arc<AtomicU64>,
+    /// Set when the caller's body failed.
+    fault: ClientFault,
 }
 
 impl HttpRequest {
@@ -115,6 +117,7 @@ impl RetryRequest for HttpRequest {
             grpc: self.grpc,
             deadline: self.deadline,
             tried: self.tried.clone(),
+            fault: self.fault.clone(),
         }
     }
 
@@ -201,6 +204,9 @@ fn classify_error(e: &BoxError) -> Outcome {
             AttemptError::Reset { source, .. } => Failure::Reset { unprocessed: refused_stream(source) },
             AttemptError::Protocol { .. } => Failure::Status(502),
             AttemptError::NoEndpoints => Failure::Connect,
+            // The caller's fault: says nothing of the upstream, and sending it again would fail
+            // the same way.
+            AttemptError::ClientBody { .. } => return Outcome::SUCCESS,
             // Our own limit: not a failure of the target, and not retried.
             AttemptError::ConnectionLimit { .. } => return Outcome::SUCCESS,
         });
@@ -227,7 +233,12 @@ fn refused_stream(e: &hyper_util::client::legacy::Error) -> bool {
 
 /// Forwards `req` to `target` and returns the response, or Breakwater's own answer saying why
 /// there is none.
-pub async fn call(target: &Arc<Target>, req: Request<ProxyBody>, grpc: bool) -> Response<ProxyBody> {
+pub async fn call(
+    target: &Arc<Target>,
+    req: Request<ProxyBody>,
+    grpc: bool,
+    fault: ClientFault,
+) -> Response<ProxyBody> {
     let res = &target.resilience;
     let deadline = target.request_timeout.map(|d| Instant::now() + d);
     let (parts, body) = req.into_parts();
@@ -244,6 +255,11 @@ pub async fn call(target: &Arc<Target>, req: Request<ProxyBody>, grpc: bool) -> 
         }
         _ => (None, Some(body)),
     };
+    if let Some(reason) = fault.reason() {
+        // The body failed while it was buffered: nothing was sent, and nothing will be.
+        target.metrics.client_error(reason);
+        return Refusal::BadRequest.response(grpc, &format!("the request body failed: {reason}"));
+    }
     let idempotent = retries.is_some_and(|r| {
         r.is_retryable_method(parts.method.as_str())
             || (r.honor_idempotency_key && parts.headers.contains_key(IDEMPOTENCY_KEY))
@@ -268,6 +284,7 @@ pub async fn call(target: &Arc<Target>, req: Request<ProxyBody>, grpc: bool) -> 
         grpc,
         deadline,
         tried: Arc::new(AtomicU64::new(0)),
+        fault,
     };
 
     let attempt = AttemptService { target: target.clone() };
@@ -286,9 +303,10 @@ pub async fn call(target: &Arc<Target>, req: Request<ProxyBody>, grpc: bool) -> 
                         Arc::new(move |r: &Result<HttpResponse, BoxError>| {
                             let outcome = match r {
                                 Ok(resp) => resp.outcome,
+                                Err(e) if is_client_fault(e) => return None,
                                 Err(e) => classify_error(e),
                             };
-                            outcome.failure.is_some_and(|f| f.counts_for_breaker(&fail_on))
+                            Some(outcome.failure.is_some_and(|f| f.counts_for_breaker(&fail_on)))
                         }),
                         enforce,
                         Arc::new(move || would.metrics.dryrun("circuit-open")),
@@ -324,6 +342,11 @@ pub async fn call(target: &Arc<Target>, req: Request<ProxyBody>, grpc: bool) -> 
     }
 }
 
+/// Whether an attempt failed because the caller's body did.
+fn is_client_fault(e: &BoxError) -> bool {
+    is_caused_by::<AttemptError>(e).is_some_and(|a| matches!(a, AttemptError::ClientBody { .. }))
+}
+
 fn clone_frame(f: &Frame<Bytes>) -> Option<Frame<Bytes>> {
     if let Some(d) = f.data_ref() {
         return Some(Frame::data(d.clone()));
@@ -338,7 +361,10 @@ fn error_type(e: &BoxError) -> &'static str {
     } else if is_caused_by::<CircuitOpen>(e).is_some() {
         "circuit-open"
     } else if let Some(a) = is_caused_by::<AttemptError>(e) {
-        a.refusal().as_str()
+        match a {
+            AttemptError::ClientBody { reason, .. } => reason,
+            a => a.refusal().as_str(),
+        }
     } else {
         "error"
     }
@@ -352,6 +378,9 @@ fn refusal_for(target: &Target, e: &BoxError, grpc: bool) -> Response<ProxyBody>
     } else if is_caused_by::<BulkheadFull>(e).is_some() {
         Refusal::BulkheadFull
     } else if let Some(a) = is_caused_by::<AttemptError>(e) {
+        if let AttemptError::ClientBody { reason, .. } = a {
+            target.metrics.client_error(reason);
+        }
         a.refusal()
     } else {
         Refusal::UpstreamReset
@@ -466,6 +495,7 @@ async fn attempt(target: &Arc<Target>, req: HttpRequest) -> Result<HttpResponse,
         // The whole-call deadline is enforced by the Timeout layer; here only perTry matters.
         .filter(|_| per_try.is_some());
     let grpc = req.grpc;
+    let fault = req.fault.clone();
     let inspect_trailers =
         grpc && (res.retry.as_ref().is_some_and(|(s, _)| !s.grpc_codes.is_empty()) || res.breakers.is_some());
     let Some(mut http) = req.into_http() else {
@@ -506,6 +536,14 @@ async fn attempt(target: &Arc<Target>, req: HttpRequest) -> Result<HttpResponse,
         None => send.await,
     };
 
+    // The caller's body failed while it was sent: whatever the upstream then did (a reset, an
+    // error status) says nothing about the upstream. The breaker hears nothing of it.
+    if let Some(reason) = fault.reason()
+        && result.as_ref().is_err()
+    {
+        tracing::debug!(service = %target.service, reason, "the caller's request body failed");
+        return Err(AttemptError::ClientBody { addr: endpoint.addr, reason }.into());
+    }
     let outcome = match &result {
         Ok(resp) => classify_response(resp, target),
         Err(e) => {

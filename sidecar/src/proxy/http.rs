@@ -16,7 +16,7 @@ use hyper_util::{
 use tokio::{io::AsyncRead, io::AsyncWrite, time::Instant};
 
 use super::{
-    body::ProxyBody,
+    body::{ClientBody, ProxyBody},
     error::{Refusal, is_grpc},
     routes::{Endpoint, Routes, Target},
 };
@@ -173,13 +173,22 @@ async fn route_and_forward(mut req: Request<Incoming>, ctx: &ConnContext) -> Res
             Ok(Dest::Passthrough(addr)) => {
                 let endpoint = routes.passthrough.endpoint(addr);
                 let metrics = routes.passthrough.metrics(ctx.direction);
-                let mut req = req.map(box_incoming);
+                let (parts, body) = req.into_parts();
+                let (body, fault) = ClientBody::wrap(body);
+                let mut req = Request::from_parts(parts, body);
                 if !tracing::Span::current().is_disabled() {
                     spans::inject(&tracing::Span::current(), req.headers_mut());
                 }
                 let resp = match forward_once(&endpoint, req).await {
                     Ok(resp) => resp.map(box_incoming),
-                    Err(e) => e.refusal().response(grpc, &e.to_string()),
+                    Err(e) => match fault.reason() {
+                        // The caller's body failed: its fault, answered as such.
+                        Some(reason) => {
+                            metrics.client_error(reason);
+                            Refusal::BadRequest.response(grpc, &format!("the request body failed: {reason}"))
+                        }
+                        None => e.refusal().response(grpc, &e.to_string()),
+                    },
                 };
                 metrics.response(resp.status().as_u16(), start.elapsed().as_secs_f64());
                 resp
@@ -296,7 +305,9 @@ async fn forward_to_target(
     let resp = if target.endpoints.is_empty() {
         Refusal::NoHealthyEndpoints.response(grpc, &format!("{} has no ready endpoint", target.service))
     } else {
-        super::forward::call(target, req.map(box_incoming), grpc).await
+        let (parts, body) = req.into_parts();
+        let (body, fault) = ClientBody::wrap(body);
+        super::forward::call(target, Request::from_parts(parts, body), grpc, fault).await
     };
     target.metrics.response(resp.status().as_u16(), start.elapsed().as_secs_f64());
     resp
@@ -332,6 +343,15 @@ pub enum AttemptError {
     /// The target has no endpoint to send to.
     #[error("the Service has no endpoints")]
     NoEndpoints,
+    /// The caller's request body failed while it was being sent (`reason`: `body-malformed`,
+    /// `body-incomplete`): the caller's fault, not the upstream's.
+    #[error("the request body failed ({reason}) while it was sent to {addr}")]
+    ClientBody {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// How the body failed.
+        reason: &'static str,
+    },
     /// The connection or stream was closed or reset before a response.
     #[error("{addr} reset the request: {source}")]
     Reset {
@@ -351,6 +371,7 @@ impl AttemptError {
             Self::ConnectionLimit { .. } => Refusal::BulkheadFull,
             Self::Protocol { .. } => Refusal::UpstreamProtocol,
             Self::Reset { .. } => Refusal::UpstreamReset,
+            Self::ClientBody { .. } => Refusal::BadRequest,
         }
     }
 

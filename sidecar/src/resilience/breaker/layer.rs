@@ -15,8 +15,9 @@ use super::{Breaker, CircuitOpen, Permit};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Decides whether a call's result counts as a failure for the breaker.
-pub type FailureClassifier<Res> = Arc<dyn Fn(&Result<Res, BoxError>) -> bool + Send + Sync>;
+/// Decides whether a call's result counts as a failure for the breaker; `None` when it says
+/// nothing about the service (the caller's own fault), which then goes unrecorded.
+pub type FailureClassifier<Res> = Arc<dyn Fn(&Result<Res, BoxError>) -> Option<bool> + Send + Sync>;
 
 /// Wraps a service with a breaker.
 pub struct CircuitBreakerLayer<Res> {
@@ -128,8 +129,10 @@ where
             BreakerFutureProj::Rejected => Poll::Ready(Err(CircuitOpen.into())),
             BreakerFutureProj::Called { inner, permit, classify } => {
                 let result = std::task::ready!(inner.poll(cx));
-                if let Some(permit) = permit.take() {
-                    permit.record(classify(&result));
+                if let Some(permit) = permit.take()
+                    && let Some(failed) = classify(&result)
+                {
+                    permit.record(failed);
                 }
                 Poll::Ready(result)
             }
