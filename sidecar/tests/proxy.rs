@@ -386,3 +386,70 @@ async fn head_gets_no_body_from_the_sidecar_on_either_protocol() {
     assert!(got.starts_with("HTTP/1.1 404"), "{got}");
     assert!(got.ends_with("\r\n\r\n"), "no body after the head: {got:?}");
 }
+
+/// Leading empty lines (RFC 9112 §2.2), a lower-case method, or a request line paused past
+/// the detect timeout once steered a request to opaque TCP, past every HTTP limit and policy.
+/// Each now takes the HTTP path: the inbound requests are counted there.
+#[tokio::test]
+async fn requests_cannot_steer_detection_to_tcp() {
+    let app = fault("app").await;
+    let extra = "proxy: {detectTimeout: 200ms}\n";
+    let sc = start(&sidecar_yaml("  []\n", Some(app.addr()), extra)).await;
+    let inbound = sc.inbound.expect("inbound");
+    let got = raw(inbound, b"\r\n\r\nGET /x HTTP/1.1\r\nHost: payments\r\nConnection: close\r\n\r\n").await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    let got = raw(inbound, b"get /x HTTP/1.1\r\nHost: payments\r\nConnection: close\r\n\r\n").await;
+    assert!(got.starts_with("HTTP/1.1 "), "{got}");
+    let mut s = tokio::net::TcpStream::connect(inbound).await.expect("connect");
+    s.write_all(b"GET /x HT").await.expect("write");
+    // The pause is the input under test: longer than detectTimeout.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    s.write_all(b"TP/1.1\r\nHost: payments\r\nConnection: close\r\n\r\n").await.expect("write");
+    let mut out = Vec::new();
+    tokio::time::timeout(PATIENCE, s.read_to_end(&mut out)).await.expect("in time").expect("read");
+    assert!(out.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&out));
+    let http = |class: &'static str| {
+        let sc = &sc;
+        async move {
+            metric(
+                sc,
+                &format!("breakwater_requests_total{{service=\"payments.shop\",direction=\"inbound\",status_class=\"{class}\"}}"),
+            )
+            .await
+        }
+    };
+    assert_eq!(http("2xx").await + http("4xx").await, 3.0, "all three took the HTTP path");
+}
+
+/// A port that declares HTTP (`appProtocol: http`) is never taken as TCP: what is not HTTP
+/// gets 400 from the sidecar and never reaches the application.
+#[tokio::test]
+async fn a_port_declared_http_is_never_tcp() {
+    let app = TcpEchoServer::bind("127.0.0.1:0", None).await.expect("echo");
+    let yaml = sidecar_yaml("  []\n", Some(app.addr()), "").replace(
+        "service: {name: payments, namespace: shop}\n",
+        "service: {name: payments, namespace: shop}\n  appProtocol: http\n",
+    );
+    let sc = start(&yaml).await;
+    let got = raw(sc.inbound.expect("inbound"), b"hello, not HTTP\r\n\r\n").await;
+    assert!(got.starts_with("HTTP/1.1 400"), "refused by the sidecar, not echoed by the app: {got:?}");
+}
+
+/// A port that declares TCP (`appProtocol: tcp`, Linkerd's opaque ports) is forwarded at once:
+/// a server-first protocol's greeting does not wait for the detect timeout.
+#[tokio::test]
+async fn a_port_declared_tcp_is_forwarded_without_waiting() {
+    let app = TcpEchoServer::bind("127.0.0.1:0", Some(b"220 smtp ready\r\n")).await.expect("echo");
+    let yaml = sidecar_yaml("  []\n", Some(app.addr()), "proxy: {detectTimeout: 30s}\n").replace(
+        "service: {name: payments, namespace: shop}\n",
+        "service: {name: payments, namespace: shop}\n  appProtocol: tcp\n",
+    );
+    let sc = start(&yaml).await;
+    let mut s = tokio::net::TcpStream::connect(sc.inbound.expect("inbound")).await.expect("connect");
+    let mut buf = [0u8; 16];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut buf))
+        .await
+        .expect("the greeting came before the 30s detect timeout")
+        .expect("read");
+    assert_eq!(&buf, b"220 smtp ready\r\n");
+}

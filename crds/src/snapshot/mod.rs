@@ -210,6 +210,10 @@ pub struct InboundPort {
     /// policies in force for those Services, the first by precedence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<AppliedPolicy>,
+    /// The `appProtocol` the Services' ports leading here declare (the first, by Service, when
+    /// they differ), when any does: what the sidecar expects on this port instead of detecting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_protocol: Option<String>,
 }
 
 impl Snapshot {

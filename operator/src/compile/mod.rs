@@ -385,7 +385,11 @@ impl World {
                 select::in_force(&sorted, Some(b.service_port))
             });
             let policy = candidates.min_by(|a, b| precedence::compare(a, b)).and_then(|p| self.applied(p));
-            snapshot.inbound.push(InboundPort { port, services, policy });
+            let app_protocol = backings.iter().find_map(|b| {
+                let s = self.services.get(&b.service)?;
+                s.ports.iter().find(|p| p.port == b.service_port)?.app_protocol.clone()
+            });
+            snapshot.inbound.push(InboundPort { port, services, policy, app_protocol });
         }
         snapshot.version.hash = snapshot.content_hash_with(outbound.hashes.iter().copied());
         snapshot

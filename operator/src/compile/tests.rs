@@ -423,3 +423,20 @@ proptest! {
         }
     }
 }
+
+/// A Service port's `appProtocol` reaches both ends: callers see it on the port (outbound), the
+/// pods behind it on their own port (inbound), so neither sidecar has to detect the protocol.
+#[test]
+fn app_protocol_reaches_callers_and_the_pods_behind_the_port() {
+    let mut case = shop();
+    case.services = vec![obj(json!({
+        "metadata": {"name": "payments", "namespace": "shop", "labels": {"app": "payments"}},
+        "spec": {"clusterIP": "198.19.0.10", "clusterIPs": ["198.19.0.10"],
+                 "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP", "appProtocol": "kubernetes.io/h2c"}]},
+    }))];
+    let caller = case.compile(&pod("shop", "checkout", json!({})));
+    assert_eq!(caller.services[0].ports[0].app_protocol.as_deref(), Some("kubernetes.io/h2c"));
+    let server = case.compile(&pod("shop", "payments-a", json!({"app": "payments"})));
+    assert_eq!(server.inbound[0].port, 8080);
+    assert_eq!(server.inbound[0].app_protocol.as_deref(), Some("kubernetes.io/h2c"));
+}

@@ -312,6 +312,7 @@ pub fn compile(text: &str) -> Result<Config, ConfigError> {
             &s.ports,
             endpoints,
             addresses,
+            s.app_protocol.as_deref(),
         )));
     }
     snapshot.services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
@@ -334,7 +335,8 @@ pub fn compile(text: &str) -> Result<Config, ConfigError> {
             policy = select::selecting(&policies, &service, None).first().map(|p| applied(p));
             services.push(format!("{}.{}", s.name, s.namespace));
         }
-        snapshot.inbound.push(InboundPort { port: app.port(), services, policy });
+        let app_protocol = i.app_protocol.clone();
+        snapshot.inbound.push(InboundPort { port: app.port(), services, policy, app_protocol });
     }
 
     if problems.is_empty() {
@@ -356,6 +358,7 @@ fn local_service(
     ports: &[u16],
     endpoints: Vec<EndpointSnapshot>,
     addresses: Vec<SocketAddr>,
+    app_protocol: Option<&str>,
 ) -> ServiceSnapshot {
     let sorted = select::selecting(policies, service, Some(caller));
     let ports: Vec<Option<u16>> = if ports.is_empty() {
@@ -381,6 +384,7 @@ fn local_service(
                 .collect(),
             endpoints: endpoints.clone(),
             policy: policy.map(applied),
+            app_protocol: app_protocol.map(str::to_owned),
             ..Default::default()
         })
         .collect();

@@ -97,6 +97,11 @@ pub struct Inbound {
     /// The Service this pod serves: policies targeting it apply their `bulkhead.inbound` here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<ServiceRef>,
+    /// What the application speaks, as a Kubernetes `appProtocol` (`http`, `kubernetes.io/h2c`,
+    /// `grpc`, `tcp`, ...): calls in are then taken as that protocol instead of being detected.
+    /// Default: detect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_protocol: Option<String>,
 }
 
 /// A Service by name.
@@ -155,6 +160,11 @@ pub struct ServiceEntry {
     /// Service labels, for policies that select by label.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// What the Service's ports speak, as a Kubernetes `appProtocol` (`http`,
+    /// `kubernetes.io/h2c`, `grpc`, `tcp`, ...): connections to its `addresses` are then taken
+    /// as that protocol instead of being detected. Default: detect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_protocol: Option<String>,
 }
 
 /// Limits on what the proxy accepts from clients.

@@ -1,9 +1,21 @@
-//! Protocol detection: HTTP/2 (prior knowledge), HTTP/1.x, or opaque TCP.
+//! Protocol detection: HTTP/2 (prior knowledge), HTTP/1.x, or opaque TCP — unless the port
+//! declares its protocol.
 //!
 //! The first bytes decide. An HTTP/2 connection starts with the 24-byte preface; an HTTP/1
-//! request with a method token and a space. Anything else — or silence for `timeout`, which is
-//! what a server-first protocol such as MySQL or SMTP looks like — is forwarded as opaque TCP.
-//! The bytes read are replayed in front of the stream ([`Prefixed`]), so nothing is lost.
+//! request with a request line, `method SP target SP HTTP/1.d`, after any empty lines (RFC 9112
+//! §2.2: a server should ignore at least one CRLF before it). The method is any token (methods
+//! are case-sensitive, and `get` is a method hyper forwards like any other); what makes it
+//! HTTP is the whole line, so a text protocol such as memcached's `get key` stays opaque. A
+//! prefix that can still become a request line when the client stops sending (a slow client, a
+//! deliberate pause) is taken as HTTP, where hyper's header timeout applies — never as TCP,
+//! which would let the rest of a request past the HTTP limits and policies. Nothing sent at all
+//! for `timeout`, which is what a server-first protocol such as MySQL or SMTP looks like, is
+//! opaque TCP. The bytes read are replayed in front of the stream ([`Prefixed`]), so nothing is
+//! lost.
+//!
+//! A port can declare its protocol instead ([`Declared`], from a Kubernetes `appProtocol` or the
+//! local file's): an HTTP port is never taken as TCP, and an opaque one (Linkerd's "opaque
+//! ports") is forwarded at once without waiting for the client to speak.
 
 use std::{
     io,
@@ -16,8 +28,13 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// Longest method token we wait for (`OPTIONS`, `CONNECT`, WebDAV's `PROPPATCH`...).
-const MAX_METHOD: usize = 16;
+/// Longest method token we wait for (WebDAV's `VERSION-CONTROL` is 15).
+const MAX_METHOD: usize = 32;
+/// Empty lines' bytes skipped before a request line; more is not HTTP.
+const MAX_LEADING_EMPTY: usize = 16;
+/// A request line longer than this without its version is taken as HTTP/1 (hyper then answers
+/// 414 or 431 under its own limits) once its method and target look right.
+const MAX_REQUEST_LINE: usize = 16 * 1024;
 
 /// What a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +58,30 @@ impl Protocol {
     }
 }
 
+/// A protocol a port declares, so that it is not detected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Declared {
+    /// HTTP/1.1 or HTTP/2 (hyper tells them apart by the HTTP/2 preface); never TCP.
+    Http,
+    /// Opaque TCP, forwarded without waiting for the client's first bytes.
+    Opaque,
+}
+
+impl Declared {
+    /// What a Kubernetes `appProtocol` declares: the HTTP family (`http`, `http2`, `h2c`,
+    /// `kubernetes.io/h2c`, `grpc`, `grpc-web`, `kubernetes.io/ws`) is HTTP; `tcp`, `opaque`
+    /// and TLS (`tls`, `https`, `kubernetes.io/wss`, which the sidecar cannot read) are opaque;
+    /// anything else (a vendor's protocol name) declares nothing, and the port is detected.
+    pub fn from_app_protocol(app_protocol: &str) -> Option<Self> {
+        match app_protocol.to_ascii_lowercase().as_str() {
+            "http" | "http2" | "h2c" | "kubernetes.io/h2c" | "grpc" | "grpc-web" | "kubernetes.io/ws"
+            | "ws" => Some(Self::Http),
+            "tcp" | "opaque" | "tls" | "https" | "kubernetes.io/wss" | "wss" => Some(Self::Opaque),
+            _ => None,
+        }
+    }
+}
+
 /// Reads the first bytes of `io` (for at most `timeout`) and classifies them. Returns the
 /// stream with those bytes put back.
 pub async fn detect<T: AsyncRead + Unpin>(
@@ -55,15 +96,24 @@ pub async fn detect<T: AsyncRead + Unpin>(
         }
         let read = tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await;
         match read {
-            // The client said nothing (more) in time: not a client-first protocol we know.
-            Err(_elapsed) => break Protocol::Opaque,
-            // EOF before a decision: forward what there is as opaque bytes.
-            Ok(Ok(0)) => break Protocol::Opaque,
+            // The client stopped (or never started) before the bytes decided: silence is a
+            // server-first protocol; a prefix that can still be HTTP is HTTP.
+            Err(_) | Ok(Ok(0)) => break undecided(&buf),
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e),
         }
     };
     Ok((protocol, Prefixed { prefix: buf, io }))
+}
+
+/// The protocol of bytes that did not decide by themselves (`classify` said `None`).
+fn undecided(buf: &[u8]) -> Protocol {
+    if buf.is_empty() { Protocol::Opaque } else { Protocol::Http1 }
+}
+
+/// RFC 9110 §5.6.2 `tchar`.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// `Some` once the bytes so far decide the protocol.
@@ -75,16 +125,46 @@ fn classify(buf: &[u8]) -> Option<Protocol> {
     if buf[..n] == H2_PREFACE[..n] {
         return (n == H2_PREFACE.len()).then_some(Protocol::Http2);
     }
-    // An HTTP/1 request line starts with a token of upper-case letters (RFC 9110 methods in
-    // practice) followed by a space.
-    for (i, b) in buf.iter().enumerate().take(MAX_METHOD + 1) {
-        match b {
-            b'A'..=b'Z' | b'-' | b'_' => continue,
-            b' ' if i > 0 => return Some(Protocol::Http1),
-            _ => return Some(Protocol::Opaque),
-        }
+    // Empty lines before the request line are ignored (as hyper's parser does).
+    let skipped = buf.iter().take_while(|b| matches!(b, b'\r' | b'\n')).count();
+    if skipped > MAX_LEADING_EMPTY {
+        return Some(Protocol::Opaque);
     }
-    if buf.len() > MAX_METHOD { Some(Protocol::Opaque) } else { None }
+    let line = &buf[skipped..];
+    if line.is_empty() {
+        return None;
+    }
+    // method SP
+    let method = line.iter().take_while(|b| is_tchar(**b)).count();
+    if method > MAX_METHOD {
+        return Some(Protocol::Opaque);
+    }
+    match line.get(method) {
+        None => return None,
+        Some(b' ') if method > 0 => {}
+        Some(_) => return Some(Protocol::Opaque),
+    }
+    // request-target SP: visible characters only
+    let rest = &line[method + 1..];
+    let target = rest.iter().take_while(|b| b.is_ascii_graphic()).count();
+    match rest.get(target) {
+        None if line.len() > MAX_REQUEST_LINE => return Some(Protocol::Http1),
+        None => return None,
+        Some(b' ') if target > 0 => {}
+        Some(_) => return Some(Protocol::Opaque),
+    }
+    // HTTP-version: `HTTP/1.` and a digit.
+    const VERSION: &[u8] = b"HTTP/1.";
+    let version = &rest[target + 1..];
+    let n = version.len().min(VERSION.len());
+    if version[..n] != VERSION[..n] {
+        return Some(Protocol::Opaque);
+    }
+    match version.get(VERSION.len()) {
+        None => None,
+        Some(d) if d.is_ascii_digit() => Some(Protocol::Http1),
+        Some(_) => Some(Protocol::Opaque),
+    }
 }
 
 pin_project_lite::pin_project! {
@@ -152,14 +232,51 @@ mod tests {
     #[test]
     fn classifies_first_bytes() {
         assert_eq!(classify(b"GET / HTTP/1.1\r\n"), Some(Protocol::Http1));
-        assert_eq!(classify(b"PROPFIND "), Some(Protocol::Http1));
+        assert_eq!(classify(b"PROPFIND /x HTTP/1.0"), Some(Protocol::Http1));
+        assert_eq!(classify(b"PROPFIND "), None, "a request line needs more bytes");
         assert_eq!(classify(H2_PREFACE), Some(Protocol::Http2));
         assert_eq!(classify(b"PRI * HTTP/2"), None, "a partial preface needs more bytes");
         assert_eq!(classify(b"GE"), None);
         assert_eq!(classify(b"\x16\x03\x01\x02\x00"), Some(Protocol::Opaque), "TLS ClientHello");
-        assert_eq!(classify(b"get / HTTP/1.1"), Some(Protocol::Opaque));
-        assert_eq!(classify(b"AAAAAAAAAAAAAAAAAAAAAAAA"), Some(Protocol::Opaque));
+        assert_eq!(classify(b"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"), Some(Protocol::Opaque));
         assert_eq!(classify(b" GET"), Some(Protocol::Opaque));
+        assert_eq!(classify(b"*1\r\n$4\r\nPING\r\n"), Some(Protocol::Opaque), "Redis");
+    }
+
+    /// What used to steer a request past the HTTP path: leading empty lines, a lower-case
+    /// method. Both are HTTP/1 now, as hyper (and RFC 9112) read them.
+    #[test]
+    fn leading_empty_lines_and_any_method_token_are_http() {
+        assert_eq!(classify(b"\r\nGET / HTTP/1.1\r\n"), Some(Protocol::Http1));
+        assert_eq!(classify(b"\r\n\r\n\nPOST /x HTTP/1.1\r\n"), Some(Protocol::Http1));
+        assert_eq!(classify(b"get / HTTP/1.1\r\n"), Some(Protocol::Http1));
+        assert_eq!(classify(b"\r\n"), None, "an empty line alone decides nothing");
+        assert_eq!(undecided(b"\r\n"), Protocol::Http1, "and a client that stops there is HTTP");
+        assert_eq!(undecided(b"GET /slow"), Protocol::Http1, "a paused request line stays HTTP");
+        assert_eq!(undecided(b""), Protocol::Opaque, "silence is a server-first protocol");
+        assert_eq!(classify(&[b'\r'; 40]), Some(Protocol::Opaque));
+    }
+
+    /// Text protocols whose commands look like words stay opaque: the whole request line decides.
+    #[test]
+    fn text_protocols_are_not_http() {
+        assert_eq!(classify(b"get mykey\r\n"), Some(Protocol::Opaque), "memcached");
+        assert_eq!(classify(b"SET key value\r\n"), Some(Protocol::Opaque), "Redis inline");
+        assert_eq!(classify(b"GET / HTTP/2.0\r\n"), Some(Protocol::Opaque));
+        assert_eq!(classify(b"GET / FTP/1.1\r\n"), Some(Protocol::Opaque));
+        let long = [b"GET /".as_slice(), &[b'a'; MAX_REQUEST_LINE], b" HTTP/1.1"].concat();
+        assert_eq!(classify(&long[..MAX_REQUEST_LINE + 2]), Some(Protocol::Http1), "hyper answers 414");
+    }
+
+    #[test]
+    fn app_protocols_declare_http_or_tcp() {
+        for p in ["http", "HTTP", "kubernetes.io/h2c", "grpc", "kubernetes.io/ws", "http2"] {
+            assert_eq!(Declared::from_app_protocol(p), Some(Declared::Http), "{p}");
+        }
+        for p in ["tcp", "kubernetes.io/wss", "https", "tls"] {
+            assert_eq!(Declared::from_app_protocol(p), Some(Declared::Opaque), "{p}");
+        }
+        assert_eq!(Declared::from_app_protocol("example.com/custom"), None);
     }
 
     #[tokio::test]

@@ -6,7 +6,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpListener;
 
 use super::{
-    detect::{Protocol, detect},
+    detect::{Declared, Protocol, detect},
     http::{self, ConnContext},
     orig_dst, tcp,
 };
@@ -35,11 +35,20 @@ pub async fn serve(listener: TcpListener, direction: Direction, store: Arc<Store
         let _ = stream.set_nodelay(true);
         let orig_dst = orig_dst::original_dst(&stream);
         let ctx = ConnContext { direction, orig_dst, store: store.clone() };
-        let limits = store.load().routes.limits;
+        let (limits, declared) = {
+            let published = store.load();
+            (published.routes.limits, published.routes.declared(direction, orig_dst))
+        };
         let conn_signal = drain.signal();
         let guard = GaugeGuard::new(gauge.clone());
         drain.spawn(async move {
             let _guard = guard;
+            match declared {
+                // hyper tells HTTP/1 from the HTTP/2 preface itself, and refuses what is neither.
+                Some(Declared::Http) => return http::serve(stream, ctx, limits, conn_signal).await,
+                Some(Declared::Opaque) => return tcp::forward(stream, ctx, conn_signal).await,
+                None => {}
+            }
             match detect(stream, limits.detect_timeout).await {
                 Ok((Protocol::Http1 | Protocol::Http2, io)) => {
                     http::serve(io, ctx, limits, conn_signal).await

@@ -21,7 +21,10 @@ use breakwater_crds::{
     snapshot::{AppliedPolicy, PortSnapshot, ServiceSnapshot},
 };
 
-use super::client::{EndpointClients, PoolSettings};
+use super::{
+    client::{EndpointClients, PoolSettings},
+    detect::Declared,
+};
 use crate::{
     config::{Config, ProxyLimits, ServiceKey},
     metrics::{Direction, Metrics, ServiceMetrics},
@@ -253,6 +256,8 @@ pub struct InboundRoute {
     pub default_port: u16,
     /// The pod's ports that Services route to, each with the inbound policy in force there.
     ports: HashMap<u16, Arc<Target>>,
+    /// The protocols those ports declare.
+    declared: HashMap<u16, Declared>,
 }
 
 impl InboundRoute {
@@ -273,6 +278,8 @@ impl InboundRoute {
 pub struct Routes {
     by_name: HashMap<String, Arc<ServiceRoute>>,
     by_addr: HashMap<SocketAddr, Arc<Target>>,
+    /// Protocols declared by Service ports, by virtual address.
+    declared: HashMap<SocketAddr, Declared>,
     services: Vec<Arc<ServiceRoute>>,
     /// Inbound, when this pod serves an application.
     pub inbound: Option<InboundRoute>,
@@ -336,6 +343,7 @@ impl Routes {
         let own_ns = Some(snapshot.identity.namespace.as_str()).filter(|n| !n.is_empty());
         let mut by_name = HashMap::new();
         let mut by_addr = HashMap::new();
+        let mut declared = HashMap::new();
         let mut services = Vec::new();
         for s in &snapshot.services {
             let key = ServiceKey { name: s.name.clone(), namespace: s.namespace.clone() };
@@ -352,8 +360,12 @@ impl Routes {
                 by_name.insert(name, route.clone());
             }
             for (p, r) in s.ports.iter().zip(&route.ports) {
+                let protocol = p.app_protocol.as_deref().and_then(Declared::from_app_protocol);
                 for a in &p.addresses {
                     by_addr.insert(*a, r.target.clone());
+                    if let Some(protocol) = protocol {
+                        declared.insert(*a, protocol);
+                    }
                 }
                 for t in &r.pinned {
                     if let Some(e) = t.endpoints.first() {
@@ -364,6 +376,11 @@ impl Routes {
             services.push(route);
         }
         let inbound = config.inbound_app.map(|app| {
+            let declared = snapshot
+                .inbound
+                .iter()
+                .filter_map(|p| Some((p.port, Declared::from_app_protocol(p.app_protocol.as_deref()?)?)))
+                .collect();
             let ports = snapshot
                 .inbound
                 .iter()
@@ -386,10 +403,22 @@ impl Routes {
                     (p.port, target)
                 })
                 .collect();
-            InboundRoute { app_ip: app.ip(), default_port: app.port(), ports }
+            InboundRoute { app_ip: app.ip(), default_port: app.port(), ports, declared }
         });
         let passthrough = prev.map_or_else(|| Arc::new(Passthrough::new(metrics)), |p| p.passthrough.clone());
-        Self { by_name, by_addr, services, inbound, limits: config.proxy, passthrough }
+        Self { by_name, by_addr, declared, services, inbound, limits: config.proxy, passthrough }
+    }
+
+    /// The protocol a connection's destination declares (a Service port's `appProtocol`), if
+    /// any: outbound by the original destination, inbound by the pod's port it was sent to.
+    pub fn declared(&self, direction: Direction, orig_dst: Option<SocketAddr>) -> Option<Declared> {
+        match direction {
+            Direction::Outbound => self.declared.get(&orig_dst?).copied(),
+            Direction::Inbound => {
+                let inbound = self.inbound.as_ref()?;
+                inbound.declared.get(&orig_dst.map_or(inbound.default_port, |d| d.port())).copied()
+            }
+        }
     }
 
     /// The Service a request for `host` (an authority's host part, any case) goes to.
@@ -450,11 +479,13 @@ mod tests {
                     port: 8080,
                     services: vec!["payments.shop".into()],
                     policy: Some(applied("shop/web")),
+                    app_protocol: None,
                 },
                 InboundPort {
                     port: 9000,
                     services: vec!["payments-admin.shop".into(), "payments-grpc.shop".into()],
                     policy: None,
+                    app_protocol: None,
                 },
             ],
             ..Default::default()
@@ -469,6 +500,29 @@ mod tests {
         assert_eq!(admin.policy_name(), "-");
         assert_eq!(admin.service.to_string(), "payments-admin.shop", "the first Service names it");
         assert!(inbound.target(7000).is_none(), "a port no Service routes to passes through");
+    }
+
+    /// Declared protocols come from the Service ports' `appProtocol`: outbound by virtual
+    /// address, inbound by the pod's port (the listener's default port without an original
+    /// destination); an unknown name declares nothing.
+    #[test]
+    fn ports_declare_their_protocol_by_app_protocol() {
+        let text = "apiVersion: breakwater.dev/v1alpha1\nkind: SidecarConfig\n\
+                    inbound: {app: 127.0.0.1:8080, appProtocol: kubernetes.io/h2c}\n\
+                    services:\n\
+                    - {name: db, ports: [5432], addresses: [198.18.0.10:5432], endpoints: [198.18.0.11:5432], appProtocol: tcp}\n\
+                    - {name: web, ports: [80], addresses: [198.18.0.20:80], endpoints: [198.18.0.21:80], appProtocol: http}\n\
+                    - {name: odd, ports: [81], addresses: [198.18.0.30:81], endpoints: [198.18.0.31:81], appProtocol: example.com/x}\n";
+        let config = crate::config::compile(text).expect("a valid file");
+        let routes = Routes::build(&config, None, &Arc::new(Metrics::new()));
+        let at = |a: &str| Some(a.parse::<SocketAddr>().expect("an address"));
+        assert_eq!(routes.declared(Direction::Outbound, at("198.18.0.10:5432")), Some(Declared::Opaque));
+        assert_eq!(routes.declared(Direction::Outbound, at("198.18.0.20:80")), Some(Declared::Http));
+        assert_eq!(routes.declared(Direction::Outbound, at("198.18.0.30:81")), None);
+        assert_eq!(routes.declared(Direction::Outbound, None), None);
+        assert_eq!(routes.declared(Direction::Inbound, None), Some(Declared::Http));
+        assert_eq!(routes.declared(Direction::Inbound, at("198.18.0.1:8080")), Some(Declared::Http));
+        assert_eq!(routes.declared(Direction::Inbound, at("198.18.0.1:9999")), None);
     }
 
     #[test]
