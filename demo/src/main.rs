@@ -172,10 +172,13 @@ async fn demo(args: &Args, procs: &mut Vec<Proc>) -> anyhow::Result<()> {
         println!("  {}", verdict(&r, &r_on));
         if load.host == "payments" {
             println!(
-                "    (DryRun changes nothing, so least-loaded balancing keeps favouring the dead pod, which fails"
+                "    (DryRun enforces nothing of the policy; the balancer alone, failure-aware with no policy, takes the"
             );
             println!(
-                "     fastest: the errors the breaker's \"would have: circuit-open\" count prevents when enforced.)"
+                "     dead pod out at its first refused connection and steers away from the flaky one: what is left are"
+            );
+            println!(
+                "     the 503s and stalls that the enforced retries, timeouts and breakers then absorb.)"
             );
         }
         failures("direct", &r);

@@ -123,6 +123,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     duration: Family<ServiceDirection, Histogram, fn() -> Histogram>,
     connect_failures: Family<ServiceLabel, Counter>,
+    ejections: Family<ServiceLabel, Counter>,
     config_reloads: Family<ResultLabel, Counter>,
     snapshot_unknown_fields: Counter,
     config_stream_errors: Family<ReasonLabel, Counter>,
@@ -160,6 +161,7 @@ impl Metrics {
             requests: Family::default(),
             duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             connect_failures: Family::default(),
+            ejections: Family::default(),
             config_reloads: Family::default(),
             snapshot_unknown_fields: Counter::default(),
             config_stream_errors: Family::default(),
@@ -196,6 +198,11 @@ impl Metrics {
             "upstream_connect_failures",
             "Connections to an upstream endpoint that could not be made (refused, unreachable, timed out)",
             m.connect_failures.clone(),
+        );
+        registry.register(
+            "endpoint_ejections",
+            "Endpoints taken out of the balancer's set because they refused connections (probed back in the background)",
+            m.ejections.clone(),
         );
         registry.register("config_reloads", "Configuration reloads, by result", m.config_reloads.clone());
         registry.register(
@@ -351,6 +358,7 @@ impl Metrics {
                 .connect_failures
                 .get_or_create(&ServiceLabel { service: service.to_owned() })
                 .clone(),
+            ejections: self.ejections.get_or_create(&ServiceLabel { service: service.to_owned() }).clone(),
             all: self.clone(),
         }
     }
@@ -364,6 +372,7 @@ pub struct ServiceMetrics {
     by_class: [Counter; 5],
     duration: Histogram,
     connect_failures: Counter,
+    ejections: Counter,
     all: Arc<Metrics>,
 }
 
@@ -384,6 +393,11 @@ impl ServiceMetrics {
     /// Counts a failed connection attempt.
     pub fn connect_failure(&self) {
         self.connect_failures.inc();
+    }
+
+    /// Counts an endpoint taken out of the balancer's set.
+    pub fn ejection(&self) {
+        self.ejections.inc();
     }
 
     /// Counts a retry.

@@ -429,3 +429,49 @@ async fn a_callers_broken_body_is_its_own_fault_not_the_upstreams() {
         );
     }
 }
+
+/// With no policy (and with one in DryRun) the balancer is failure-aware by itself: a pod
+/// refusing connections leaves the set after one failure and is probed back in the background;
+/// a pod answering 503 at once loses its share. Calling the three pods directly (round robin)
+/// fails two calls in three; through the sidecar only the first few fail.
+#[tokio::test]
+async fn without_a_policy_the_balancer_avoids_dead_and_failing_pods() {
+    for spec in [None, Some("  mode: DryRun\n  circuitBreaker: {consecutiveFailures: 5, scope: Endpoint}\n")]
+    {
+        let dead = closed_port().await;
+        let failing = fault(Faults { name: "failing".into(), fail_rate: 1.0, ..Default::default() }).await;
+        let healthy = fault(Faults { name: "healthy".into(), ..Default::default() }).await;
+        let mut yaml = sidecar_yaml(&service("payments", &[dead, failing.addr(), healthy.addr()]), None, "");
+        if let Some(spec) = spec {
+            yaml += &policy("p", "payments", spec);
+        }
+        let sc = start(&yaml).await;
+        let calls = 300;
+        let mut errors = 0;
+        for _ in 0..calls {
+            if get(sc.outbound, "http://payments/").await.status != 200 {
+                errors += 1;
+            }
+        }
+        assert!(errors <= 10, "{spec:?}: {errors} of {calls} calls failed (direct: about 200)");
+        assert!(failing.stats().requests() <= 10, "{spec:?}: the 503 pod lost its share");
+        assert_eq!(
+            metric(&sc, "breakwater_endpoint_ejections_total{service=\"payments.shop\"}").await,
+            1.0,
+            "{spec:?}"
+        );
+        // The dead pod comes back: a background probe connects, and it gets calls again.
+        let revived =
+            FaultServer::bind(&dead.to_string(), Faults { name: "revived".into(), ..Default::default() })
+                .await
+                .expect("the dead pod's port, bound again");
+        eventually("the revived pod receives calls again", || {
+            let (sc, revived) = (&sc, &revived);
+            async move {
+                get(sc.outbound, "http://payments/").await;
+                (revived.stats().requests() > 0).then_some(())
+            }
+        })
+        .await;
+    }
+}

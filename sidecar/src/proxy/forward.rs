@@ -450,11 +450,15 @@ async fn attempt(target: &Arc<Target>, req: HttpRequest) -> Result<HttpResponse,
     let not_tried = |i: usize| all_tried || i >= 64 || tried & (1 << i) == 0;
     let breaker_ok = |i: usize| res.endpoint_breaker(i).is_none_or(|b| b.would_admit());
 
+    // Enforced per-endpoint breakers do the outlier work as configured; otherwise the
+    // balancer's own failure accrual does (see `balance`).
+    let failure_aware =
+        !(res.enforce && matches!(res.breakers, Some(crate::resilience::Breakers::Endpoint(_))));
     // Prefer an endpoint this call has not tried whose breaker admits; else one already tried
     // (a retry to the same pod beats no retry); else every breaker is open.
     let choice = if res.enforce {
-        let c = balance::pick(&target.endpoints, |i| not_tried(i) && breaker_ok(i))
-            .or_else(|| balance::pick(&target.endpoints, breaker_ok));
+        let c = balance::pick(&target.endpoints, failure_aware, |i| not_tried(i) && breaker_ok(i))
+            .or_else(|| balance::pick(&target.endpoints, failure_aware, breaker_ok));
         if c.is_none() && !target.endpoints.is_empty() {
             tracing::debug!(service = %target.service, "circuit breaker rejected the call: every endpoint is open");
             return Err(all_open());
@@ -462,7 +466,7 @@ async fn attempt(target: &Arc<Target>, req: HttpRequest) -> Result<HttpResponse,
         c
     } else {
         // DryRun: breakers must not change where calls go.
-        let c = balance::pick(&target.endpoints, not_tried);
+        let c = balance::pick(&target.endpoints, failure_aware, not_tried);
         if let Some((i, _)) = c
             && !breaker_ok(i)
         {
@@ -549,10 +553,16 @@ async fn attempt(target: &Arc<Target>, req: HttpRequest) -> Result<HttpResponse,
         Err(e) => {
             if is_caused_by::<AttemptError>(e).is_some_and(|a| matches!(a, AttemptError::Connect { .. })) {
                 target.metrics.connect_failure();
+                if failure_aware && balance::eject(&endpoint, target.pool.connect_timeout) {
+                    target.metrics.ejection();
+                }
             }
             classify_error(e)
         }
     };
+    if failure_aware {
+        endpoint.health.record(balance::is_endpoint_failure(outcome.failure));
+    }
     if let Some(p) = permit {
         p.record(outcome.failure.is_some_and(|f| f.counts_for_breaker(&res.fail_on)));
     }

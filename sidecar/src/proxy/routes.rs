@@ -40,11 +40,18 @@ pub struct Endpoint {
     pub clients: EndpointClients,
     /// Requests in flight to it (the balancer's load measure).
     pub in_flight: AtomicUsize,
+    /// Its health as the balancer sees it.
+    pub health: super::balance::Health,
 }
 
 impl Endpoint {
     fn new(addr: SocketAddr, settings: PoolSettings, limit: Option<Arc<tokio::sync::Semaphore>>) -> Self {
-        Self { addr, clients: EndpointClients::new(addr, settings, limit), in_flight: AtomicUsize::new(0) }
+        Self {
+            addr,
+            clients: EndpointClients::new(addr, settings, limit),
+            in_flight: AtomicUsize::new(0),
+            health: Default::default(),
+        }
     }
 
     /// An endpoint outside any table, for unit tests.

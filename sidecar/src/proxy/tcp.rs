@@ -83,16 +83,20 @@ async fn connect_target(
         },
         None => None,
     };
+    // As for HTTP: enforced per-endpoint breakers, or else the balancer's ejection of
+    // endpoints that refuse connections.
+    let failure_aware =
+        !(res.enforce && matches!(res.breakers, Some(crate::resilience::Breakers::Endpoint(_))));
     let (index, addr) = match fixed {
         Some(a) => (None, a),
         None => {
             let open = |i: usize| res.endpoint_breaker(i).is_none_or(|b| b.would_admit());
-            let choice = balance::pick(&target.endpoints, open).or_else(|| {
+            let choice = balance::pick(&target.endpoints, failure_aware, open).or_else(|| {
                 if res.enforce {
                     None
                 } else {
                     target.metrics.dryrun("circuit-open");
-                    balance::pick(&target.endpoints, |_| true)
+                    balance::pick(&target.endpoints, failure_aware, |_| true)
                 }
             });
             let Some((i, e)) = choice else {
@@ -121,6 +125,12 @@ async fn connect_target(
         Ok(s) => Ok((s, slot)),
         Err(e) => {
             target.metrics.connect_failure();
+            if let Some(endpoint) = index.and_then(|i| target.endpoints.get(i))
+                && failure_aware
+                && balance::eject(endpoint, target.pool.connect_timeout)
+            {
+                target.metrics.ejection();
+            }
             Err(format!("{addr}: {e}"))
         }
     }
