@@ -133,13 +133,44 @@ fn set_host_from_target<B>(req: &mut Request<B>) {
     }
 }
 
+/// RFC 9112 §6.1: a request with both `Transfer-Encoding` and `Content-Length` is how request
+/// smuggling starts (CL.TE): hyper frames it by the former, a server behind another proxy might
+/// by the latter. A server may refuse it, and a proxy must not forward it as it is; Envoy and
+/// HAProxy refuse it too. (hyper itself refuses a Transfer-Encoding that does not end in
+/// `chunked`, and conflicting or malformed Content-Lengths.)
+///
+/// And a Transfer-Encoding whose final coding is not `chunked` leaves the body's length to
+/// guesswork: §6.1 says 400 and close. hyper lets it through; we do not.
+fn check_framing<B>(req: &Request<B>) -> Result<(), &'static str> {
+    if req.version() > Version::HTTP_11 {
+        return Ok(());
+    }
+    let mut te = req.headers().get_all(header::TRANSFER_ENCODING).iter().peekable();
+    if te.peek().is_none() {
+        return Ok(());
+    }
+    if req.headers().contains_key(header::CONTENT_LENGTH) {
+        return Err("the request has both Transfer-Encoding and Content-Length");
+    }
+    let last = te.last().and_then(|v| v.to_str().ok()).and_then(|v| v.rsplit(',').next()).map(str::trim);
+    if !last.is_some_and(|c| c.eq_ignore_ascii_case("chunked")) {
+        return Err("the request's Transfer-Encoding does not end in chunked");
+    }
+    Ok(())
+}
+
 async fn route_and_forward(mut req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyBody> {
     let start = Instant::now();
     let grpc = is_grpc(&req);
-    if let Err(why) = check_host(&req) {
+    if let Err(why) = check_host(&req).and_then(|()| check_framing(&req)) {
         tracing::debug!(why, "refusing a malformed request");
         ctx.store.metrics().client_error("-", ctx.direction, "bad-request");
-        return Refusal::BadRequest.response(grpc, why);
+        let mut resp = Refusal::BadRequest.response(grpc, why);
+        if req.version() <= Version::HTTP_11 {
+            // What follows on this connection cannot be trusted to start where we think.
+            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        return resp;
     }
     let published = ctx.store.load();
     let routes = &published.routes;
