@@ -24,10 +24,7 @@
 //! `consecutiveFailures`).
 
 use std::{
-    sync::{
-        Arc, Weak,
-        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
-    },
+    sync::{Arc, Weak, atomic::Ordering},
     time::Duration,
 };
 
@@ -36,72 +33,9 @@ use rand::Rng;
 use super::routes::Endpoint;
 use crate::resilience::outcome::{Failure, GRPC_UNAVAILABLE};
 
-/// Weight of the newest outcome in the failure EWMA.
-const ALPHA: f64 = 0.3;
-/// The failure score halves every this many milliseconds without news.
-const HALF_LIFE_MS: f64 = 5000.0;
-/// An endpoint failing every call scores `1 + PENALTY` times its load.
-const PENALTY: f64 = 20.0;
 /// First and longest wait between connect probes of an ejected endpoint.
 const PROBE_FIRST: Duration = Duration::from_millis(500);
 const PROBE_MAX: Duration = Duration::from_secs(10);
-
-/// Milliseconds on a process-wide monotonic clock.
-fn now_ms() -> u64 {
-    static BASE: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
-    u64::try_from(BASE.get_or_init(tokio::time::Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
-}
-
-/// What the balancer knows of one endpoint's health (lock-free; a lost update between two
-/// racing outcomes costs nothing that matters).
-#[derive(Debug, Default)]
-pub struct Health {
-    ejected: AtomicBool,
-    /// The failure EWMA in millionths, as of `updated`.
-    failures: AtomicU32,
-    /// When `failures` was last written (`now_ms`).
-    updated: AtomicU64,
-}
-
-impl Health {
-    /// The failure score now, in [0, 1].
-    fn failure_rate(&self, now: u64) -> f64 {
-        let f = self.failures.load(Ordering::Relaxed);
-        if f == 0 {
-            return 0.0;
-        }
-        let age = now.saturating_sub(self.updated.load(Ordering::Relaxed)) as f64;
-        let rate = f64::from(f) / 1e6 * 0.5f64.powf(age / HALF_LIFE_MS);
-        // A faded score is no score: equal loads then split evenly again.
-        if rate < 1e-3 { 0.0 } else { rate }
-    }
-
-    /// The multiplier of the endpoint's load: 1 when healthy (without reading the clock).
-    fn weight(&self) -> f64 {
-        if self.failures.load(Ordering::Relaxed) == 0 {
-            return 1.0;
-        }
-        1.0 + PENALTY * self.failure_rate(now_ms())
-    }
-
-    /// Feeds one call's outcome into the failure score.
-    pub fn record(&self, failed: bool) {
-        if !failed && self.failures.load(Ordering::Relaxed) == 0 {
-            return; // the common case: healthy, and staying so
-        }
-        let now = now_ms();
-        let f = self.failure_rate(now) * (1.0 - ALPHA) + if failed { ALPHA } else { 0.0 };
-        // Below one in a thousand the score no longer matters: drop it to the fast path.
-        let stored = if f < 1e-3 { 0 } else { (f * 1e6) as u32 };
-        self.failures.store(stored, Ordering::Relaxed);
-        self.updated.store(now, Ordering::Relaxed);
-    }
-
-    /// Whether it is out of the set until a connect probe succeeds.
-    pub fn is_ejected(&self) -> bool {
-        self.ejected.load(Ordering::Relaxed)
-    }
-}
 
 /// Whether an outcome counts against an endpoint's health: it failed in a way that says the
 /// endpoint is unwell (not a 4xx, not a gRPC application error).
@@ -117,7 +51,7 @@ pub fn is_endpoint_failure(failure: Option<Failure>) -> bool {
 /// Ejects `endpoint` after a failed connection and starts probing it back (once: `false` when
 /// it already was out).
 pub fn eject(endpoint: &Arc<Endpoint>, connect_timeout: Duration) -> bool {
-    if endpoint.health.ejected.swap(true, Ordering::AcqRel) {
+    if !endpoint.health.try_eject() {
         return false;
     }
     tracing::debug!(endpoint = %endpoint.addr, "endpoint refuses connections: out of the set until a probe connects");
@@ -138,9 +72,7 @@ async fn probe(endpoint: Weak<Endpoint>, addr: std::net::SocketAddr, connect_tim
         let connected = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(addr)).await;
         if matches!(connected, Ok(Ok(_))) {
             if let Some(e) = endpoint.upgrade() {
-                // Back with a clean record: its failures were the refused connections.
-                e.health.failures.store(0, Ordering::Relaxed);
-                e.health.ejected.store(false, Ordering::Release);
+                e.health.readmit();
                 tracing::debug!(endpoint = %addr, "endpoint accepts connections again: back in the set");
             }
             return;
@@ -253,7 +185,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn failures_weigh_on_an_endpoint_and_fade() {
+    async fn failures_weigh_on_an_endpoint() {
         let eps = endpoints(2);
         for _ in 0..5 {
             eps[0].health.record(true);
@@ -267,23 +199,12 @@ mod tests {
         assert_eq!(pick(&eps, true, |_| true).map(|(i, _)| i), Some(0), "but not at any load");
         eps[1].in_flight.store(0, Ordering::Relaxed);
         assert!(pick(&eps, false, |_| true).is_some());
-        // Decay: the stored score, read 30s later, is worth 2^-6 of itself.
-        let later = now_ms() + 30_000;
-        assert!(eps[0].health.failure_rate(later) < 0.02);
-        for _ in 0..30 {
-            eps[0].health.record(false);
-        }
-        assert_eq!(
-            eps[0].health.failures.load(Ordering::Relaxed),
-            0,
-            "successes bring it back to the fast path"
-        );
     }
 
     #[tokio::test]
     async fn ejected_endpoints_are_skipped_unless_all_are() {
         let eps = endpoints(3);
-        eps[1].health.ejected.store(true, Ordering::Relaxed);
+        assert!(eps[1].health.try_eject());
         for _ in 0..200 {
             assert_ne!(pick(&eps, true, |_| true).map(|(i, _)| i), Some(1));
         }

@@ -63,13 +63,15 @@ impl<G: Unpin> Body for Guarded<G> {
 /// reads from the caller fails, read by the forwarding code when an attempt fails, so that the
 /// caller's own fault (a malformed chunk, a body cut short) is answered 400 and never retried
 /// nor counted against the upstream. Shared by every copy of a request.
+/// A request without a body cannot fail that way and shares nothing (`None`: no allocation on
+/// the path most requests take).
 #[derive(Debug, Clone, Default)]
-pub struct ClientFault(std::sync::Arc<std::sync::OnceLock<&'static str>>);
+pub struct ClientFault(Option<std::sync::Arc<std::sync::OnceLock<&'static str>>>);
 
 impl ClientFault {
     /// `body-malformed` or `body-incomplete` once the caller's body failed.
     pub fn reason(&self) -> Option<&'static str> {
-        self.0.get().copied()
+        self.0.as_ref().and_then(|f| f.get().copied())
     }
 }
 
@@ -92,7 +94,8 @@ pub struct ClientBody {
 impl ClientBody {
     /// Wraps a caller's request body; the returned [`ClientFault`] tells later whether it failed.
     pub fn wrap(inner: hyper::body::Incoming) -> (ProxyBody, ClientFault) {
-        let fault = ClientFault::default();
+        let fault =
+            if inner.is_end_stream() { ClientFault(None) } else { ClientFault(Some(Default::default())) };
         (Self { inner, fault: fault.clone() }.boxed_unsync(), fault)
     }
 }
@@ -119,7 +122,9 @@ impl Body for ClientBody {
                         .and_then(|s| s.downcast_ref::<h2::Error>())
                         .is_some_and(|e| e.is_reset() || e.is_io());
                 let reason = if cut_short { "body-incomplete" } else { "body-malformed" };
-                let _ = self.fault.0.set(reason);
+                if let Some(f) = &self.fault.0 {
+                    let _ = f.set(reason);
+                }
                 Poll::Ready(Some(Err(Box::new(ClientBodyError { reason, source }))))
             }
             other => Poll::Ready(other.map(|r| r.map_err(Into::into))),

@@ -32,8 +32,8 @@ use super::{
     balance,
     body::{BoxError, Buffered, Chain, ClientFault, Guarded, ProxyBody},
     error::{ERROR_HEADER, GRPC_STATUS, Refusal},
-    http::{AttemptError, forward_once},
     routes::Target,
+    upstream::{AttemptError, forward_once},
 };
 use tracing::Instrument as _;
 

@@ -6,7 +6,7 @@
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, Version, header, uri::Authority};
+use http::{HeaderValue, Request, Response, Version, header, uri::Authority};
 use http_body_util::BodyExt;
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{
@@ -18,7 +18,8 @@ use tokio::{io::AsyncRead, io::AsyncWrite, time::Instant};
 use super::{
     body::{ClientBody, ProxyBody},
     error::{Refusal, is_grpc},
-    routes::{Endpoint, Routes, Target},
+    routes::{Routes, Target},
+    upstream::{absolute_uri, forward_once},
 };
 use crate::{
     config::{ProxyLimits, Store},
@@ -126,21 +127,19 @@ fn check_host<B>(req: &Request<B>) -> Result<(), &'static str> {
 /// HTTP/1 when there is none.
 fn set_host_from_target<B>(req: &mut Request<B>) {
     let Some(authority) = req.uri().authority() else { return };
-    if req.headers().contains_key(header::HOST)
-        && let Ok(v) = HeaderValue::from_str(authority.as_str())
-    {
+    // Usually equal (an origin-form request's URI was made from its Host): nothing to do.
+    let differs =
+        req.headers().get(header::HOST).is_some_and(|h| h.as_bytes() != authority.as_str().as_bytes());
+    if differs && let Ok(v) = HeaderValue::from_str(authority.as_str()) {
         req.headers_mut().insert(header::HOST, v);
     }
 }
 
-/// RFC 9112 §6.1: a request with both `Transfer-Encoding` and `Content-Length` is how request
-/// smuggling starts (CL.TE): hyper frames it by the former, a server behind another proxy might
-/// by the latter. A server may refuse it, and a proxy must not forward it as it is; Envoy and
-/// HAProxy refuse it too. (hyper itself refuses a Transfer-Encoding that does not end in
-/// `chunked`, and conflicting or malformed Content-Lengths.)
-///
-/// And a Transfer-Encoding whose final coding is not `chunked` leaves the body's length to
-/// guesswork: §6.1 says 400 and close. hyper lets it through; we do not.
+/// RFC 9112 §6.1 framing rules hyper leaves to us. A Transfer-Encoding whose final coding is
+/// not `chunked` leaves the body's length to guesswork: 400, and the connection closed. Both
+/// Transfer-Encoding and Content-Length is how request smuggling starts (CL.TE); hyper frames
+/// such a request by the former and drops the latter (closing after the answer, as §6.1
+/// allows), so the second check only fires where hyper kept both (HTTP/2 never gets here).
 fn check_framing<B>(req: &Request<B>) -> Result<(), &'static str> {
     if req.version() > Version::HTTP_11 {
         return Ok(());
@@ -313,14 +312,6 @@ fn route_outbound<'a>(
     }
 }
 
-/// The request's authority: the URI's (absolute form, HTTP/2) or the `Host` header's.
-fn authority<B>(req: &Request<B>) -> Option<Authority> {
-    if let Some(a) = req.uri().authority() {
-        return Some(a.clone());
-    }
-    req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).and_then(|h| h.parse().ok())
-}
-
 fn box_incoming(body: Incoming) -> ProxyBody {
     body.map_err(Into::into).boxed_unsync()
 }
@@ -342,201 +333,4 @@ async fn forward_to_target(
     };
     target.metrics.response(resp.status().as_u16(), start.elapsed().as_secs_f64());
     resp
-}
-
-/// Why one attempt to an endpoint failed.
-#[derive(Debug, thiserror::Error)]
-pub enum AttemptError {
-    /// No connection could be made.
-    #[error("cannot connect to {addr}: {source}")]
-    Connect {
-        /// The endpoint.
-        addr: SocketAddr,
-        /// Why.
-        #[source]
-        source: hyper_util::client::legacy::Error,
-    },
-    /// The upstream answered something that is not HTTP.
-    #[error("{addr} answered invalid HTTP: {source}")]
-    Protocol {
-        /// The endpoint.
-        addr: SocketAddr,
-        /// Why.
-        #[source]
-        source: hyper_util::client::legacy::Error,
-    },
-    /// Every connection `maxConnections` allows is busy.
-    #[error("{addr}: every connection maxConnections allows is busy")]
-    ConnectionLimit {
-        /// The endpoint.
-        addr: SocketAddr,
-    },
-    /// The target has no endpoint to send to.
-    #[error("the Service has no endpoints")]
-    NoEndpoints,
-    /// The caller's request body failed while it was being sent (`reason`: `body-malformed`,
-    /// `body-incomplete`): the caller's fault, not the upstream's.
-    #[error("the request body failed ({reason}) while it was sent to {addr}")]
-    ClientBody {
-        /// The endpoint.
-        addr: SocketAddr,
-        /// How the body failed.
-        reason: &'static str,
-    },
-    /// The connection or stream was closed or reset before a response.
-    #[error("{addr} reset the request: {source}")]
-    Reset {
-        /// The endpoint.
-        addr: SocketAddr,
-        /// Why.
-        #[source]
-        source: hyper_util::client::legacy::Error,
-    },
-}
-
-impl AttemptError {
-    /// The answer a caller gets for it.
-    pub fn refusal(&self) -> Refusal {
-        match self {
-            Self::Connect { .. } | Self::NoEndpoints => Refusal::ConnectFailed,
-            Self::ConnectionLimit { .. } => Refusal::BulkheadFull,
-            Self::Protocol { .. } => Refusal::UpstreamProtocol,
-            Self::Reset { .. } => Refusal::UpstreamReset,
-            Self::ClientBody { .. } => Refusal::BadRequest,
-        }
-    }
-
-    fn classify(addr: SocketAddr, e: hyper_util::client::legacy::Error) -> Self {
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            if s.downcast_ref::<super::client::ConnectionLimitReached>().is_some() {
-                return Self::ConnectionLimit { addr };
-            }
-            source = s.source();
-        }
-        if e.is_connect() {
-            return Self::Connect { addr, source: e };
-        }
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            if let Some(h) = s.downcast_ref::<hyper::Error>()
-                && (h.is_parse() || h.is_parse_status() || h.is_parse_too_large())
-            {
-                return Self::Protocol { addr, source: e };
-            }
-            source = s.source();
-        }
-        Self::Reset { addr, source: e }
-    }
-}
-
-/// Sends one request to `endpoint` and returns its response headers. Handles `Upgrade`
-/// (WebSocket and the like): after a `101`, bytes are copied both ways until either side closes.
-pub async fn forward_once(
-    endpoint: &Arc<Endpoint>,
-    mut req: Request<ProxyBody>,
-) -> Result<Response<Incoming>, AttemptError> {
-    let _in_flight = endpoint.start();
-    let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-    prepare_request(&mut req, upgrade.is_some());
-    let client =
-        if req.version() == Version::HTTP_2 { &endpoint.clients.http2 } else { &endpoint.clients.http1 };
-    let mut resp = client.request(req).await.map_err(|e| AttemptError::classify(endpoint.addr, e))?;
-    strip_hop_by_hop(resp.headers_mut(), upgrade.is_some());
-    if let Some(downstream) = upgrade
-        && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
-    {
-        let upstream = hyper::upgrade::on(&mut resp);
-        tokio::spawn(async move {
-            match tokio::try_join!(downstream, upstream) {
-                Ok((down, up)) => {
-                    let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
-                    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
-                        tracing::debug!(error = %e, "upgraded connection ended");
-                    }
-                }
-                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
-            }
-        });
-    }
-    Ok(resp)
-}
-
-fn is_upgrade<B>(req: &Request<B>) -> bool {
-    req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
-        && req
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-}
-
-/// Gives an origin-form request (HTTP/1) the absolute URI its `Host` header implies, which is
-/// what routing reads and the client needs. Without a host the URI stays as it is.
-fn absolute_uri<B>(req: &mut Request<B>) {
-    if req.uri().scheme().is_some() && req.uri().authority().is_some() {
-        return;
-    }
-    if let Some(authority) = authority(req) {
-        set_absolute(req, authority);
-    }
-}
-
-/// `http://AUTHORITY/path?query` from the request's path and query.
-fn set_absolute<B>(req: &mut Request<B>, authority: Authority) {
-    let mut parts = std::mem::take(req.uri_mut()).into_parts();
-    parts.scheme = Some(http::uri::Scheme::HTTP);
-    parts.authority = Some(authority);
-    if parts.path_and_query.is_none() {
-        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-    }
-    *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
-}
-
-/// Gives the request an absolute URI (what the client needs) while keeping its authority, and
-/// removes hop-by-hop headers.
-fn prepare_request(req: &mut Request<ProxyBody>, upgrade: bool) {
-    absolute_uri(req);
-    if req.uri().authority().is_none() {
-        set_absolute(req, Authority::from_static("localhost"));
-    }
-    if req.version() == Version::HTTP_10 {
-        *req.version_mut() = Version::HTTP_11;
-    }
-    strip_hop_by_hop(req.headers_mut(), upgrade);
-}
-
-/// Removes headers that belong to one connection only (RFC 9110 §7.6.1), keeping the upgrade
-/// handshake when one is under way and `te: trailers` (gRPC needs it).
-fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-    static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-    if headers.contains_key(header::CONNECTION) {
-        let listed: Vec<String> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|t| t.trim().to_ascii_lowercase())
-            .filter(|t| !(t.is_empty() || (upgrade && t == "upgrade")))
-            .collect();
-        for name in listed {
-            headers.remove(name.as_str());
-        }
-    }
-    for name in [&KEEP_ALIVE, &PROXY_CONNECTION, &header::PROXY_AUTHORIZATION, &header::TRANSFER_ENCODING] {
-        headers.remove(name);
-    }
-    if headers.get(header::TE).is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers")) {
-        headers.remove(header::TE);
-    }
-    if upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::CONNECTION);
-        headers.remove(header::UPGRADE);
-    }
 }

@@ -7,12 +7,14 @@ pub mod client;
 pub mod detect;
 pub mod error;
 mod forward;
+pub mod health;
 pub mod http;
 pub mod idle;
 pub mod listener;
 pub mod orig_dst;
 pub mod routes;
 pub mod tcp;
+pub mod upstream;
 
 pub use self::{
     error::{ERROR_HEADER, GRPC_STATUS, Refusal},

@@ -41,7 +41,7 @@ pub struct Endpoint {
     /// Requests in flight to it (the balancer's load measure).
     pub in_flight: AtomicUsize,
     /// Its health as the balancer sees it.
-    pub health: super::balance::Health,
+    pub health: super::health::Health,
 }
 
 impl Endpoint {
