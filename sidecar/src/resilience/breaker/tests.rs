@@ -202,23 +202,28 @@ async fn the_task_stops_when_every_handle_is_dropped() {
         .expect("the task ended");
 }
 
-/// A burst of reports (here: failures of calls admitted before the breaker opened, each
-/// reporting a trip the half-open machine ignores) must not crowd out a probe's outcome: a lost
-/// probe report would leave the breaker half-open with no probe slot left, rejecting for good.
-#[tokio::test(start_paused = true)]
-async fn a_burst_of_reports_never_loses_a_probe_outcome() {
+/// A breaker gone half-open with its one probe taken, and 3000 calls admitted before it
+/// opened whose failures (each a trip report the half-open machine ignores) have just been
+/// reported, with no await in between: the machine cannot have drained any of them yet.
+async fn half_open_behind_a_burst_of_reports() -> (Breaker, Permit) {
     let s = Settings { consecutive_failures: Some(1), ..settings() };
     let (b, _) = breaker(s);
     let late: Vec<Permit> = (0..3000).map(|_| b.try_admit().expect("closed")).collect();
     fail(&b, 1);
-    wait_for(&b, State::Open).await;
     wait_for(&b, State::HalfOpen).await;
     let probe = b.try_admit().expect("one probe slot");
     assert!(probe.is_probe());
-    // No await between these: the machine task cannot drain the queue meanwhile.
     for p in late {
         p.record(true);
     }
+    (b, probe)
+}
+
+/// A burst of reports must not crowd out a probe's outcome: a lost probe report would leave
+/// the breaker half-open with no probe slot left, rejecting for good.
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_reports_never_loses_a_probe_outcome() {
+    let (b, probe) = half_open_behind_a_burst_of_reports().await;
     probe.record(false);
     wait_for(&b, State::Closed).await;
     assert!(b.try_admit().is_ok());
@@ -227,15 +232,7 @@ async fn a_burst_of_reports_never_loses_a_probe_outcome() {
 /// The same for a probe that never finished (cancelled): its slot comes back.
 #[tokio::test(start_paused = true)]
 async fn a_burst_of_reports_never_loses_a_cancelled_probe() {
-    let s = Settings { consecutive_failures: Some(1), ..settings() };
-    let (b, _) = breaker(s);
-    let late: Vec<Permit> = (0..3000).map(|_| b.try_admit().expect("closed")).collect();
-    fail(&b, 1);
-    wait_for(&b, State::HalfOpen).await;
-    let probe = b.try_admit().expect("one probe slot");
-    for p in late {
-        p.record(true);
-    }
+    let (b, probe) = half_open_behind_a_burst_of_reports().await;
     drop(probe);
     tokio::time::timeout(Duration::from_secs(60), async {
         while !b.would_admit() {
