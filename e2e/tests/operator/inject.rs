@@ -458,19 +458,26 @@ async fn a_jobs_pod_completes_with_the_native_sidecar() -> anyhow::Result<()> {
     }
     let (init, _) = container_names(&pod);
     assert_eq!(init, ["breakwater-init", "breakwater-proxy"], "the Job's pod was injected");
-    let status = pod.status.unwrap_or_default();
-    assert_eq!(status.phase.as_deref(), Some("Succeeded"));
-    let proxy = status
-        .init_container_statuses
-        .iter()
-        .flatten()
-        .find(|s| s.name == "breakwater-proxy")
-        .ok_or_else(|| anyhow::anyhow!("no status for the proxy"))?;
-    assert!(
-        proxy.state.as_ref().is_some_and(|s| s.terminated.is_some()),
-        "the proxy was stopped after the app: {:?}",
-        proxy.state
-    );
+    assert_eq!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded"));
+    // The Job completes when the app does; the kubelet then stops the proxy and reports it in a
+    // status update of its own: wait for that one.
+    let stopped = wait::until_ok("the proxy to be stopped after the app", TIMEOUT, || async {
+        let pod = pod_of_job().await?;
+        let proxy = pod
+            .status
+            .and_then(|s| s.init_container_statuses)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|s| s.name == "breakwater-proxy")
+            .ok_or_else(|| "no status for the proxy".to_owned())?;
+        if proxy.state.as_ref().is_some_and(|s| s.terminated.is_some()) {
+            Ok(())
+        } else {
+            Err(format!("{:?}", proxy.state))
+        }
+    })
+    .await;
+    assert!(stopped.is_ok(), "the proxy was stopped after the app: {stopped:?}");
     let log = runner.logs(&ns, &name, "app").unwrap_or_default();
     assert_eq!(log.lines().filter(|l| l.starts_with("200 ")).count(), 3, "three calls answered:\n{log}");
     Ok(())
