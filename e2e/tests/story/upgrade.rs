@@ -65,7 +65,12 @@ fn retried_trace(spans: &[Value], caller: &str) -> Option<Vec<Value>> {
         let attempts: Vec<&&Value> = of.iter().filter(|s| s["parentSpanId"] == client["spanId"]).collect();
         let served =
             attempts.iter().all(|a| of.iter().any(|s| s["kind"] == 2 && s["parentSpanId"] == a["spanId"]));
-        (attempts.len() >= 2 && served).then(|| of.into_iter().cloned().collect())
+        // A call whose retries ended in a success: one that failed all 8 attempts (p = 2^-8, so
+        // 1 in 128 of the retried calls) shows retries but not recovery.
+        let recovered = attempts
+            .iter()
+            .any(|a| breakwater_e2e::collector::attr(a, "breakwater.outcome").as_deref() == Some("ok"));
+        (attempts.len() >= 2 && served && recovered).then(|| of.into_iter().cloned().collect())
     })
 }
 
