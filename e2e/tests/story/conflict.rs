@@ -33,6 +33,27 @@ async fn of_two_conflicting_policies_the_loser_names_the_winner() -> anyhow::Res
     let applied = story.kubectl.output(["apply", "-f", "-"], Some(&older)).await?;
     assert!(applied.success, "{}", applied.stderr);
     programmed(story, &ns, "payments-from-checkout").await?;
+    // creationTimestamp counts whole seconds: created within the same second, the two would be
+    // "as old" and the tie broken by name. The newer is created in a later second.
+    let created: k8s_openapi::jiff::Timestamp = story
+        .kubectl
+        .run([
+            "get",
+            "cpol",
+            "payments-from-checkout",
+            "-n",
+            ns.name(),
+            "-o",
+            "jsonpath={.metadata.creationTimestamp}",
+        ])
+        .await?
+        .trim()
+        .parse()?;
+    wait::until_ok("a second later than the older policy's creation", TIMEOUT, || async {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        if now.as_second() > created.as_second() { Ok(()) } else { Err(now.to_string()) }
+    })
+    .await?;
     let newer = retry_policy(&ns, 1).replace("name: payments-from-checkout", "name: payments-no-retries");
     let applied = story.kubectl.output(["apply", "-f", "-"], Some(&newer)).await?;
     assert!(applied.success, "{}", applied.stderr);
