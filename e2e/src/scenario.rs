@@ -108,6 +108,8 @@ pub struct Seen {
     pub errors: usize,
     /// Each status code seen, and how often (0: no answer within the call's limit).
     pub codes: BTreeMap<u16, usize>,
+    /// Each `breakwater-error` seen (why a sidecar refused or cut a call), and how often.
+    pub refusals: BTreeMap<String, usize>,
 }
 
 impl Seen {
@@ -181,6 +183,9 @@ pub async fn calls(runner: &PodRunner, namespace: &str, pod: &str, url: &str, n:
     for _ in 0..n {
         let answer = call(runner, namespace, pod, url, Duration::from_secs(2), &[]).await?;
         seen.add(answer.code);
+        if let Some(reason) = answer.error {
+            *seen.refusals.entry(reason).or_default() += 1;
+        }
     }
     Ok(seen)
 }

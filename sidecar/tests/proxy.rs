@@ -266,6 +266,50 @@ async fn slow_header_senders_are_cut_off() {
     assert_eq!(get(sc.outbound, "http://payments/").await.status, 200, "still serving");
 }
 
+/// `headerReadTimeout` bounds a request head that has begun, not the silence between two
+/// requests of a keep-alive connection (that is `clientIdleTimeout`'s): hyper's own timer ran
+/// from the end of each response, so a pooled connection idle for longer was closed under its
+/// client, which then raced the close with its next request (a reset, a 502 upstream).
+#[tokio::test]
+async fn keep_alive_connections_outlive_the_header_read_timeout() {
+    let up = fault("p").await;
+    let extra = "proxy: {headerReadTimeout: 200ms}\n";
+    let sc = start(&sidecar_yaml(&service("payments", &[up.addr()]), None, extra)).await;
+    let io =
+        hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(sc.outbound).await.expect("connect"));
+    let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.expect("handshake");
+    let conn = tokio::spawn(conn);
+    for n in 0..2 {
+        if n > 0 {
+            // The behaviour under test is the connection's silence itself: three header
+            // read timeouts long, well within clientIdleTimeout (10 m by default).
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        }
+        let req = Request::get("http://payments/").body(empty()).expect("request");
+        let resp = tokio::time::timeout(PATIENCE, send.send_request(req))
+            .await
+            .expect("answered in time")
+            .unwrap_or_else(|e| panic!("request {n} on the kept-alive connection: {e}"));
+        assert_eq!(resp.status(), 200);
+        http_body_util::BodyExt::collect(resp.into_body()).await.expect("body");
+    }
+    drop(send);
+    let _ = conn.await;
+
+    // A head that has begun is still bounded, on a kept-alive connection too.
+    let mut s = tokio::net::TcpStream::connect(sc.outbound).await.expect("connect");
+    s.write_all(b"GET http://payments/ HTTP/1.1\r\nHost: payments\r\n\r\n").await.expect("write");
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(PATIENCE, s.read(&mut buf)).await.expect("answer in time").expect("read");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    s.write_all(b"GET http://payments/ HTTP/1.1\r\nHost: pay").await.expect("write");
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, s.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "the proxy closed the connection of a client that stopped mid-headers");
+    assert!(out.is_empty(), "no answer to a head that never ended: {}", String::from_utf8_lossy(&out));
+}
+
 #[tokio::test]
 async fn admin_reports_liveness_readiness_metrics_and_config() {
     let up = fault("p").await;

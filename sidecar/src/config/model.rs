@@ -175,7 +175,9 @@ pub struct ProxySettings {
     /// says nothing for this long (a server-first protocol) is treated as TCP. Default `1s`.
     #[serde(default = "default_detect_timeout")]
     pub detect_timeout: String,
-    /// Longest time a client may take to send a request's headers. Default `10s`.
+    /// Longest time a client may take to send a request's headers, from the first byte of the
+    /// head (HTTP/1; the silence between requests on a kept-alive connection is bounded by
+    /// `clientIdleTimeout`). Default `10s`.
     #[serde(default = "default_header_read_timeout")]
     pub header_read_timeout: String,
     /// Most header fields in a request. Default 100.

@@ -89,14 +89,19 @@ pub struct ClientBodyError {
 pub struct ClientBody {
     inner: hyper::body::Incoming,
     fault: ClientFault,
+    /// Keeps the connection from taking the body's bytes for a new request head.
+    _open: Option<super::idle::Open>,
 }
 
 impl ClientBody {
-    /// Wraps a caller's request body; the returned [`ClientFault`] tells later whether it failed.
-    pub fn wrap(inner: hyper::body::Incoming) -> (ProxyBody, ClientFault) {
-        let fault =
-            if inner.is_end_stream() { ClientFault(None) } else { ClientFault(Some(Default::default())) };
-        (Self { inner, fault: fault.clone() }.boxed_unsync(), fault)
+    /// Wraps a caller's request body, which came on the connection `activity` watches; the
+    /// returned [`ClientFault`] tells later whether it failed.
+    pub fn wrap(inner: hyper::body::Incoming, activity: &super::idle::Activity) -> (ProxyBody, ClientFault) {
+        if inner.is_end_stream() {
+            return (Self { inner, fault: ClientFault(None), _open: None }.boxed_unsync(), ClientFault(None));
+        }
+        let fault = ClientFault(Some(Default::default()));
+        (Self { inner, fault: fault.clone(), _open: Some(activity.hold()) }.boxed_unsync(), fault)
     }
 }
 

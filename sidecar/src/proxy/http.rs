@@ -38,6 +38,8 @@ pub struct ConnContext {
     pub orig_dst: Option<SocketAddr>,
     /// The configuration.
     pub store: Arc<Store>,
+    /// The connection's byte and request activity (idle and head timeouts).
+    pub activity: super::idle::Activity,
 }
 
 /// Serves HTTP on `io` until the client closes or draining finishes the connection.
@@ -45,6 +47,7 @@ pub async fn serve<I>(io: I, ctx: ConnContext, limits: ProxyLimits, mut drain: S
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let activity = ctx.activity.clone();
     let ctx = Arc::new(ctx);
     let svc = service_fn(move |req| {
         let ctx = ctx.clone();
@@ -54,7 +57,8 @@ where
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        // Ours instead (see `idle`): hyper's also runs while a kept-alive connection is silent.
+        .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true);
     if limits.max_headers != 100 {
@@ -67,7 +71,6 @@ where
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(1024)
         .keep_alive_interval(Some(std::time::Duration::from_secs(60)));
-    let activity = super::idle::Activity::new();
     let io = super::idle::Watched::new(io, activity.clone());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
@@ -80,6 +83,11 @@ where
             conn.await
         }
         // No byte either way for clientIdleTimeout: close it (h2: GOAWAY).
+        // A request head begun and not finished within headerReadTimeout: close, no answer.
+        _ = activity.head_overdue(limits.header_read_timeout) => {
+            tracing::debug!(timeout = ?limits.header_read_timeout, "closing a connection whose request head is overdue");
+            return;
+        }
         _ = activity.idle_for(limits.client_idle_timeout) => {
             tracing::debug!(timeout = ?limits.client_idle_timeout, "closing an idle client connection");
             conn.as_mut().graceful_shutdown();
@@ -96,6 +104,7 @@ async fn handle(req: Request<Incoming>, ctx: &ConnContext) -> Response<ProxyBody
     // of a HEAD response by itself; its HTTP/2 server sends what it is given, and a body there
     // (or a HEADERS frame without END_STREAM) makes HTTP/2 clients reset the stream.
     let head = req.method() == http::Method::HEAD;
+    let _open = ctx.activity.request_open();
     let resp = route_and_forward(req, ctx).await;
     if head { resp.map(|_| super::body::empty()) } else { resp }
 }
@@ -199,12 +208,14 @@ async fn route_and_forward(mut req: Request<Incoming>, ctx: &ConnContext) -> Res
     };
     let work = async {
         match dest {
-            Ok(Dest::Target(target, _port)) => forward_to_target(target, req, grpc, start).await,
+            Ok(Dest::Target(target, _port)) => {
+                forward_to_target(target, req, grpc, start, &ctx.activity).await
+            }
             Ok(Dest::Passthrough(addr)) => {
                 let endpoint = routes.passthrough.endpoint(addr);
                 let metrics = routes.passthrough.metrics(ctx.direction);
                 let (parts, body) = req.into_parts();
-                let (body, fault) = ClientBody::wrap(body);
+                let (body, fault) = ClientBody::wrap(body, &ctx.activity);
                 let mut req = Request::from_parts(parts, body);
                 if !tracing::Span::current().is_disabled() {
                     spans::inject(&tracing::Span::current(), req.headers_mut());
@@ -321,6 +332,7 @@ async fn forward_to_target(
     req: Request<Incoming>,
     grpc: bool,
     start: Instant,
+    activity: &super::idle::Activity,
 ) -> Response<ProxyBody> {
     // A Service with no ready endpoint: refuse at once, without retries and without counting
     // it against a breaker (nothing was tried).
@@ -328,7 +340,7 @@ async fn forward_to_target(
         Refusal::NoHealthyEndpoints.response(grpc, &format!("{} has no ready endpoint", target.service))
     } else {
         let (parts, body) = req.into_parts();
-        let (body, fault) = ClientBody::wrap(body);
+        let (body, fault) = ClientBody::wrap(body, activity);
         super::forward::call(target, Request::from_parts(parts, body), grpc, fault).await
     };
     target.metrics.response(resp.status().as_u16(), start.elapsed().as_secs_f64());

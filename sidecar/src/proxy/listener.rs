@@ -34,7 +34,7 @@ pub async fn serve(listener: TcpListener, direction: Direction, store: Arc<Store
         };
         let _ = stream.set_nodelay(true);
         let orig_dst = orig_dst::original_dst(&stream);
-        let ctx = ConnContext { direction, orig_dst, store: store.clone() };
+        let ctx = ConnContext { direction, orig_dst, store: store.clone(), activity: Default::default() };
         let (limits, declared) = {
             let published = store.load();
             (published.routes.limits, published.routes.declared(direction, orig_dst))
