@@ -30,6 +30,6 @@ mod server;
 mod tcp;
 
 pub use self::{
-    server::{FaultServer, Faults, SeenRequest, Stats},
+    server::{FaultServer, Faults, HttpVersions, SeenRequest, Stats},
     tcp::{GarbageServer, TcpEchoServer},
 };

@@ -51,6 +51,10 @@ struct Args {
     /// Requests handled at once (a worker pool); the rest queue. Default: unlimited.
     #[arg(long, env = "FAULT_WORKERS")]
     workers: Option<usize>,
+    /// HTTP versions spoken: both (HTTP/2 by prior knowledge), or only http1 or http2, as
+    /// many real apps.
+    #[arg(long, value_enum, default_value = "both", env = "FAULT_HTTP")]
+    http: breakwater_fault::HttpVersions,
 }
 
 #[tokio::main]
@@ -67,6 +71,7 @@ async fn main() -> anyhow::Result<()> {
         name,
         fail_first: args.fail_first,
         fail_rate: args.fail_rate,
+        http: args.http,
         fail_status: Some(args.fail_status),
         slow_rate: args.slow_rate,
         slow_delay: args.slow_delay,

@@ -58,6 +58,20 @@ pub struct Faults {
     /// Requests handled at once, like a server's worker pool; the rest queue (and so get
     /// slower under load, as real servers do). `None`: unlimited.
     pub workers: Option<usize>,
+    /// The HTTP versions spoken (default both, HTTP/2 by prior knowledge).
+    pub http: HttpVersions,
+}
+
+/// Which HTTP versions the server speaks: like many real apps, only one of them if asked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum HttpVersions {
+    /// HTTP/1.x and HTTP/2 (told apart by the HTTP/2 preface).
+    #[default]
+    Both,
+    /// HTTP/1.x only: an HTTP/2 preface gets the connection closed, as hyper's HTTP/1 server does.
+    Http1,
+    /// HTTP/2 (prior knowledge) only: anything else gets the connection closed.
+    Http2,
 }
 
 /// Counters, shared with whoever started the server.
@@ -175,6 +189,7 @@ async fn accept_loop(
         let (faults, stats, fail_counter) = (faults.clone(), stats.clone(), fail_counter.clone());
         let workers = workers.clone();
         let mut stop = stop.clone();
+        let versions = faults.http;
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let (faults, stats, fail_counter, workers) =
@@ -182,7 +197,15 @@ async fn accept_loop(
                 serve_one(req, faults, stats, fail_counter, workers)
             });
             let builder = auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+            let io = TokioIo::new(stream);
+            // Only `serve_connection` keeps to one version (the upgradeable one ignores it).
+            let conn = async move {
+                match versions {
+                    HttpVersions::Both => builder.serve_connection_with_upgrades(io, svc).await,
+                    HttpVersions::Http1 => builder.http1_only().serve_connection(io, svc).await,
+                    HttpVersions::Http2 => builder.http2_only().serve_connection(io, svc).await,
+                }
+            };
             tokio::select! {
                 // The connection ended on its own.
                 _ = conn => {}

@@ -13,6 +13,7 @@ pub mod idle;
 pub mod listener;
 pub mod orig_dst;
 pub mod routes;
+pub mod speaks;
 pub mod tcp;
 pub mod upstream;
 

@@ -42,6 +42,8 @@ pub struct Endpoint {
     pub in_flight: AtomicUsize,
     /// Its health as the balancer sees it.
     pub health: super::health::Health,
+    /// The HTTP versions it speaks (declared by its port, or learned).
+    pub speaks: super::speaks::Speaks,
 }
 
 impl Endpoint {
@@ -51,6 +53,7 @@ impl Endpoint {
             clients: EndpointClients::new(addr, settings, limit),
             in_flight: AtomicUsize::new(0),
             health: Default::default(),
+            speaks: Default::default(),
         }
     }
 
@@ -105,6 +108,7 @@ impl Target {
     fn build(
         service: &ServiceKey,
         endpoints: &[SocketAddr],
+        app_protocol: Option<&str>,
         policy: Option<&AppliedPolicy>,
         direction: Direction,
         prev: Option<&Arc<Target>>,
@@ -137,6 +141,10 @@ impl Target {
                     .map_or_else(|| Arc::new(Endpoint::new(*a, pool, limit.clone())), |e| Arc::clone(e))
             })
             .collect();
+        let version = super::speaks::Speaks::declared_by(app_protocol);
+        for e in &endpoints {
+            e.speaks.declare(version);
+        }
         Arc::new(Self {
             service: service.clone(),
             policy: policy.cloned(),
@@ -220,6 +228,7 @@ impl ServiceRoute {
                 let target = Target::build(
                     key,
                     &endpoints,
+                    p.app_protocol.as_deref(),
                     p.policy.as_ref(),
                     Direction::Outbound,
                     prev_port.map(|q| &q.target).filter(same_policy),
@@ -249,7 +258,16 @@ fn pinned_targets(
                         && t.policy_name() == p.policy.as_ref().map_or("-", |a| a.name.as_str())
                 })
             });
-            Target::build(key, &[e.address], p.policy.as_ref(), Direction::Outbound, prev, metrics)
+            let app_protocol = p.app_protocol.as_deref();
+            Target::build(
+                key,
+                &[e.address],
+                app_protocol,
+                p.policy.as_ref(),
+                Direction::Outbound,
+                prev,
+                metrics,
+            )
         })
         .collect()
 }
@@ -402,6 +420,7 @@ impl Routes {
                     let target = Target::build(
                         &key,
                         &[endpoint],
+                        p.app_protocol.as_deref(),
                         p.policy.as_ref(),
                         Direction::Inbound,
                         prev_target,

@@ -114,9 +114,32 @@ pub async fn forward_once(
     let _in_flight = endpoint.start();
     let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     prepare_request(&mut req, upgrade.is_some());
-    let client =
-        if req.version() == Version::HTTP_2 { &endpoint.clients.http2 } else { &endpoint.clients.http1 };
-    let mut resp = client.request(req).await.map_err(|e| AttemptError::classify(endpoint.addr, e))?;
+    let wanted = req.version();
+    let version = endpoint.speaks.version_for(endpoint.addr, wanted, upgrade.is_some()).await;
+    translate(&mut req, version);
+    // Until HTTP/1.1 is known to work, keep what it takes to send a bodiless request again
+    // over HTTP/2 (see `speaks`).
+    let again = (version == Version::HTTP_11
+        && upgrade.is_none()
+        && endpoint.speaks.http1_unproven()
+        && hyper::body::Body::is_end_stream(req.body()))
+    .then(|| copy_bodiless(&req));
+    let mut resp = match send(endpoint, req, version).await {
+        Err(AttemptError::Protocol { addr, source }) if version == Version::HTTP_11 => {
+            let refused = endpoint.speaks.http1_refused(addr).await;
+            match again {
+                Some(mut again) if refused => {
+                    translate(&mut again, Version::HTTP_2);
+                    send(endpoint, again, Version::HTTP_2).await?
+                }
+                _ => return Err(AttemptError::Protocol { addr, source }),
+            }
+        }
+        sent => sent?,
+    };
+    // The caller's version, whatever the upstream's (hyper's HTTP/1 server would log each
+    // HTTP/2 response it has to coerce).
+    *resp.version_mut() = wanted;
     strip_hop_by_hop(resp.headers_mut(), upgrade.is_some());
     if let Some(downstream) = upgrade
         && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
@@ -135,6 +158,49 @@ pub async fn forward_once(
         });
     }
     Ok(resp)
+}
+
+/// Sends `req` over the endpoint's client of `version`, and remembers that the version works.
+async fn send(
+    endpoint: &Endpoint,
+    req: Request<ProxyBody>,
+    version: Version,
+) -> Result<Response<Incoming>, AttemptError> {
+    let client = if version == Version::HTTP_2 { &endpoint.clients.http2 } else { &endpoint.clients.http1 };
+    let resp = client.request(req).await.map_err(|e| AttemptError::classify(endpoint.addr, e))?;
+    endpoint.speaks.answered(version);
+    Ok(resp)
+}
+
+/// Makes `req` (absolute URI, hop-by-hop headers gone) a request of `version`. To HTTP/2:
+/// `:authority` comes from the URI, which carries the `Host` (RFC 9113 §8.3.1). To HTTP/1.1:
+/// hyper writes `Host` from the URI when there is none, and HTTP/2's cookie crumbs are joined
+/// into one line (§8.2.3).
+fn translate(req: &mut Request<ProxyBody>, version: Version) {
+    if req.version() == version {
+        return;
+    }
+    *req.version_mut() = version;
+    let headers = req.headers_mut();
+    if version == Version::HTTP_2 {
+        headers.remove(header::HOST);
+    } else if headers.get_all(header::COOKIE).iter().nth(1).is_some() {
+        let joined: Vec<&[u8]> = headers.get_all(header::COOKIE).iter().map(HeaderValue::as_bytes).collect();
+        if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+            headers.insert(header::COOKIE, v);
+        }
+    }
+}
+
+/// A bodiless request's copy, to send again (extensions are not copied: nothing downstream of
+/// here reads them).
+fn copy_bodiless(req: &Request<ProxyBody>) -> Request<ProxyBody> {
+    let mut copy = Request::new(super::body::empty());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
 }
 
 fn is_upgrade<B>(req: &Request<B>) -> bool {
