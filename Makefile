@@ -27,7 +27,7 @@ demo-cluster: deps k8s-bins otelcol images ## Breakwater on a real Kubernetes co
 build: ## Build every crate and binary
 	$(CARGO) build --workspace --all-targets
 
-test: deps haproxy k8s-bins otelcol images image-test-tools fmt-check clippy crds-check unit ## Everything CI runs: format check, clippy, generated-file check, all tests
+test: deps haproxy k8s-bins otelcol h2spec images image-test-tools fmt-check clippy crds-check unit ## Everything CI runs: format check, clippy, generated-file check, all tests
 
 unit:
 	$(CARGO) build --workspace --bins
@@ -98,10 +98,13 @@ push: images ## Copy the operator and sidecar images to a registry: make push RE
 
 # Tests against a real control plane (e2e/): etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler and helm, built from their Go modules once into $BREAKWATER_CACHE (~/.cache/breakwater).
-.PHONY: k8s-bins e2e otelcol
+.PHONY: k8s-bins e2e otelcol h2spec
 
 otelcol: ## Build the OpenTelemetry Collector for the trace end-to-end test (cached; needs go)
 	@bash e2e/gobuild/otelcol/build.sh
+
+h2spec: ## Build h2spec, the HTTP/2 conformance suite run against the sidecar (cached; needs go)
+	@bash e2e/gobuild/h2spec/build.sh
 
 k8s-bins: ## Build etcd, kube-apiserver, controller-manager, scheduler, kubectl and helm from Go modules (cached; needs go)
 	@bash e2e/gobuild/build.sh
