@@ -233,6 +233,11 @@ impl SidecarProcess {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Waits for the process to exit (after a signal) and returns how it exited.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.wait().expect("wait for the sidecar")
+    }
 }
 
 impl Drop for SidecarProcess {
