@@ -27,7 +27,7 @@ demo-cluster: deps k8s-bins otelcol images ## Breakwater on a real Kubernetes co
 build: ## Build every crate and binary
 	$(CARGO) build --workspace --all-targets
 
-test: deps haproxy k8s-bins otelcol h2spec images image-test-tools fmt-check clippy crds-check unit ## Everything CI runs: format check, clippy, generated-file check, all tests
+test: deps haproxy k8s-bins otelcol h2spec images image-test-tools fmt-check clippy crds-check unit fuzz-short ## Everything CI runs: format check, clippy, generated-file check, all tests, 20 s of fuzzing per target
 
 unit:
 	$(CARGO) build --workspace --bins
@@ -98,7 +98,21 @@ push: images ## Copy the operator and sidecar images to a registry: make push RE
 
 # Tests against a real control plane (e2e/): etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler and helm, built from their Go modules once into $BREAKWATER_CACHE (~/.cache/breakwater).
-.PHONY: k8s-bins e2e otelcol h2spec
+.PHONY: k8s-bins e2e otelcol h2spec fuzz fuzz-short fuzz-tools
+
+# Coverage-guided fuzzing (libFuzzer on stable Rust: fuzz/run.sh says why): the request front
+# (protocol detection, HTTP/1 and HTTP/2 heads, routing, the policy path) and the configuration
+# loaders (local file, snapshot wire). The first build takes about 5 minutes.
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS ?=
+fuzz-tools: ## Install the C++ compiler libFuzzer is built with (Debian's g++) if missing
+	$(call apt-ensure,g++:g++)
+
+fuzz: fuzz-tools ## Fuzz each target for FUZZ_SECONDS (600) from its corpus; FUZZ_TARGETS=request_front picks some
+	bash fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+fuzz-short: fuzz-tools
+	bash fuzz/run.sh 20
 
 otelcol: ## Build the OpenTelemetry Collector for the trace end-to-end test (cached; needs go)
 	@bash e2e/gobuild/otelcol/build.sh

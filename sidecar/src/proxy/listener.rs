@@ -3,14 +3,21 @@
 use std::{sync::Arc, time::Duration};
 
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::net::TcpListener;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpListener,
+};
 
 use super::{
     detect::{Declared, Protocol, detect},
     http::{self, ConnContext},
     orig_dst, tcp,
 };
-use crate::{config::Store, drain::Drain, metrics::Direction};
+use crate::{
+    config::{ProxyLimits, Store},
+    drain::{Drain, Signal},
+    metrics::Direction,
+};
 
 /// Accepts connections on `listener` until draining starts, then stops accepting (the
 /// listener is dropped). Each connection is detected and served in a task the drain tracks.
@@ -43,24 +50,37 @@ pub async fn serve(listener: TcpListener, direction: Direction, store: Arc<Store
         let guard = GaugeGuard::new(gauge.clone());
         drain.spawn(async move {
             let _guard = guard;
-            match declared {
-                // hyper tells HTTP/1 from the HTTP/2 preface itself, and refuses what is neither.
-                Some(Declared::Http) => return http::serve(stream, ctx, limits, conn_signal).await,
-                Some(Declared::Opaque) => return tcp::forward(stream, ctx, conn_signal).await,
-                None => {}
-            }
-            match detect(stream, limits.detect_timeout).await {
-                Ok((Protocol::Http1 | Protocol::Http2, io)) => {
-                    http::serve(io, ctx, limits, conn_signal).await
-                }
-                Ok((Protocol::Opaque, io)) => tcp::forward(io, ctx, conn_signal).await,
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "connection failed before a protocol was detected")
-                }
+            if let Err(e) = serve_connection(stream, ctx, limits, declared, conn_signal).await {
+                tracing::debug!(%peer, error = %e, "connection failed before a protocol was detected");
             }
         });
     }
     tracing::info!(?direction, "listener closed");
+}
+
+/// Serves one accepted connection until it ends: as its port declares (`declared`), else as
+/// its first bytes say (HTTP/1, HTTP/2, or opaque TCP). Fails only when the connection fails
+/// before its protocol is known. (Public for the fuzzer, which feeds it bytes in memory.)
+pub async fn serve_connection<I>(
+    stream: I,
+    ctx: ConnContext,
+    limits: ProxyLimits,
+    declared: Option<Declared>,
+    signal: Signal,
+) -> std::io::Result<()>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    match declared {
+        // hyper tells HTTP/1 from the HTTP/2 preface itself, and refuses what is neither.
+        Some(Declared::Http) => http::serve(stream, ctx, limits, signal).await,
+        Some(Declared::Opaque) => tcp::forward(stream, ctx, signal).await,
+        None => match detect(stream, limits.detect_timeout).await? {
+            (Protocol::Http1 | Protocol::Http2, io) => http::serve(io, ctx, limits, signal).await,
+            (Protocol::Opaque, io) => tcp::forward(io, ctx, signal).await,
+        },
+    }
+    Ok(())
 }
 
 struct GaugeGuard(Gauge);
