@@ -61,7 +61,11 @@ pub async fn serve(
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(route(endpoints, &state, req).await) }
+                async move {
+                    let head = req.method() == Method::HEAD;
+                    let resp = route(endpoints, &state, req).await;
+                    Ok::<_, Infallible>(if head { without_body(resp) } else { resp })
+                }
             });
             let conn = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             if let Err(e) = conn.serve_connection(TokioIo::new(stream), service).await {
@@ -69,6 +73,17 @@ pub async fn serve(
             }
         });
     }
+}
+
+/// The answer to HEAD: no body (RFC 9110 §9.3.2), the Content-Length GET would get. hyper's
+/// HTTP/1 server leaves the body out by itself, its HTTP/2 server does not.
+fn without_body(resp: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    let length = hyper::body::Body::size_hint(resp.body()).exact();
+    let (mut parts, _) = resp.into_parts();
+    if let Some(n) = length {
+        parts.headers.insert(header::CONTENT_LENGTH, n.into());
+    }
+    Response::from_parts(parts, Full::new(Bytes::new()))
 }
 
 fn text(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
@@ -136,5 +151,17 @@ async fn route(endpoints: Endpoints, state: &AdminState, req: Request<Incoming>)
         (Endpoints::Health, _) => text(StatusCode::NOT_FOUND, "text/plain", "try /live or /ready\n".into()),
         (Endpoints::Metrics, _) => text(StatusCode::NOT_FOUND, "text/plain", "try /metrics\n".into()),
         (Endpoints::Debug, _) => text(StatusCode::NOT_FOUND, "text/plain", "try /debug/snapshots\n".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_head_answer_has_no_body_and_the_length_get_would_have() {
+        let resp = without_body(text(StatusCode::OK, "text/plain", "live\n".into()));
+        assert_eq!(resp.headers()[header::CONTENT_LENGTH], "5");
+        assert!(hyper::body::Body::is_end_stream(resp.body()), "no body");
     }
 }

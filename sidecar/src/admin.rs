@@ -47,13 +47,28 @@ pub async fn serve(listener: TcpListener, state: AdminState, stop: impl std::fut
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&req, &state)) }
+                async move { Ok::<_, Infallible>(without_body_for_head(&req, route(&req, &state))) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
     }
+}
+
+/// A response to HEAD has no body (RFC 9110 §9.3.2); its Content-Length stays what GET would
+/// get. hyper's HTTP/1 server leaves the body out by itself, its HTTP/2 server does not (a body
+/// there, without END_STREAM on HEADERS, makes HTTP/2 clients reset the stream).
+fn without_body_for_head(req: &Request<Incoming>, resp: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    if req.method() != Method::HEAD {
+        return resp;
+    }
+    let length = hyper::body::Body::size_hint(resp.body()).exact();
+    let (mut parts, _) = resp.into_parts();
+    if let Some(n) = length {
+        parts.headers.insert(header::CONTENT_LENGTH, n.into());
+    }
+    Response::from_parts(parts, Full::new(Bytes::new()))
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {

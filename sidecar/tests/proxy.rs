@@ -407,11 +407,14 @@ async fn host_header_rules_of_rfc_9112() {
 async fn head_gets_no_body_from_the_sidecar_on_either_protocol() {
     let up = fault("p").await;
     let sc = start(&sidecar_yaml(&service("payments", &[up.addr()]), None, "")).await;
-    // The sidecar's own answer, the upstream's through the sidecar, the fault server's direct.
+    // The sidecar's own answer, the upstream's through the sidecar, the fault server's direct,
+    // the admin listener's (which speaks HTTP/2 too).
     for (to, url, status) in [
         (sc.outbound, "http://inventory/", 404),
         (sc.outbound, "http://payments/", 200),
         (up.addr(), "http://p/", 200),
+        (sc.admin, "http://admin/ready", 200),
+        (sc.admin, "http://admin/nothing-here", 404),
     ] {
         let stream = tokio::net::TcpStream::connect(to).await.expect("connect");
         let (client, conn) = h2::client::handshake(stream).await.expect("h2 handshake");
