@@ -102,8 +102,9 @@ async fn upstream(client: &Client, ns: &str) -> anyhow::Result<String> {
     let svc = Api::<Service>::namespaced(client.clone(), ns)
         .create(&PostParams::default(), &service("payments", &[("http", 80, json!("http"))])?)
         .await?;
-    // Ready, so the Service has an endpoint: a call before that is answered 502, which a Job
-    // with backoffLimit 0 does not survive.
+    // Ready, and listed as a ready endpoint of the Service (the EndpointSlice trails the pod's
+    // Ready condition; the operator compiles snapshots from the slices): a call before that is
+    // answered 502, which a Job with backoffLimit 0 does not survive.
     let pods = Api::<Pod>::namespaced(client.clone(), ns);
     wait::until_ok("payments to be Ready", TIMEOUT, || async {
         let p = pods.get("payments").await.map_err(|e| e.to_string())?;
@@ -114,6 +115,7 @@ async fn upstream(client: &Client, ns: &str) -> anyhow::Result<String> {
         if ready { Ok(()) } else { Err("not Ready".to_owned()) }
     })
     .await?;
+    breakwater_e2e::scenario::ready_endpoints(client, ns, "payments", 1, TIMEOUT).await?;
     Ok(svc.spec.and_then(|s| s.cluster_ip).unwrap_or_default())
 }
 
