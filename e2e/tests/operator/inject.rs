@@ -406,9 +406,13 @@ async fn a_jobs_pod_completes_with_the_native_sidecar() -> anyhow::Result<()> {
     let ns = labelled(cluster, "job").await?;
     injecting(&client, &ns).await?;
     let pods = Api::<Pod>::namespaced(client.clone(), &ns);
-    let cluster_ip = upstream(&client, &ns).await?;
+    upstream(&client, &ns).await?;
+    // The Job calls the upstream pod by its address: what this scenario is about is the native
+    // sidecar's lifecycle, and the Service's cluster IP (no policy: passed through to the
+    // harness's DNAT rules) was unreachable for seconds in some fresh-clone runs.
+    let upstream_ip = breakwater_e2e::operator::pod_ip(&pods.get("payments").await?)?;
 
-    // A Job calling the Service three times: its container exits, then the kubelet stops the
+    // A Job calling the upstream three times: its container exits, then the kubelet stops the
     // native sidecar, and the Job completes (a regular proxy container would keep it running).
     let job: k8s_openapi::api::batch::v1::Job = serde_json::from_value(json!({
         "metadata": {"name": "report"},
@@ -421,7 +425,7 @@ async fn a_jobs_pod_completes_with_the_native_sidecar() -> anyhow::Result<()> {
                     "containers": [{
                         "name": "app",
                         "image": "breakwater/e2e-client",
-                        "args": ["get", format!("http://{cluster_ip}/"), "3"],
+                        "args": ["get", format!("http://{upstream_ip}:8080/"), "3"],
                     }],
                 },
             },
