@@ -7,7 +7,7 @@
 
 mod support;
 
-use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf, process::Command, time::Duration};
+use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf, time::Duration};
 
 use breakwater_fault::{FaultServer, Faults};
 use support::*;
@@ -24,15 +24,7 @@ const EXCEPTIONS: &[(&str, &str, &str)] = &[(
 )];
 
 fn h2spec() -> PathBuf {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../e2e/gobuild/h2spec/build.sh");
-    let out = Command::new("bash").arg(&script).arg("path").output().expect("run the h2spec build script");
-    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    assert!(
-        path.is_file(),
-        "{} is missing: run `make h2spec` (builds h2spec from its Go module)",
-        path.display()
-    );
-    path
+    go_tool("h2spec", "h2spec", "builds h2spec from its Go module")
 }
 
 /// Runs h2spec (strict) against `host:port` and returns the ids (`http2/3.5/2`) of the failed

@@ -12,15 +12,7 @@ use serde_json::Value;
 use support::*;
 
 fn collector_binary() -> PathBuf {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../e2e/gobuild/otelcol/build.sh");
-    let out = Command::new("bash").arg(&script).arg("path").output().expect("run the otelcol build script");
-    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    assert!(
-        path.exists(),
-        "{} is missing: run `make otelcol` (builds the OpenTelemetry Collector from its Go modules)",
-        path.display()
-    );
-    path
+    go_tool("otelcol", "otelcol", "builds the OpenTelemetry Collector from its Go modules")
 }
 
 /// The collector process, killed on drop.

@@ -30,7 +30,7 @@ use std::{
 
 use rand::Rng;
 
-use super::routes::Endpoint;
+use super::endpoint::Endpoint;
 use crate::resilience::outcome::{Failure, GRPC_UNAVAILABLE};
 
 /// First and longest wait between connect probes of an ejected endpoint.

@@ -5,6 +5,7 @@ pub mod balance;
 pub mod body;
 pub mod client;
 pub mod detect;
+pub mod endpoint;
 pub mod error;
 mod forward;
 pub mod health;

@@ -9,7 +9,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, Version, 
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use super::{body::ProxyBody, error::Refusal, routes::Endpoint};
+use super::{body::ProxyBody, endpoint::Endpoint, error::Refusal};
 
 /// The request's authority: the URI's (absolute form, HTTP/2) or the `Host` header's.
 fn authority<B>(req: &Request<B>) -> Option<Authority> {

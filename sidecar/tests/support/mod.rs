@@ -44,6 +44,21 @@ pub fn policy(name: &str, service: &str, spec: &str) -> String {
     )
 }
 
+/// The path of a Go-built tool from `e2e/gobuild/<dir>/build.sh path` (cached outside the work
+/// tree); fails saying which `make` target builds it when it is missing.
+pub fn go_tool(dir: &str, make_target: &str, what: &str) -> std::path::PathBuf {
+    let script =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../e2e/gobuild/{dir}/build.sh"));
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg("path")
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
+    let path = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert!(path.is_file(), "{} is missing: run `make {make_target}` ({what})", path.display());
+    path
+}
+
 /// Starts a sidecar from YAML.
 pub async fn start(yaml: &str) -> Sidecar {
     Sidecar::start(yaml, None).await.unwrap_or_else(|e| panic!("sidecar failed to start: {e:#}\n{yaml}"))
