@@ -29,7 +29,7 @@ use tokio::{
     sync::{Mutex, watch},
 };
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use tower::BoxError;
 type ResBody = BoxBody<Bytes, BoxError>;
 
 /// Server-wide behaviour; each request may override it with query parameters.

@@ -8,10 +8,10 @@ use std::{
 };
 
 use breakwater_sidecar::{
-    config::Store,
     drain::Drain,
     metrics::{Direction, Metrics},
     proxy::{http::ConnContext, listener::serve_connection},
+    store::Store,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

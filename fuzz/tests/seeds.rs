@@ -25,7 +25,7 @@ fn configuration_seeds_are_valid_unless_named_invalid() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let _in = rt.enter();
     for (name, data) in seeds("config_file") {
-        let store = breakwater_sidecar::config::Store::new(
+        let store = breakwater_sidecar::store::Store::new(
             std::str::from_utf8(&data).expect("utf-8"),
             Arc::new(breakwater_sidecar::metrics::Metrics::new()),
         );
@@ -38,7 +38,7 @@ fn snapshot_seeds_apply() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let _in = rt.enter();
     for (name, data) in seeds("snapshot_wire") {
-        let store = breakwater_sidecar::config::Store::new(
+        let store = breakwater_sidecar::store::Store::new(
             "apiVersion: breakwater.dev/v1alpha1\nkind: SidecarConfig\ninbound: {app: 127.0.0.1:9}\n",
             Arc::new(breakwater_sidecar::metrics::Metrics::new()),
         )

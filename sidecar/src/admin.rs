@@ -18,7 +18,7 @@ use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
-use crate::{config::Store, drain::Drain};
+use crate::{drain::Drain, store::Store};
 
 /// What the admin endpoints read.
 #[derive(Debug, Clone)]

@@ -13,8 +13,9 @@ pub mod config;
 pub mod drain;
 pub mod init;
 pub mod metrics;
+pub mod observe;
 pub mod proxy;
-pub mod resilience;
+pub mod store;
 pub mod telemetry;
 
 use std::{
@@ -30,7 +31,7 @@ use std::{
 use anyhow::Context as _;
 use tokio::{net::TcpListener, sync::oneshot};
 
-use crate::{config::Store, drain::Drain, metrics::Direction};
+use crate::{drain::Drain, metrics::Direction, store::Store};
 
 /// A running sidecar.
 #[derive(Debug)]
@@ -64,7 +65,7 @@ impl Sidecar {
     /// snapshot on disk when there is one; `/ready` answers 200 once a snapshot is applied.
     pub async fn start_cluster(
         settings_text: &str,
-        control_plane: config::stream::ControlPlane,
+        control_plane: store::stream::ControlPlane,
     ) -> anyhow::Result<Self> {
         Self::start_with(settings_text, None, Some(control_plane)).await
     }
@@ -72,7 +73,7 @@ impl Sidecar {
     async fn start_with(
         config_text: &str,
         watch: Option<PathBuf>,
-        control_plane: Option<config::stream::ControlPlane>,
+        control_plane: Option<store::stream::ControlPlane>,
     ) -> anyhow::Result<Self> {
         let metrics = Arc::new(metrics::Metrics::new());
         let store = Arc::new(
@@ -117,7 +118,7 @@ impl Sidecar {
         if let Some(path) = watch {
             let (store, signal) = (store.clone(), drain.signal());
             tokio::spawn(async move {
-                if let Err(e) = config::watch_file(path, store, signal).await {
+                if let Err(e) = store::watch_file(path, store, signal).await {
                     tracing::error!(error = %e, "cannot watch the configuration file; reload with SIGHUP only");
                 }
             });
@@ -125,10 +126,10 @@ impl Sidecar {
         match control_plane {
             None => ready.store(true, Ordering::Release),
             Some(cp) => {
-                if cp.snapshot_dir.as_deref().is_some_and(|dir| config::stream::load_from_disk(&store, dir)) {
+                if cp.snapshot_dir.as_deref().is_some_and(|dir| store::stream::load_from_disk(&store, dir)) {
                     ready.store(true, Ordering::Release);
                 }
-                tokio::spawn(config::stream::follow(cp, store.clone(), ready.clone(), drain.signal()));
+                tokio::spawn(store::stream::follow(cp, store.clone(), ready.clone(), drain.signal()));
             }
         }
         if ready.load(Ordering::Acquire) {

@@ -191,9 +191,11 @@ fn init_tracing(log: Option<&str>, format: LogFormat, tracer: Option<opentelemet
     match tracer {
         Some(t) => registry
             .with(
-                tracing_opentelemetry::layer()
-                    .with_tracer(t)
-                    .with_filter(Targets::new().with_target("breakwater_sidecar", tracing::Level::DEBUG)),
+                tracing_opentelemetry::layer().with_tracer(t).with_filter(
+                    Targets::new()
+                        .with_target("breakwater_sidecar", tracing::Level::DEBUG)
+                        .with_target("breakwater_resilience", tracing::Level::DEBUG),
+                ),
             )
             .init(),
         None => registry.init(),
@@ -284,7 +286,7 @@ fn run(
             if url.scheme_str() != Some("https") {
                 anyhow::bail!("--control-plane must be an https:// URL, got {url}");
             }
-            Some(breakwater_sidecar::config::stream::ControlPlane {
+            Some(breakwater_sidecar::store::stream::ControlPlane {
                 url: url.clone(),
                 ca: cluster.control_plane_ca.clone(),
                 token: cluster.token_file.clone(),

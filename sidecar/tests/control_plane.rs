@@ -20,7 +20,7 @@ use std::{
 
 use breakwater_crds::snapshot::stream::{Ack, Frames, frame};
 use breakwater_fault::{FaultServer, Faults};
-use breakwater_sidecar::config::stream::ControlPlane;
+use breakwater_sidecar::store::stream::ControlPlane;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, channel::Channel, combinators::BoxBody};

@@ -1,15 +1,12 @@
-//! Configuration: a local file (or, later, the operator's stream) compiled into one current
-//! [`Config`] — the sidecar's own settings plus the [`breakwater_crds::snapshot::Snapshot`] it
-//! enforces — published through [`Store`] for lock-free reads on the request path.
+//! Configuration: a local file, or the operator's snapshot, compiled into one [`Config`] — the
+//! sidecar's own settings plus the [`breakwater_crds::snapshot::Snapshot`] it enforces — and each
+//! policy compiled into the settings its target runs with ([`policy::Policy`]). Publishing the
+//! current one, and following its sources, is `crate::store`'s job.
 
 mod compile;
 pub mod model;
-mod store;
-pub mod stream;
-mod watch;
+pub mod policy;
 
-pub use self::{
-    compile::{Checked, Config, ConfigError, ListenerAddrs, ProxyLimits, ServiceKey, check, compile},
-    store::{Published, Source, Store},
-    watch::watch_file,
+pub use self::compile::{
+    Checked, Config, ConfigError, ListenerAddrs, ProxyLimits, ServiceKey, check, compile,
 };

@@ -31,7 +31,7 @@ use std::{
 use rand::Rng;
 
 use super::endpoint::Endpoint;
-use crate::resilience::outcome::{Failure, GRPC_UNAVAILABLE};
+use breakwater_resilience::outcome::{Failure, GRPC_UNAVAILABLE};
 
 /// First and longest wait between connect probes of an ejected endpoint.
 const PROBE_FIRST: Duration = Duration::from_millis(500);

@@ -37,14 +37,17 @@ use super::{
 };
 use tracing::Instrument as _;
 
-use crate::resilience::{
+use super::state::Breakers;
+use crate::telemetry::spans;
+use breakwater_resilience::{
+    Deadline, Decision, Enforcement, Observer as _,
     breaker::{CircuitBreakerLayer, CircuitOpen},
     bulkhead::{AttachPermit, BulkheadFull, BulkheadLayer, Permit},
+    cause,
     outcome::{Failure, Outcome},
     retry::{RetryPolicy, RetryRequest, RetryResponse},
     timeout::{Elapsed, TimeoutLayer, attempt_deadline},
 };
-use crate::telemetry::spans;
 
 /// Set on a retried request: how many sidecars along the call chain retried it.
 pub const RETRY_DEPTH_HEADER: &str = "breakwater-retry-depth";
@@ -186,14 +189,7 @@ fn all_open() -> BoxError {
 }
 
 fn is_caused_by<E: std::error::Error + 'static>(e: &BoxError) -> Option<&E> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
-    while let Some(err) = cur {
-        if let Some(found) = err.downcast_ref::<E>() {
-            return Some(found);
-        }
-        cur = err.source();
-    }
-    None
+    cause::<E>(e.as_ref())
 }
 
 /// How a failed attempt looks to the retry policy.
@@ -221,14 +217,7 @@ fn classify_error(e: &BoxError) -> Outcome {
 /// Whether the upstream refused an HTTP/2 stream without processing it (REFUSED_STREAM), which
 /// makes a retry safe for any method.
 fn refused_stream(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(err) = cur {
-        if let Some(h2) = err.downcast_ref::<h2::Error>() {
-            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
-        }
-        cur = err.source();
-    }
-    false
+    cause::<h2::Error>(e).is_some_and(|h2| h2.reason() == Some(h2::Reason::REFUSED_STREAM))
 }
 
 /// Forwards `req` to `target` and returns the response, or Breakwater's own answer saying why
@@ -240,19 +229,17 @@ pub async fn call(
     fault: ClientFault,
 ) -> Response<ProxyBody> {
     let res = &target.resilience;
-    let deadline = target.request_timeout.map(|d| Instant::now() + d);
+    let deadline = target.settings.request_timeout.map(|d| Instant::now() + d);
     let (parts, body) = req.into_parts();
 
     let retry = res.retry.as_ref().filter(|(s, _)| s.attempts > 1);
-    let retries = target.effective().and_then(|e| e.retries.as_ref());
+    let retries = target.settings.retry.as_ref();
     // Keep the body for replay only when a retry may need it.
     let (replay, stream) = match (retry, retries) {
-        (Some(_), Some(r)) => {
-            match super::body::buffer(body, r.max_replay_body_bytes as usize, BUFFER_IDLE).await {
-                Buffered::Whole(frames) => (Some(Arc::new(frames)), None),
-                Buffered::Partial(head, rest) => (None, Some(Chain::wrap(head, Some(rest)))),
-            }
-        }
+        (Some(_), Some(r)) => match super::body::buffer(body, r.max_replay_body_bytes, BUFFER_IDLE).await {
+            Buffered::Whole(frames) => (Some(Arc::new(frames)), None),
+            Buffered::Partial(head, rest) => (None, Some(Chain::wrap(head, Some(rest)))),
+        },
         _ => (None, Some(body)),
     };
     if let Some(reason) = fault.reason() {
@@ -260,10 +247,8 @@ pub async fn call(
         target.metrics.client_error(reason);
         return Refusal::BadRequest.response(grpc, &format!("the request body failed: {reason}"));
     }
-    let idempotent = retries.is_some_and(|r| {
-        r.is_retryable_method(parts.method.as_str())
-            || (r.honor_idempotency_key && parts.headers.contains_key(IDEMPOTENCY_KEY))
-    });
+    let idempotent = retries
+        .is_some_and(|r| r.idempotent(parts.method.as_str(), parts.headers.contains_key(IDEMPOTENCY_KEY)));
     let depth = parts
         .headers
         .get(RETRY_DEPTH_HEADER)
@@ -289,15 +274,14 @@ pub async fn call(
 
     let attempt = AttemptService { target: target.clone() };
     let observer = res.observer.clone();
-    let enforce = res.enforce;
+    let enforcement = res.enforcement;
     let breaker_layer = match &res.breakers {
-        Some(crate::resilience::Breakers::Service(b)) => Some(
+        Some(Breakers::Service(b)) => Some(
             target
                 .service_breaker
                 .0
                 .get_or_init(|| {
-                    let fail_on = res.fail_on.clone();
-                    let would = observer.clone();
+                    let fail_on = res.fail_on;
                     CircuitBreakerLayer::<HttpResponse>::new(
                         b.clone(),
                         Arc::new(move |r: &Result<HttpResponse, BoxError>| {
@@ -306,10 +290,10 @@ pub async fn call(
                                 Err(e) if is_client_fault(e) => return None,
                                 Err(e) => classify_error(e),
                             };
-                            Some(outcome.failure.is_some_and(|f| f.counts_for_breaker(&fail_on)))
+                            Some(outcome.failure.is_some_and(|f| f.counts_for_breaker(fail_on)))
                         }),
-                        enforce,
-                        Arc::new(move || would.metrics.dryrun("circuit-open")),
+                        enforcement,
+                        observer.clone(),
                     )
                 })
                 .clone(),
@@ -317,17 +301,23 @@ pub async fn call(
         _ => None,
     };
     let bulkhead_layer =
-        res.bulkhead.as_ref().map(|b| BulkheadLayer::new(b.clone(), enforce, observer.clone()));
+        res.bulkhead.as_ref().map(|b| BulkheadLayer::new(b.clone(), enforcement, observer.clone()));
     let inner =
         ServiceBuilder::new().option_layer(breaker_layer).option_layer(bulkhead_layer).service(attempt);
 
     // No layer at all without a deadline (its future would still be boxed).
-    let timeout = target.request_timeout.map(|t| TimeoutLayer::new(Some(t), enforce, observer.clone()));
+    let timeout =
+        target.settings.request_timeout.map(|t| TimeoutLayer::new(Some(t), enforcement, observer.clone()));
     let result = match retry {
         Some((settings, budget)) => {
-            let o: Arc<dyn crate::resilience::retry::RetryObserver> = observer.clone();
-            let policy =
-                RetryPolicy::for_call(settings.clone(), budget.clone(), o, classify_error, enforce, deadline);
+            let policy = RetryPolicy::for_call(
+                settings.clone(),
+                budget.clone(),
+                observer.clone(),
+                classify_error,
+                enforcement,
+                deadline,
+            );
             let svc = ServiceBuilder::new()
                 .option_layer(timeout)
                 .layer(tower::retry::RetryLayer::new(policy))
@@ -452,28 +442,29 @@ async fn attempt(target: &Arc<Target>, req: HttpRequest) -> Result<HttpResponse,
 
     // Enforced per-endpoint breakers do the outlier work as configured; otherwise the
     // balancer's own failure accrual does (see `balance`).
-    let failure_aware =
-        !(res.enforce && matches!(res.breakers, Some(crate::resilience::Breakers::Endpoint(_))));
+    let failure_aware = !res.endpoint_breakers_enforced();
     // Prefer an endpoint this call has not tried whose breaker admits; else one already tried
     // (a retry to the same pod beats no retry); else every breaker is open.
-    let choice = if res.enforce {
-        let c = balance::pick(&target.endpoints, failure_aware, |i| not_tried(i) && breaker_ok(i))
-            .or_else(|| balance::pick(&target.endpoints, failure_aware, breaker_ok));
-        if c.is_none() && !target.endpoints.is_empty() {
-            tracing::debug!(service = %target.service, "circuit breaker rejected the call: every endpoint is open");
-            return Err(all_open());
+    let choice = match res.enforcement {
+        Enforcement::Enforce => {
+            let c = balance::pick(&target.endpoints, failure_aware, |i| not_tried(i) && breaker_ok(i))
+                .or_else(|| balance::pick(&target.endpoints, failure_aware, breaker_ok));
+            if c.is_none() && !target.endpoints.is_empty() {
+                res.observer.decided(Decision::CircuitOpen, Enforcement::Enforce);
+                return Err(all_open());
+            }
+            c
         }
-        c
-    } else {
         // DryRun: breakers must not change where calls go.
-        let c = balance::pick(&target.endpoints, failure_aware, not_tried);
-        if let Some((i, _)) = c
-            && !breaker_ok(i)
-        {
-            res.observer.metrics.dryrun("circuit-open");
-            tracing::debug!(service = %target.service, endpoint = %target.endpoints[i].addr, "dry run: circuit breaker would have rejected the call");
+        Enforcement::DryRun => {
+            let c = balance::pick(&target.endpoints, failure_aware, not_tried);
+            if let Some((i, _)) = c
+                && !breaker_ok(i)
+            {
+                res.observer.decided(Decision::CircuitOpen, Enforcement::DryRun);
+            }
+            c
         }
-        c
     };
     let Some((index, endpoint)) = choice else {
         return Err(AttemptError::NoEndpoints.into());
@@ -484,8 +475,8 @@ async fn attempt(target: &Arc<Target>, req: HttpRequest) -> Result<HttpResponse,
     }
     spans::record_endpoint(&tracing::Span::current(), endpoint.addr);
     let permit = match res.endpoint_breaker(index) {
-        Some(b) if res.enforce => Some(b.try_admit().map_err(|e| {
-            tracing::debug!(service = %target.service, endpoint = %endpoint.addr, "circuit breaker rejected the call");
+        Some(b) if res.enforcement.enforced() => Some(b.try_admit().map_err(|e| {
+            res.observer.decided(Decision::CircuitOpen, Enforcement::Enforce);
             BoxError::from(e)
         })?),
         Some(b) => Some(b.admit_anyway()),
@@ -493,7 +484,7 @@ async fn attempt(target: &Arc<Target>, req: HttpRequest) -> Result<HttpResponse,
     };
 
     let attempts = res.retry.as_ref().map_or(1, |(s, _)| s.attempts);
-    let per_try = target.per_try_timeout;
+    let per_try = target.settings.per_try_timeout;
     let this_attempt = req.attempt;
     let until = attempt_deadline(Instant::now(), per_try, req.deadline, this_attempt, attempts)
         // The whole-call deadline is enforced by the Timeout layer; here only perTry matters.
@@ -517,12 +508,15 @@ async fn attempt(target: &Arc<Target>, req: HttpRequest) -> Result<HttpResponse,
         let resp = resp.map(|b| b.map_err(BoxError::from).boxed_unsync());
         Ok::<_, BoxError>(if inspect_trailers { read_grpc_trailers(resp).await } else { resp })
     };
+    let timed_out = |limit: Duration| {
+        let decision = Decision::TimedOut { deadline: Deadline::PerTry, limit };
+        res.observer.decided(decision, res.enforcement);
+    };
     let result = match until {
-        Some(until) if res.enforce => match tokio::time::timeout_at(until, send).await {
+        Some(until) if res.enforcement.enforced() => match tokio::time::timeout_at(until, send).await {
             Ok(r) => r,
             Err(_) => {
-                target.metrics.timeout("per_try");
-                tracing::debug!(service = %target.service, attempt = this_attempt, "per-try timeout fired");
+                timed_out(per_try.unwrap_or_default());
                 Err(PerTryElapsed { attempt: this_attempt }.into())
             }
         },
@@ -531,8 +525,7 @@ async fn attempt(target: &Arc<Target>, req: HttpRequest) -> Result<HttpResponse,
             tokio::select! {
                 r = &mut send => r,
                 _ = tokio::time::sleep_until(until) => {
-                    target.metrics.dryrun("per-try-timeout");
-                    tracing::debug!(service = %target.service, attempt = this_attempt, "dry run: per-try timeout would have fired");
+                    timed_out(per_try.unwrap_or_default());
                     send.await
                 }
             }
@@ -564,7 +557,7 @@ async fn attempt(target: &Arc<Target>, req: HttpRequest) -> Result<HttpResponse,
         endpoint.health.record(balance::is_endpoint_failure(outcome.failure));
     }
     if let Some(p) = permit {
-        p.record(outcome.failure.is_some_and(|f| f.counts_for_breaker(&res.fail_on)));
+        p.record(outcome.failure.is_some_and(|f| f.counts_for_breaker(res.fail_on)));
     }
     result.map(|inner| HttpResponse { inner, outcome })
 }

@@ -22,9 +22,10 @@ use super::{
     upstream::{absolute_uri, forward_once},
 };
 use crate::{
-    config::{ProxyLimits, Store},
+    config::ProxyLimits,
     drain::Signal,
     metrics::Direction,
+    store::Store,
     telemetry::{self, spans},
 };
 use tracing::Instrument as _;
@@ -266,8 +267,7 @@ fn request_span(
         Ok(Dest::Target(t, _)) => (
             t.service.to_string(),
             t.policy_name().to_owned(),
-            t.effective()
-                .map_or("-", |e| if e.mode == breakwater_crds::Mode::DryRun { "DryRun" } else { "Enforce" }),
+            t.policy.as_ref().map_or("-", |_| t.settings.enforcement.as_str()),
         ),
         Ok(Dest::Passthrough(addr)) => (addr.to_string(), "-".to_owned(), "-"),
         Err(_) => ("-".to_owned(), "-".to_owned(), "-"),

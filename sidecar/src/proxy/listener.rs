@@ -14,9 +14,10 @@ use super::{
     orig_dst, tcp,
 };
 use crate::{
-    config::{ProxyLimits, Store},
+    config::ProxyLimits,
     drain::{Drain, Signal},
     metrics::Direction,
+    store::Store,
 };
 
 /// Accepts connections on `listener` until draining starts, then stops accepting (the

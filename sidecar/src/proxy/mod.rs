@@ -15,6 +15,7 @@ pub mod listener;
 pub mod orig_dst;
 pub mod routes;
 pub mod speaks;
+pub mod state;
 pub mod tcp;
 pub mod upstream;
 

@@ -2,7 +2,7 @@
 //! destination or by authority, and the runtime state of each target (endpoint pools, load,
 //! and — for policies — breakers, budgets and bulkheads).
 //!
-//! A table is immutable once built and published whole (see `config::Store`). Building a new
+//! A table is immutable once built and published whole (see `store::Store`). Building a new
 //! one reuses the previous table's runtime state wherever the settings it depends on did not
 //! change, so a reload neither drops warm connection pools nor resets circuit breakers.
 
@@ -10,19 +10,14 @@ use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
     sync::Arc,
-    time::Duration,
 };
 
-use breakwater_crds::{
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, EffectivePolicy, Mode,
-    snapshot::{AppliedPolicy, PortSnapshot, ServiceSnapshot},
-};
+use breakwater_crds::snapshot::{AppliedPolicy, PortSnapshot, ServiceSnapshot};
 
-use super::{client::PoolSettings, detect::Declared, endpoint::Endpoint};
+use super::{client::PoolSettings, detect::Declared, endpoint::Endpoint, state::Resilience};
 use crate::{
-    config::{Config, ProxyLimits, ServiceKey},
+    config::{Config, ProxyLimits, ServiceKey, policy::Policy},
     metrics::{Direction, Metrics, ServiceMetrics},
-    resilience::Resilience,
 };
 
 /// A Service under one policy (or none): where calls go and how they are governed.
@@ -30,16 +25,14 @@ use crate::{
 pub struct Target {
     /// The Service.
     pub service: ServiceKey,
-    /// The policy in force, if any.
+    /// The policy in force, if any (its name and generation).
     pub policy: Option<AppliedPolicy>,
+    /// The policy as compiled for this target's direction.
+    pub settings: Policy,
     /// Its endpoints.
     pub endpoints: Vec<Arc<Endpoint>>,
     /// Pool settings (from the policy's timeouts, or defaults).
     pub pool: PoolSettings,
-    /// Whole-call deadline.
-    pub request_timeout: Option<Duration>,
-    /// Per-attempt deadline.
-    pub per_try_timeout: Option<Duration>,
     /// Metric handles.
     pub metrics: ServiceMetrics,
     /// Retries, breakers, bulkheads.
@@ -59,14 +52,12 @@ impl Target {
         prev: Option<&Arc<Target>>,
         metrics: &Arc<Metrics>,
     ) -> Arc<Self> {
-        let effective = policy.map(|p| &p.effective);
-        let pool = PoolSettings {
-            connect_timeout: effective.map_or(DEFAULT_CONNECT_TIMEOUT, |e| e.timeouts.connect),
-            idle_timeout: effective.map_or(DEFAULT_IDLE_TIMEOUT, |e| e.timeouts.idle),
-        };
+        let settings = Policy::compile(policy.map(|p| &p.effective), direction);
+        let pool =
+            PoolSettings { connect_timeout: settings.connect_timeout, idle_timeout: settings.idle_timeout };
         let service_metrics = metrics.service(&service.to_string(), direction);
         let resilience =
-            Resilience::build(effective, direction, endpoints, prev.map(|p| &p.resilience), &service_metrics);
+            Resilience::build(&settings, endpoints, prev.map(|p| &p.resilience), &service_metrics);
         let limit = resilience.connections.as_ref().map(|c| c.permits.clone());
         let same_limit = |p: &Target| match (&p.resilience.connections, &resilience.connections) {
             (None, None) => true,
@@ -93,24 +84,13 @@ impl Target {
         Arc::new(Self {
             service: service.clone(),
             policy: policy.cloned(),
+            settings,
             endpoints,
             pool,
-            request_timeout: effective.and_then(|e| e.timeouts.request),
-            per_try_timeout: effective.and_then(|e| e.timeouts.per_try),
             metrics: service_metrics,
             resilience,
             service_breaker: Default::default(),
         })
-    }
-
-    /// The policy's effective settings, if a policy is in force.
-    pub fn effective(&self) -> Option<&EffectivePolicy> {
-        self.policy.as_ref().map(|p| &p.effective)
-    }
-
-    /// Whether the policy is in DryRun (decisions reported, not enforced).
-    pub fn dry_run(&self) -> bool {
-        self.effective().is_some_and(|e| e.mode == Mode::DryRun)
     }
 
     /// `namespace/name` of the policy, or `-`.
@@ -283,8 +263,9 @@ impl Passthrough {
         if let Some(e) = self.endpoints.load().get(&addr) {
             return e.clone();
         }
+        let none = Policy::default();
         let settings =
-            PoolSettings { connect_timeout: DEFAULT_CONNECT_TIMEOUT, idle_timeout: DEFAULT_IDLE_TIMEOUT };
+            PoolSettings { connect_timeout: none.connect_timeout, idle_timeout: none.idle_timeout };
         let fresh = Arc::new(Endpoint::new(addr, settings, None));
         if self.endpoints.load().len() >= 1024 {
             return fresh;
@@ -438,7 +419,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let effective = EffectivePolicy::resolve(&spec).expect("valid");
+        let effective = breakwater_crds::EffectivePolicy::resolve(&spec).expect("valid");
         AppliedPolicy { name: name.into(), generation: Some(1), effective }
     }
 

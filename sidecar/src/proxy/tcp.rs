@@ -5,14 +5,17 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use breakwater_crds::{DEFAULT_CONNECT_TIMEOUT, FailureCondition};
+use breakwater_crds::DEFAULT_CONNECT_TIMEOUT;
+use breakwater_resilience::{
+    Decision, Enforcement, Observer as _, bulkhead::BulkheadFull, outcome::Condition,
+};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpStream,
     sync::OwnedSemaphorePermit,
 };
 
-use super::{balance, http::ConnContext, routes::Target};
+use super::{balance, http::ConnContext, routes::Target, state::Breakers};
 use crate::{drain::Signal, metrics::Direction};
 
 /// Forwards the opaque stream `io` until either side closes (or draining ends the process).
@@ -72,12 +75,12 @@ async fn connect_target(
     let slot = match &res.connections {
         Some(limit) => match limit.permits.clone().try_acquire_owned() {
             Ok(p) => Some(p),
-            Err(_) if res.enforce => {
-                target.metrics.bulkhead_rejected();
-                return Err(format!("{}: maxConnections ({}) reached", target.service, limit.max));
-            }
             Err(_) => {
-                target.metrics.dryrun("bulkhead-full");
+                let full = BulkheadFull::QueueFull(limit.max as usize);
+                res.observer.decided(Decision::BulkheadFull(full), res.enforcement);
+                if res.enforcement.enforced() {
+                    return Err(format!("{}: maxConnections ({}) reached", target.service, limit.max));
+                }
                 None
             }
         },
@@ -85,18 +88,16 @@ async fn connect_target(
     };
     // As for HTTP: enforced per-endpoint breakers, or else the balancer's ejection of
     // endpoints that refuse connections.
-    let failure_aware =
-        !(res.enforce && matches!(res.breakers, Some(crate::resilience::Breakers::Endpoint(_))));
+    let failure_aware = !res.endpoint_breakers_enforced();
     let (index, addr) = match fixed {
         Some(a) => (None, a),
         None => {
             let open = |i: usize| res.endpoint_breaker(i).is_none_or(|b| b.would_admit());
             let choice = balance::pick(&target.endpoints, failure_aware, open).or_else(|| {
-                if res.enforce {
-                    None
-                } else {
-                    target.metrics.dryrun("circuit-open");
-                    balance::pick(&target.endpoints, failure_aware, |_| true)
+                res.observer.decided(Decision::CircuitOpen, res.enforcement);
+                match res.enforcement {
+                    Enforcement::Enforce => None,
+                    Enforcement::DryRun => balance::pick(&target.endpoints, failure_aware, |_| true),
                 }
             });
             let Some((i, e)) = choice else {
@@ -109,17 +110,21 @@ async fn connect_target(
         }
     };
     let breaker = index.and_then(|i| res.endpoint_breaker(i)).or(match &res.breakers {
-        Some(crate::resilience::Breakers::Service(b)) => Some(b),
+        Some(Breakers::Service(b)) => Some(b),
         _ => None,
     });
     let permit = match breaker {
-        Some(b) if res.enforce => Some(b.try_admit().map_err(|e| format!("{}: {e}", target.service))?),
+        Some(b) if res.enforcement.enforced() => Some(b.try_admit().map_err(|e| {
+            res.observer.decided(Decision::CircuitOpen, res.enforcement);
+            format!("{}: {e}", target.service)
+        })?),
+        // DryRun: what an open breaker would do was reported when the endpoint was picked.
         Some(b) => Some(b.admit_anyway()),
         None => None,
     };
     let result = connect(addr, target.pool.connect_timeout).await;
     if let Some(p) = permit {
-        p.record(result.is_err() && res.fail_on.contains(&FailureCondition::ConnectFailure));
+        p.record(result.is_err() && res.fail_on.contains(Condition::ConnectFailure));
     }
     match result {
         Ok(s) => Ok((s, slot)),

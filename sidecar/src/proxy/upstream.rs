@@ -5,6 +5,7 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
+use breakwater_resilience::cause;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, Version, header, uri::Authority};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -82,24 +83,16 @@ impl AttemptError {
     }
 
     fn classify(addr: SocketAddr, e: hyper_util::client::legacy::Error) -> Self {
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            if s.downcast_ref::<super::client::ConnectionLimitReached>().is_some() {
-                return Self::ConnectionLimit { addr };
-            }
-            source = s.source();
+        if cause::<super::client::ConnectionLimitReached>(&e).is_some() {
+            return Self::ConnectionLimit { addr };
         }
         if e.is_connect() {
             return Self::Connect { addr, source: e };
         }
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            if let Some(h) = s.downcast_ref::<hyper::Error>()
-                && (h.is_parse() || h.is_parse_status() || h.is_parse_too_large())
-            {
-                return Self::Protocol { addr, source: e };
-            }
-            source = s.source();
+        if cause::<hyper::Error>(&e)
+            .is_some_and(|h| h.is_parse() || h.is_parse_status() || h.is_parse_too_large())
+        {
+            return Self::Protocol { addr, source: e };
         }
         Self::Reset { addr, source: e }
     }

@@ -40,7 +40,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use breakwater_crds::{CommunicationPolicy, snapshot::stream::TOKEN_AUDIENCE};
 use breakwater_e2e::{TestCluster, operator::metric};
-use breakwater_sidecar::config::{Store, stream::ControlPlane};
+use breakwater_sidecar::store::{Store, stream::ControlPlane};
 use clap::Parser;
 use k8s_openapi::{
     api::{
@@ -284,7 +284,7 @@ async fn run(args: &Args) -> anyhow::Result<Results> {
                 server_name: Some(SERVER_NAME.into()),
                 timeout: Duration::from_secs(30),
             };
-            tokio::spawn(breakwater_sidecar::config::stream::follow(
+            tokio::spawn(breakwater_sidecar::store::stream::follow(
                 cp,
                 store.clone(),
                 Arc::new(AtomicBool::new(false)),

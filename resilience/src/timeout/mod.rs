@@ -6,8 +6,8 @@
 //! that the last attempt always gets everything that remains (cutting it early would only turn
 //! a slow success into a certain failure).
 //!
-//! In DryRun the deadline is *observed*: when it passes, [`TimeoutObserver::would_time_out`]
-//! is told and the call goes on.
+//! In DryRun the deadline is *observed*: when it passes, the observer is told and the call
+//! goes on.
 
 use std::{
     future::Future,
@@ -20,18 +20,12 @@ use std::{
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::{BoxError, Deadline, Decision, Enforcement, Observer};
 
 /// A deadline passed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("deadline of {0:?} passed")]
 pub struct Elapsed(pub Duration);
-
-/// Told when a deadline passes.
-pub trait TimeoutObserver: Send + Sync {
-    /// A deadline passed; `enforced` is false in DryRun (the call goes on).
-    fn timed_out(&self, limit: Duration, enforced: bool);
-}
 
 /// The deadline for attempt `attempt` (1-based) of at most `attempts`, for a call whose whole
 /// deadline is `call_deadline`.
@@ -54,14 +48,14 @@ pub fn attempt_deadline(
 #[derive(Clone)]
 pub struct TimeoutLayer {
     limit: Option<Duration>,
-    enforce: bool,
-    observer: Arc<dyn TimeoutObserver>,
+    enforcement: Enforcement,
+    observer: Arc<dyn Observer>,
 }
 
 impl TimeoutLayer {
-    /// `None` means no deadline. With `enforce` false (DryRun) the deadline is only reported.
-    pub fn new(limit: Option<Duration>, enforce: bool, observer: Arc<dyn TimeoutObserver>) -> Self {
-        Self { limit, enforce, observer }
+    /// `None` means no deadline. In DryRun the deadline is only reported.
+    pub fn new(limit: Option<Duration>, enforcement: Enforcement, observer: Arc<dyn Observer>) -> Self {
+        Self { limit, enforcement, observer }
     }
 }
 
@@ -136,8 +130,9 @@ where
             // The deadline passed first.
             *this.fired = true;
             let limit = this.layer.limit.unwrap_or_default();
-            this.layer.observer.timed_out(limit, this.layer.enforce);
-            if this.layer.enforce {
+            let decision = Decision::TimedOut { deadline: Deadline::Request, limit };
+            this.layer.observer.decided(decision, this.layer.enforcement);
+            if this.layer.enforcement.enforced() {
                 return Poll::Ready(Err(Elapsed(limit).into()));
             }
         }
@@ -157,9 +152,11 @@ mod tests {
     #[derive(Default)]
     struct Count(AtomicUsize);
 
-    impl TimeoutObserver for Count {
-        fn timed_out(&self, _: Duration, _: bool) {
-            self.0.fetch_add(1, Ordering::SeqCst);
+    impl Observer for Count {
+        fn decided(&self, decision: Decision, _: Enforcement) {
+            if let Decision::TimedOut { .. } = decision {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
         }
     }
 
@@ -167,7 +164,8 @@ mod tests {
     async fn cuts_a_slow_call_with_elapsed() {
         let count = Arc::new(Count::default());
         let (svc, mut handle) = mock::pair::<(), ()>();
-        let svc = TimeoutLayer::new(Some(Duration::from_millis(200)), true, count.clone()).layer(svc);
+        let svc = TimeoutLayer::new(Some(Duration::from_millis(200)), Enforcement::Enforce, count.clone())
+            .layer(svc);
         handle.allow(1);
         let call = tokio::spawn(svc.oneshot(()));
         let (_, _send) = handle.next_request().await.expect("request");
@@ -180,7 +178,8 @@ mod tests {
     async fn dry_run_reports_but_lets_the_call_finish() {
         let count = Arc::new(Count::default());
         let (svc, mut handle) = mock::pair::<(), ()>();
-        let svc = TimeoutLayer::new(Some(Duration::from_millis(200)), false, count.clone()).layer(svc);
+        let svc = TimeoutLayer::new(Some(Duration::from_millis(200)), Enforcement::DryRun, count.clone())
+            .layer(svc);
         handle.allow(1);
         let call = tokio::spawn(svc.oneshot(()));
         let (_, send) = handle.next_request().await.expect("request");

@@ -11,9 +11,8 @@ use std::{
 
 use tower::{Layer, Service};
 
-use super::{Bulkhead, BulkheadFull, Permit};
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use super::{Bulkhead, Permit};
+use crate::{BoxError, Decision, Enforcement, Observer};
 
 /// Responses that can carry a bulkhead permit until they are fully consumed.
 pub trait AttachPermit {
@@ -21,28 +20,18 @@ pub trait AttachPermit {
     fn attach_permit(self, permit: Permit) -> Self;
 }
 
-/// What the layer reports (metrics, trace events).
-pub trait BulkheadObserver: Send + Sync {
-    /// A call was refused (`enforced`: false in DryRun, where it was admitted anyway).
-    fn rejected(&self, why: &BulkheadFull, enforced: bool);
-    /// A call got a slot after waiting.
-    fn admitted_after(&self, waited: std::time::Duration);
-    /// A call found every slot taken and entered the queue.
-    fn queued(&self) {}
-}
-
 /// Wraps a service with a bulkhead.
 #[derive(Clone)]
 pub struct BulkheadLayer {
     bulkhead: Arc<Bulkhead>,
-    enforce: bool,
-    observer: Arc<dyn BulkheadObserver>,
+    enforcement: Enforcement,
+    observer: Arc<dyn Observer>,
 }
 
 impl BulkheadLayer {
-    /// With `enforce` false (DryRun), a refused call is reported and admitted anyway.
-    pub fn new(bulkhead: Arc<Bulkhead>, enforce: bool, observer: Arc<dyn BulkheadObserver>) -> Self {
-        Self { bulkhead, enforce, observer }
+    /// In DryRun, a refused call is reported and admitted anyway.
+    pub fn new(bulkhead: Arc<Bulkhead>, enforcement: Enforcement, observer: Arc<dyn Observer>) -> Self {
+        Self { bulkhead, enforcement, observer }
     }
 }
 
@@ -54,7 +43,7 @@ impl<S> Layer<S> for BulkheadLayer {
     }
 }
 
-type Acquiring = Pin<Box<dyn Future<Output = Result<Permit, BulkheadFull>> + Send>>;
+type Acquiring = Pin<Box<dyn Future<Output = Result<Permit, super::BulkheadFull>> + Send>>;
 
 /// A service behind a bulkhead.
 pub struct BulkheadService<S> {
@@ -93,21 +82,25 @@ where
         if self.permit.is_none() {
             let acquiring = self.acquiring.get_or_insert_with(|| {
                 let b = self.layer.bulkhead.clone();
-                let observer = self.layer.observer.clone();
-                Box::pin(async move { b.acquire_observed(|| observer.queued()).await })
+                let (observer, enforcement) = (self.layer.observer.clone(), self.layer.enforcement);
+                Box::pin(async move {
+                    b.acquire_observed(|| observer.decided(Decision::Queued, enforcement)).await
+                })
             });
             let result = ready!(acquiring.as_mut().poll(cx));
             self.acquiring = None;
             match result {
                 Ok(p) => {
                     if !p.waited.is_zero() {
-                        self.layer.observer.admitted_after(p.waited);
+                        self.layer
+                            .observer
+                            .decided(Decision::AdmittedAfter(p.waited), self.layer.enforcement);
                     }
                     self.permit = Some(p);
                 }
                 Err(full) => {
-                    self.layer.observer.rejected(&full, self.layer.enforce);
-                    if self.layer.enforce {
+                    self.layer.observer.decided(Decision::BulkheadFull(full), self.layer.enforcement);
+                    if self.layer.enforcement.enforced() {
                         return Poll::Ready(Err(full.into()));
                     }
                     self.permit = Some(Permit::unlimited());
@@ -158,7 +151,7 @@ mod tests {
     use tower_test::mock;
 
     use super::*;
-    use crate::resilience::bulkhead::Limits;
+    use crate::bulkhead::Limits;
 
     #[derive(Debug)]
     struct Resp(Option<Permit>);
@@ -172,28 +165,29 @@ mod tests {
     #[derive(Default)]
     struct Counts(std::sync::atomic::AtomicUsize, std::sync::atomic::AtomicUsize);
 
-    impl BulkheadObserver for Counts {
-        fn rejected(&self, _: &BulkheadFull, _: bool) {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-        fn admitted_after(&self, _: Duration) {
-            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    impl Observer for Counts {
+        fn decided(&self, decision: Decision, _: Enforcement) {
+            match decision {
+                Decision::BulkheadFull(_) => self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+                Decision::AdmittedAfter(_) => self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+                _ => 0,
+            };
         }
     }
 
-    fn layer(enforce: bool, counts: Arc<Counts>) -> BulkheadLayer {
+    fn layer(enforcement: Enforcement, counts: Arc<Counts>) -> BulkheadLayer {
         let b = Arc::new(Bulkhead::new(Limits {
             max_concurrent: 1,
             max_queued: 0,
             max_queue_wait: Duration::ZERO,
         }));
-        BulkheadLayer::new(b, enforce, counts)
+        BulkheadLayer::new(b, enforcement, counts)
     }
 
     #[tokio::test(start_paused = true)]
     async fn permit_is_held_by_the_response_and_freed_with_it() {
         let counts = Arc::new(Counts::default());
-        let l = layer(true, counts.clone());
+        let l = layer(Enforcement::Enforce, counts.clone());
         let (mut svc, mut handle) = mock::spawn_layer::<(), Resp, _>(l.clone());
         let (mut svc2, _h2) = mock::spawn_with(|s: mock::Mock<(), Resp>| l.layer(s));
         handle.allow(1);
@@ -215,7 +209,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn dry_run_admits_over_the_limit_and_reports_it() {
         let counts = Arc::new(Counts::default());
-        let l = layer(false, counts.clone());
+        let l = layer(Enforcement::DryRun, counts.clone());
         let (mut a, mut ha) = mock::spawn_with(|s: mock::Mock<(), Resp>| l.layer(s));
         let (mut b, mut hb) = mock::spawn_with(|s: mock::Mock<(), Resp>| l.layer(s));
         ha.allow(1);
@@ -228,7 +222,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn readiness_waits_for_the_inner_service() {
         let counts = Arc::new(Counts::default());
-        let (mut svc, mut handle) = mock::spawn_layer::<(), Resp, _>(layer(true, counts));
+        let (mut svc, mut handle) = mock::spawn_layer::<(), Resp, _>(layer(Enforcement::Enforce, counts));
         handle.allow(0);
         assert_pending!(svc.poll_ready());
         handle.allow(1);

@@ -5,7 +5,8 @@ use std::{sync::Arc, time::Duration};
 use rand::Rng;
 use tokio::sync::{Semaphore, mpsc, watch};
 
-use super::{Counts, Observer, Published, Report, State};
+use super::{Counts, Published, Report, State};
+use crate::{Decision, Enforcement, Observer};
 
 /// A breaker's settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -26,7 +27,7 @@ pub(super) struct Machine {
     settings: Settings,
     reports: mpsc::UnboundedReceiver<Report>,
     publish: watch::Sender<Published>,
-    observer: Observer,
+    observer: Arc<dyn Observer>,
     counts: Arc<Counts>,
     trips: u64,
     open_for: Duration,
@@ -64,7 +65,7 @@ impl Machine {
         settings: Settings,
         reports: mpsc::UnboundedReceiver<Report>,
         publish: watch::Sender<Published>,
-        observer: Observer,
+        observer: Arc<dyn Observer>,
         counts: Arc<Counts>,
     ) -> Self {
         Self {
@@ -103,7 +104,7 @@ impl Machine {
             probes,
         });
         if previous != state {
-            (self.observer)(state);
+            self.observer.decided(Decision::BreakerMoved(state), Enforcement::Enforce);
             if let Some(span) = &self.cause {
                 tracing::debug!(parent: span, from = previous.as_str(), to = state.as_str(), "circuit breaker changed state");
             }

@@ -1,4 +1,5 @@
-//! The current configuration, published atomically.
+//! The current configuration, published atomically, and where it comes from: the local file
+//! ([`watch_file`]), the operator's stream or the copy kept on disk ([`stream`]).
 //!
 //! The request path calls [`Store::load`] — an `ArcSwap` read, no lock — and keeps the
 //! snapshot it got for the whole request, so a reload mid-request never mixes two
@@ -14,8 +15,15 @@ use serde::Serialize;
 
 use breakwater_crds::snapshot::SnapshotVersion;
 
-use super::{Config, ConfigError};
-use crate::{metrics::Metrics, proxy::Routes};
+pub mod stream;
+mod watch;
+
+pub use self::watch::watch_file;
+use crate::{
+    config::{self, Config, ConfigError},
+    metrics::Metrics,
+    proxy::Routes,
+};
 
 /// Where a configuration came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -85,7 +93,7 @@ fn hash(text: &str) -> u64 {
 impl Store {
     /// Compiles `text` into the first configuration.
     pub fn new(text: &str, metrics: Arc<Metrics>) -> Result<Self, ConfigError> {
-        let config = super::compile(text)?;
+        let config = config::compile(text)?;
         log_warnings(&config);
         let routes = Routes::build(&config, None, &metrics);
         let published = Published {
@@ -126,7 +134,7 @@ impl Store {
         if h == current.source_hash {
             return Ok(false);
         }
-        match super::compile(text) {
+        match config::compile(text) {
             Ok(config) => {
                 log_warnings(&config);
                 self.publish(&current, config, h, Source::File);
@@ -156,7 +164,7 @@ impl Store {
         let decoded = match breakwater_crds::snapshot::decode(bytes) {
             Ok(d) => d,
             Err(e) => {
-                let version = super::stream::version_of(bytes);
+                let version = stream::version_of(bytes);
                 return Err((
                     version,
                     self.reject(ConfigError { problems: vec![format!("snapshot refused: {e}")] }),
@@ -175,12 +183,12 @@ impl Store {
                 // The same content under a new name or from a new source (a reconnect after a
                 // start from disk, a restarted operator): what `/config` says is refreshed; the
                 // routes rebuild keeps every breaker's and budget's state, as nothing changed.
-                let config = super::Config { snapshot, ..Config::clone(&current.config) };
+                let config = Config { snapshot, ..Config::clone(&current.config) };
                 self.publish(&current, config, current.source_hash, source);
             }
             return Ok((version, false));
         }
-        let config = super::Config { snapshot, ..Config::clone(&current.config) };
+        let config = Config { snapshot, ..Config::clone(&current.config) };
         let conflicts = config.conflicts();
         if !conflicts.is_empty() {
             return Err((Some(version), self.reject(ConfigError { problems: conflicts })));

@@ -18,17 +18,21 @@ fn settings() -> Settings {
     }
 }
 
-fn breaker(s: Settings) -> (Breaker, Arc<AtomicUsize>) {
-    let opened = Arc::new(AtomicUsize::new(0));
-    let o = opened.clone();
-    let b = Breaker::spawn(
-        s,
-        Arc::new(move |state| {
-            if state == State::Open {
-                o.fetch_add(1, Ordering::SeqCst);
-            }
-        }),
-    );
+/// Counts how often a breaker opened.
+#[derive(Default)]
+struct Opened(AtomicUsize);
+
+impl crate::Observer for Opened {
+    fn decided(&self, decision: crate::Decision, _: crate::Enforcement) {
+        if decision == crate::Decision::BreakerMoved(State::Open) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+fn breaker(s: Settings) -> (Breaker, Arc<Opened>) {
+    let opened = Arc::new(Opened::default());
+    let b = Breaker::spawn(s, opened.clone());
     (b, opened)
 }
 
@@ -70,7 +74,7 @@ async fn opens_after_consecutive_failures_and_a_success_resets_the_count() {
     fail(&b, 1);
     wait_for(&b, State::Open).await;
     assert_eq!(b.try_admit().err(), Some(CircuitOpen));
-    assert_eq!(opened.load(Ordering::SeqCst), 1);
+    assert_eq!(opened.0.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -153,7 +157,7 @@ async fn a_failed_probe_reopens_for_twice_as_long_up_to_the_max() {
     b.try_admit().expect("probe").record(true);
     wait_for(&b, State::Open).await;
     assert_eq!(b.snapshot().open_duration_ms, 12_000, "capped at maxOpenDuration");
-    assert_eq!(opened.load(Ordering::SeqCst), 3);
+    assert_eq!(opened.0.load(Ordering::SeqCst), 3);
     assert_eq!(b.snapshot().trips, 3);
 }
 

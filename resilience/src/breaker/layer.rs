@@ -12,8 +12,7 @@ use std::{
 use tower::{Layer, Service};
 
 use super::{Breaker, CircuitOpen, Permit};
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::{BoxError, Decision, Enforcement, Observer};
 
 /// Decides whether a call's result counts as a failure for the breaker; `None` when it says
 /// nothing about the service (the caller's own fault), which then goes unrecorded.
@@ -23,8 +22,8 @@ pub type FailureClassifier<Res> = Arc<dyn Fn(&Result<Res, BoxError>) -> Option<b
 pub struct CircuitBreakerLayer<Res> {
     breaker: Breaker,
     classify: FailureClassifier<Res>,
-    enforce: bool,
-    on_would_reject: Arc<dyn Fn() + Send + Sync>,
+    enforcement: Enforcement,
+    observer: Arc<dyn Observer>,
 }
 
 impl<Res> Clone for CircuitBreakerLayer<Res> {
@@ -32,22 +31,21 @@ impl<Res> Clone for CircuitBreakerLayer<Res> {
         Self {
             breaker: self.breaker.clone(),
             classify: self.classify.clone(),
-            enforce: self.enforce,
-            on_would_reject: self.on_would_reject.clone(),
+            enforcement: self.enforcement,
+            observer: self.observer.clone(),
         }
     }
 }
 
 impl<Res> CircuitBreakerLayer<Res> {
-    /// With `enforce` false (DryRun), an open breaker admits the call and calls
-    /// `on_would_reject` instead.
+    /// In DryRun, an open breaker admits the call and only reports it.
     pub fn new(
         breaker: Breaker,
         classify: FailureClassifier<Res>,
-        enforce: bool,
-        on_would_reject: Arc<dyn Fn() + Send + Sync>,
+        enforcement: Enforcement,
+        observer: Arc<dyn Observer>,
     ) -> Self {
-        Self { breaker, classify, enforce, on_would_reject }
+        Self { breaker, classify, enforcement, observer }
     }
 }
 
@@ -88,9 +86,11 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         let permit = match self.layer.breaker.try_admit() {
             Ok(p) => p,
-            Err(CircuitOpen) if self.layer.enforce => return BreakerFuture::Rejected,
             Err(CircuitOpen) => {
-                (self.layer.on_would_reject)();
+                self.layer.observer.decided(Decision::CircuitOpen, self.layer.enforcement);
+                if self.layer.enforcement.enforced() {
+                    return BreakerFuture::Rejected;
+                }
                 self.layer.breaker.admit_anyway()
             }
         };

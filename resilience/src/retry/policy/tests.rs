@@ -4,7 +4,7 @@ use tower::{Service, ServiceExt, retry::Retry};
 use tower_test::mock;
 
 use super::*;
-use crate::resilience::outcome::Failure;
+use crate::outcome::{Condition, Failure};
 
 #[derive(Debug, Clone)]
 struct Req {
@@ -69,18 +69,19 @@ struct Observed {
     would: std::sync::RwLock<Vec<&'static str>>,
 }
 
-impl RetryObserver for Observed {
-    fn retrying(&self, _: &'static str, _: u32, _: Duration) {
-        self.retries.fetch_add(1, Ordering::SeqCst);
-    }
-    fn skipped(&self, why: &'static str) {
-        self.skipped.write().expect("lock").push(why);
-    }
-    fn budget_exhausted(&self) {
-        self.exhausted.fetch_add(1, Ordering::SeqCst);
-    }
-    fn would(&self, decision: &'static str, _: &'static str) {
-        self.would.write().expect("lock").push(decision);
+impl Observer for Observed {
+    fn decided(&self, decision: Decision, enforcement: Enforcement) {
+        match (decision, enforcement) {
+            (Decision::RetrySkipped(why), _) => self.skipped.write().expect("lock").push(why.as_str()),
+            (d, Enforcement::DryRun) => self.would.write().expect("lock").extend(d.action()),
+            (Decision::Retry { .. }, _) => {
+                self.retries.fetch_add(1, Ordering::SeqCst);
+            }
+            (Decision::BudgetExhausted { .. }, _) => {
+                self.exhausted.fetch_add(1, Ordering::SeqCst);
+            }
+            _ => {}
+        }
     }
 }
 
@@ -91,7 +92,7 @@ fn classify_error(_: &BoxError) -> Outcome {
 fn settings(attempts: u32) -> Arc<Settings> {
     Arc::new(Settings {
         attempts,
-        conditions: vec![RetryCondition::GatewayError, RetryCondition::ConnectFailure],
+        conditions: [Condition::GatewayError, Condition::ConnectFailure].into_iter().collect(),
         statuses: vec![],
         grpc_codes: vec![],
         backoff: Backoff { base: Duration::from_millis(100), max: Duration::from_secs(1), jitter: 0.0 },
@@ -113,13 +114,13 @@ fn start(
     req: Req,
     settings: Arc<Settings>,
     budget: Arc<RetryBudget>,
-    enforce: bool,
+    enforcement: Enforcement,
     deadline: Option<Instant>,
 ) -> Harness {
     let obs = Arc::new(Observed::default());
     let (svc, mut handle) = mock::pair::<Req, Res>();
     handle.allow(100);
-    let policy = RetryPolicy::for_call(settings, budget, obs.clone(), classify_error, enforce, deadline);
+    let policy = RetryPolicy::for_call(settings, budget, obs.clone(), classify_error, enforcement, deadline);
     let mut retry = Retry::new(policy, svc);
     let call = tokio::spawn(async move { retry.ready().await?.call(req).await });
     Harness { obs, handle, call }
@@ -133,7 +134,7 @@ async fn answer(h: &mut Harness, res: Res) -> Req {
 
 #[tokio::test(start_paused = true)]
 async fn two_503s_then_200_is_recovered() {
-    let mut h = start(Req::get(), settings(3), generous_budget(), true, None);
+    let mut h = start(Req::get(), settings(3), generous_budget(), Enforcement::Enforce, None);
     assert_eq!(answer(&mut h, status(503)).await.attempt, 1);
     assert_eq!(answer(&mut h, status(503)).await.attempt, 2);
     assert_eq!(answer(&mut h, status(200)).await.attempt, 3);
@@ -143,7 +144,7 @@ async fn two_503s_then_200_is_recovered() {
 
 #[tokio::test(start_paused = true)]
 async fn stops_after_the_configured_attempts() {
-    let mut h = start(Req::get(), settings(2), generous_budget(), true, None);
+    let mut h = start(Req::get(), settings(2), generous_budget(), Enforcement::Enforce, None);
     answer(&mut h, status(503)).await;
     answer(&mut h, status(503)).await;
     assert_eq!(h.call.await.expect("join").expect("ok").status, 503, "the last response is returned");
@@ -152,7 +153,7 @@ async fn stops_after_the_configured_attempts() {
 #[tokio::test(start_paused = true)]
 async fn backs_off_exponentially_between_attempts() {
     let started = Instant::now();
-    let mut h = start(Req::get(), settings(3), generous_budget(), true, None);
+    let mut h = start(Req::get(), settings(3), generous_budget(), Enforcement::Enforce, None);
     answer(&mut h, status(503)).await;
     answer(&mut h, status(503)).await;
     let (_, send) = h.handle.next_request().await.expect("third attempt");
@@ -164,7 +165,7 @@ async fn backs_off_exponentially_between_attempts() {
 #[tokio::test(start_paused = true)]
 async fn honours_retry_after() {
     let started = Instant::now();
-    let mut h = start(Req::get(), settings(2), generous_budget(), true, None);
+    let mut h = start(Req::get(), settings(2), generous_budget(), Enforcement::Enforce, None);
     answer(&mut h, Res { retry_after: Some(Duration::from_millis(700)), ..status(503) }).await;
     let (_, send) = h.handle.next_request().await.expect("second attempt");
     assert_eq!(started.elapsed(), Duration::from_millis(700));
@@ -174,7 +175,7 @@ async fn honours_retry_after() {
 #[tokio::test(start_paused = true)]
 async fn non_idempotent_requests_are_not_retried_after_reaching_the_app() {
     let post = Req { idempotent: false, ..Req::get() };
-    let mut h = start(post, settings(3), generous_budget(), true, None);
+    let mut h = start(post, settings(3), generous_budget(), Enforcement::Enforce, None);
     answer(&mut h, status(503)).await;
     assert_eq!(h.call.await.expect("join").expect("ok").status, 503);
     assert_eq!(*h.obs.skipped.read().expect("lock"), ["method"]);
@@ -183,7 +184,7 @@ async fn non_idempotent_requests_are_not_retried_after_reaching_the_app() {
 #[tokio::test(start_paused = true)]
 async fn connect_failures_are_retried_whatever_the_method() {
     let post = Req { idempotent: false, ..Req::get() };
-    let mut h = start(post, settings(3), generous_budget(), true, None);
+    let mut h = start(post, settings(3), generous_budget(), Enforcement::Enforce, None);
     let (_, send) = h.handle.next_request().await.expect("attempt");
     send.send_error("connection refused");
     answer(&mut h, status(200)).await;
@@ -193,7 +194,7 @@ async fn connect_failures_are_retried_whatever_the_method() {
 #[tokio::test(start_paused = true)]
 async fn a_request_already_retried_upstream_is_not_retried_again() {
     let deep = Req { depth: 1, ..Req::get() };
-    let mut h = start(deep, settings(3), generous_budget(), true, None);
+    let mut h = start(deep, settings(3), generous_budget(), Enforcement::Enforce, None);
     answer(&mut h, status(503)).await;
     assert_eq!(h.call.await.expect("join").expect("ok").status, 503);
     assert_eq!(*h.obs.skipped.read().expect("lock"), ["retry-depth"]);
@@ -202,7 +203,7 @@ async fn a_request_already_retried_upstream_is_not_retried_again() {
 #[tokio::test(start_paused = true)]
 async fn a_body_too_large_to_replay_is_not_retried_and_is_counted() {
     let big = Req { replayable: false, ..Req::get() };
-    let mut h = start(big, settings(3), generous_budget(), true, None);
+    let mut h = start(big, settings(3), generous_budget(), Enforcement::Enforce, None);
     answer(&mut h, status(503)).await;
     assert_eq!(h.call.await.expect("join").expect("ok").status, 503);
     assert_eq!(*h.obs.skipped.read().expect("lock"), ["body-too-large"]);
@@ -211,7 +212,7 @@ async fn a_body_too_large_to_replay_is_not_retried_and_is_counted() {
 #[tokio::test(start_paused = true)]
 async fn a_backoff_that_would_outlive_the_deadline_is_not_taken() {
     let deadline = Some(Instant::now() + Duration::from_millis(50));
-    let mut h = start(Req::get(), settings(3), generous_budget(), true, deadline);
+    let mut h = start(Req::get(), settings(3), generous_budget(), Enforcement::Enforce, deadline);
     answer(&mut h, status(503)).await;
     assert_eq!(h.call.await.expect("join").expect("ok").status, 503);
     assert_eq!(*h.obs.skipped.read().expect("lock"), ["deadline"]);
@@ -220,7 +221,7 @@ async fn a_backoff_that_would_outlive_the_deadline_is_not_taken() {
 #[tokio::test(start_paused = true)]
 async fn an_empty_budget_returns_the_response_marked() {
     let empty = Arc::new(RetryBudget::new(Duration::from_secs(10), 0, 0.0));
-    let mut h = start(Req::get(), settings(3), empty, true, None);
+    let mut h = start(Req::get(), settings(3), empty, Enforcement::Enforce, None);
     answer(&mut h, status(503)).await;
     let res = h.call.await.expect("join").expect("ok");
     assert!(res.budget_marked, "the caller learns the budget stopped the retry");
@@ -229,7 +230,7 @@ async fn an_empty_budget_returns_the_response_marked() {
 
 #[tokio::test(start_paused = true)]
 async fn dry_run_reports_the_retry_and_never_makes_it() {
-    let mut h = start(Req::get(), settings(3), generous_budget(), false, None);
+    let mut h = start(Req::get(), settings(3), generous_budget(), Enforcement::DryRun, None);
     answer(&mut h, status(503)).await;
     let res = h.call.await.expect("join").expect("ok");
     assert_eq!(res, status(503), "the outcome is unchanged");
@@ -239,7 +240,7 @@ async fn dry_run_reports_the_retry_and_never_makes_it() {
 
 #[tokio::test(start_paused = true)]
 async fn successes_and_unlisted_failures_are_not_retried() {
-    let mut h = start(Req::get(), settings(3), generous_budget(), true, None);
+    let mut h = start(Req::get(), settings(3), generous_budget(), Enforcement::Enforce, None);
     answer(&mut h, status(500)).await;
     assert_eq!(h.call.await.expect("join").expect("ok").status, 500, "500 is not a gateway error");
     assert!(h.obs.skipped.read().expect("lock").is_empty());

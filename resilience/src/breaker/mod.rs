@@ -133,9 +133,6 @@ impl Counts {
     }
 }
 
-/// Observes state changes (metrics, logs, trace events).
-pub type Observer = Arc<dyn Fn(State) + Send + Sync>;
-
 /// A handle to one breaker; cheap to clone.
 #[derive(Clone)]
 pub struct Breaker {
@@ -209,8 +206,9 @@ impl Drop for Permit {
 }
 
 impl Breaker {
-    /// Starts a breaker task with `settings`, calling `observer` on every state change.
-    pub fn spawn(settings: Settings, observer: Observer) -> Self {
+    /// Starts a breaker task with `settings`, telling `observer` every state change
+    /// ([`Decision::BreakerMoved`](crate::Decision::BreakerMoved)).
+    pub fn spawn(settings: Settings, observer: Arc<dyn crate::Observer>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let initial = Published {
             state: State::Closed,

@@ -3,7 +3,37 @@
 
 use std::time::Duration;
 
-use breakwater_crds::{FailureCondition, RetryCondition};
+/// A class of failure a policy names in its `retryOn` or a breaker's `failOn`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    /// No connection could be made.
+    ConnectFailure,
+    /// The connection or stream was reset before a response.
+    Reset,
+    /// A per-try deadline passed.
+    Timeout,
+    /// Any 5xx.
+    ServerError,
+    /// 502, 503 or 504.
+    GatewayError,
+}
+
+/// A set of [`Condition`]s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Conditions(u8);
+
+impl Conditions {
+    /// Whether `c` is in the set.
+    pub fn contains(self, c: Condition) -> bool {
+        self.0 & (1 << c as u8) != 0
+    }
+}
+
+impl FromIterator<Condition> for Conditions {
+    fn from_iter<I: IntoIterator<Item = Condition>>(iter: I) -> Self {
+        Self(iter.into_iter().fold(0, |set, c| set | (1 << c as u8)))
+    }
+}
 
 /// A failed attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,35 +90,32 @@ impl Failure {
         }
     }
 
-    /// Whether a policy's `retryOn` matches it.
-    pub fn matches_retry(self, conditions: &[RetryCondition], statuses: &[u16], grpc: &[u8]) -> bool {
-        let has = |c| conditions.contains(&c);
+    /// Whether a status falls under `conditions`' status classes.
+    fn status_in(conditions: Conditions, s: u16) -> bool {
+        (conditions.contains(Condition::ServerError) && (500..=599).contains(&s))
+            || (conditions.contains(Condition::GatewayError) && (502..=504).contains(&s))
+    }
+
+    /// Whether a policy's `retryOn` (`conditions`, and the HTTP statuses and gRPC codes it
+    /// lists) matches it.
+    pub fn matches_retry(self, conditions: Conditions, statuses: &[u16], grpc: &[u8]) -> bool {
         match self {
-            Self::Connect => has(RetryCondition::ConnectFailure),
-            Self::Reset { .. } => has(RetryCondition::Reset),
-            Self::Timeout => has(RetryCondition::Timeout),
-            Self::Status(s) => {
-                statuses.contains(&s)
-                    || (has(RetryCondition::ServerError) && (500..=599).contains(&s))
-                    || (has(RetryCondition::GatewayError) && (502..=504).contains(&s))
-            }
+            Self::Connect => conditions.contains(Condition::ConnectFailure),
+            Self::Reset { .. } => conditions.contains(Condition::Reset),
+            Self::Timeout => conditions.contains(Condition::Timeout),
+            Self::Status(s) => statuses.contains(&s) || Self::status_in(conditions, s),
             Self::Grpc(code) => grpc.contains(&code),
         }
     }
 
-    /// Whether a breaker configured with `fail_on` counts it.
-    pub fn counts_for_breaker(self, fail_on: &[FailureCondition]) -> bool {
-        let has = |c| fail_on.contains(&c);
-        let status = |s: u16| {
-            (has(FailureCondition::ServerError) && (500..=599).contains(&s))
-                || (has(FailureCondition::GatewayError) && (502..=504).contains(&s))
-        };
+    /// Whether a breaker that fails on `fail_on` counts it.
+    pub fn counts_for_breaker(self, fail_on: Conditions) -> bool {
         match self {
-            Self::Connect => has(FailureCondition::ConnectFailure),
-            Self::Reset { .. } => has(FailureCondition::Reset),
-            Self::Timeout => has(FailureCondition::Timeout),
-            Self::Status(s) => status(s),
-            Self::Grpc(code) => Self::grpc_as_http(code).is_some_and(status),
+            Self::Connect => fail_on.contains(Condition::ConnectFailure),
+            Self::Reset { .. } => fail_on.contains(Condition::Reset),
+            Self::Timeout => fail_on.contains(Condition::Timeout),
+            Self::Status(s) => Self::status_in(fail_on, s),
+            Self::Grpc(code) => Self::grpc_as_http(code).is_some_and(|s| Self::status_in(fail_on, s)),
         }
     }
 }
@@ -118,13 +145,19 @@ mod tests {
 
     #[test]
     fn retry_conditions_match_their_failures() {
-        let gw = [RetryCondition::GatewayError];
-        assert!(Failure::Status(503).matches_retry(&gw, &[], &[]));
-        assert!(!Failure::Status(500).matches_retry(&gw, &[], &[]));
-        assert!(Failure::Status(500).matches_retry(&[RetryCondition::ServerError], &[], &[]));
-        assert!(Failure::Status(429).matches_retry(&[], &[429], &[]));
-        assert!(Failure::Grpc(14).matches_retry(&[], &[], &[14]));
-        assert!(!Failure::Connect.matches_retry(&gw, &[], &[]));
+        let gw = Conditions::from_iter([Condition::GatewayError]);
+        let none = Conditions::default();
+        assert!(Failure::Status(503).matches_retry(gw, &[], &[]));
+        assert!(!Failure::Status(500).matches_retry(gw, &[], &[]));
+        assert!(Failure::Status(500).matches_retry(
+            Conditions::from_iter([Condition::ServerError]),
+            &[],
+            &[]
+        ));
+        assert!(Failure::Status(429).matches_retry(none, &[429], &[]));
+        assert!(Failure::Grpc(14).matches_retry(none, &[], &[14]));
+        assert!(!Failure::Connect.matches_retry(gw, &[], &[]));
+        assert!(Failure::Connect.matches_retry(Conditions::from_iter([Condition::ConnectFailure]), &[], &[]));
     }
 
     #[test]
@@ -137,10 +170,10 @@ mod tests {
 
     #[test]
     fn grpc_codes_count_for_breakers_like_their_http_status() {
-        let gw = [FailureCondition::GatewayError];
-        assert!(Failure::Grpc(GRPC_UNAVAILABLE).counts_for_breaker(&gw));
-        assert!(!Failure::Grpc(5).counts_for_breaker(&gw), "NOT_FOUND is not a server failure");
-        assert!(!Failure::Grpc(13).counts_for_breaker(&gw));
-        assert!(Failure::Grpc(13).counts_for_breaker(&[FailureCondition::ServerError]));
+        let gw = Conditions::from_iter([Condition::GatewayError]);
+        assert!(Failure::Grpc(GRPC_UNAVAILABLE).counts_for_breaker(gw));
+        assert!(!Failure::Grpc(5).counts_for_breaker(gw), "NOT_FOUND is not a server failure");
+        assert!(!Failure::Grpc(13).counts_for_breaker(gw));
+        assert!(Failure::Grpc(13).counts_for_breaker(Conditions::from_iter([Condition::ServerError])));
     }
 }

@@ -21,5 +21,5 @@ mod policy;
 
 pub use self::{
     backoff::Backoff,
-    policy::{RetryObserver, RetryPolicy, RetryRequest, RetryResponse, Settings},
+    policy::{RetryPolicy, RetryRequest, RetryResponse, Settings},
 };

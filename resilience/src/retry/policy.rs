@@ -2,16 +2,14 @@
 
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
-use breakwater_crds::RetryCondition;
 use tokio::time::Instant;
 
 use super::Backoff;
-use crate::resilience::{
+use crate::{
+    BoxError, Decision, Enforcement, Observer, Skip,
     budget::RetryBudget,
-    outcome::{Failure, Outcome},
+    outcome::{Conditions, Failure, Outcome},
 };
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Retry settings of one policy.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,7 +17,7 @@ pub struct Settings {
     /// Most attempts, the first included.
     pub attempts: u32,
     /// Retried failure classes.
-    pub conditions: Vec<RetryCondition>,
+    pub conditions: Conditions,
     /// Retried HTTP statuses.
     pub statuses: Vec<u16>,
     /// Retried gRPC codes.
@@ -54,27 +52,14 @@ pub trait RetryResponse {
     fn mark_budget_exhausted(&mut self);
 }
 
-/// Told about every retry decision.
-pub trait RetryObserver: Send + Sync {
-    /// A retry is scheduled: `attempt` is the attempt about to be made.
-    fn retrying(&self, reason: &'static str, attempt: u32, backoff: Duration);
-    /// A retryable failure was not retried for `why` (`method`, `retry-depth`,
-    /// `body-too-large`, `deadline`).
-    fn skipped(&self, why: &'static str);
-    /// The budget refused a retry.
-    fn budget_exhausted(&self);
-    /// DryRun: this is what would have happened (`retry` or `retry-budget-exhausted`).
-    fn would(&self, decision: &'static str, reason: &'static str);
-}
-
 /// The retry policy of one call (create one per call with [`RetryPolicy::for_call`]).
 #[derive(Clone)]
 pub struct RetryPolicy {
     settings: Arc<Settings>,
     budget: Arc<RetryBudget>,
-    observer: Arc<dyn RetryObserver>,
+    observer: Arc<dyn Observer>,
     classify_error: fn(&BoxError) -> Outcome,
-    enforce: bool,
+    enforcement: Enforcement,
     deadline: Option<Instant>,
     /// Attempts made so far.
     attempt: u32,
@@ -86,13 +71,13 @@ impl RetryPolicy {
     pub fn for_call(
         settings: Arc<Settings>,
         budget: Arc<RetryBudget>,
-        observer: Arc<dyn RetryObserver>,
+        observer: Arc<dyn Observer>,
         classify_error: fn(&BoxError) -> Outcome,
-        enforce: bool,
+        enforcement: Enforcement,
         deadline: Option<Instant>,
     ) -> Self {
         budget.deposit();
-        Self { settings, budget, observer, classify_error, enforce, deadline, attempt: 1 }
+        Self { settings, budget, observer, classify_error, enforcement, deadline, attempt: 1 }
     }
 
     fn decide<Req: RetryRequest, Res: RetryResponse>(
@@ -106,14 +91,15 @@ impl RetryPolicy {
         };
         let failure = outcome.failure?;
         let s = &self.settings;
-        if !failure.matches_retry(&s.conditions, &s.statuses, &s.grpc_codes) {
+        if !failure.matches_retry(s.conditions, &s.statuses, &s.grpc_codes) {
             return None;
         }
         if self.attempt >= s.attempts {
             return None;
         }
+        let enforcement = self.enforcement;
         let skip = |why| {
-            self.observer.skipped(why);
+            self.observer.decided(Decision::RetrySkipped(why), enforcement);
             None
         };
         // A gRPC code the policy lists is retryable by itself (gRPC's retry policy semantics:
@@ -121,37 +107,33 @@ impl RetryPolicy {
         // call is a POST; it does not widen what is retried for plain HTTP.
         let listed_grpc_code = matches!(failure, Failure::Grpc(_));
         if failure.may_have_been_processed() && !listed_grpc_code && !req.idempotent() {
-            return skip("method");
+            return skip(Skip::Method);
         }
         if req.depth() >= s.max_depth {
-            return skip("retry-depth");
+            return skip(Skip::RetryDepth);
         }
         if !req.replayable() {
-            return skip("body-too-large");
+            return skip(Skip::BodyTooLarge);
         }
         let backoff = s.backoff.delay(self.attempt, outcome.retry_after, &mut rand::rng());
         if self.deadline.is_some_and(|d| Instant::now() + backoff >= d) {
-            return skip("deadline");
+            return skip(Skip::Deadline);
         }
         let reason = failure.reason();
         if !self.budget.withdraw() {
-            if !self.enforce {
-                self.observer.would("retry-budget-exhausted", reason);
-                return None;
-            }
-            self.observer.budget_exhausted();
-            if let Ok(resp) = result {
+            self.observer.decided(Decision::BudgetExhausted { reason }, enforcement);
+            if let (Enforcement::Enforce, Ok(resp)) = (enforcement, result) {
                 resp.mark_budget_exhausted();
             }
             return None;
         }
-        if !self.enforce {
-            self.observer.would("retry", reason);
+        let attempt = self.attempt + 1;
+        self.observer.decided(Decision::Retry { reason, attempt, backoff }, enforcement);
+        if !enforcement.enforced() {
             return None;
         }
-        self.attempt += 1;
-        self.observer.retrying(reason, self.attempt, backoff);
-        req.prepare_retry(self.attempt);
+        self.attempt = attempt;
+        req.prepare_retry(attempt);
         Some(backoff)
     }
 }

@@ -1,0 +1,159 @@
+//! One target's resilience state — breakers, budget, bulkhead, connection cap — built from its
+//! compiled [`Policy`]. Rebuilt with every configuration, it takes over the previous state
+//! wherever the settings it depends on are unchanged, so a reload neither resets an open
+//! breaker nor refills a spent retry budget.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use breakwater_resilience::{
+    Enforcement,
+    breaker::{self, Breaker},
+    budget::RetryBudget,
+    bulkhead::Bulkhead,
+    outcome::Conditions,
+    retry,
+};
+use tokio::sync::Semaphore;
+
+use crate::{config::policy::Policy, metrics::ServiceMetrics, observe::Observer};
+
+/// Circuit breakers of a target.
+#[derive(Debug, Clone)]
+pub enum Breakers {
+    /// One for the whole Service.
+    Service(Breaker),
+    /// One per endpoint, in the target's endpoint order.
+    Endpoint(Vec<(SocketAddr, Breaker)>),
+}
+
+/// A cap on connections, shared by a target's endpoints.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimit {
+    /// The cap.
+    pub max: u32,
+    /// One permit per open connection.
+    pub permits: Arc<Semaphore>,
+}
+
+/// One target's resilience state.
+#[derive(Debug)]
+pub struct Resilience {
+    /// Whether decisions act.
+    pub enforcement: Enforcement,
+    /// Retry settings and budget.
+    pub retry: Option<(Arc<retry::Settings>, Arc<RetryBudget>)>,
+    /// Which outcomes count as failures for the breakers.
+    pub fail_on: Conditions,
+    /// Circuit breakers.
+    pub breakers: Option<Breakers>,
+    /// The bulkhead for this direction.
+    pub bulkhead: Option<Arc<Bulkhead>>,
+    /// The connection cap for this direction.
+    pub connections: Option<ConnectionLimit>,
+    /// Where every decision is reported.
+    pub observer: Arc<Observer>,
+}
+
+/// A breaker's report for `/breakers`.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BreakerReport {
+    /// The endpoint, or `*` for a Service-wide breaker.
+    pub endpoint: String,
+    /// State and counts.
+    #[serde(flatten)]
+    pub published: breaker::Published,
+}
+
+impl Resilience {
+    /// Builds the state for `policy` over `endpoints`, reusing `prev`'s where settings match.
+    pub fn build(
+        policy: &Policy,
+        endpoints: &[SocketAddr],
+        prev: Option<&Resilience>,
+        metrics: &ServiceMetrics,
+    ) -> Self {
+        let bulkhead = policy.bulkhead.map(|wanted| {
+            prev.and_then(|p| p.bulkhead.clone())
+                .filter(|b| b.limits() == wanted)
+                .unwrap_or_else(|| Arc::new(Bulkhead::new(wanted)))
+        });
+        let connections = policy.max_connections.map(|max| {
+            prev.and_then(|p| p.connections.clone())
+                .filter(|c| c.max == max)
+                .unwrap_or_else(|| ConnectionLimit { max, permits: Arc::new(Semaphore::new(max as usize)) })
+        });
+        let retry = policy.retry.as_ref().map(|r| {
+            let (window, min_per_second, ratio) = r.budget;
+            let budget = prev
+                .and_then(|p| p.retry.as_ref())
+                .map(|(_, b)| b.clone())
+                .filter(|b| b.same_settings(window, min_per_second, ratio))
+                .unwrap_or_else(|| Arc::new(RetryBudget::new(window, min_per_second, ratio)));
+            (r.settings.clone(), budget)
+        });
+        let breakers = policy.breaker.as_ref().map(|b| {
+            let settings = b.settings;
+            let reuse = |addr: Option<SocketAddr>| -> Option<Breaker> {
+                match prev.and_then(|p| p.breakers.as_ref())? {
+                    Breakers::Service(old) if addr.is_none() => Some(old.clone()),
+                    Breakers::Endpoint(old) => {
+                        old.iter().find(|(a, _)| Some(*a) == addr).map(|(_, br)| br.clone())
+                    }
+                    Breakers::Service(_) => None,
+                }
+                .filter(|old| *old.settings() == settings)
+            };
+            let spawn = |label: String| {
+                Breaker::spawn(settings, Arc::new(Observer::for_breaker(metrics.clone(), label)))
+            };
+            if b.per_endpoint {
+                Breakers::Endpoint(
+                    endpoints
+                        .iter()
+                        .map(|a| (*a, reuse(Some(*a)).unwrap_or_else(|| spawn(a.to_string()))))
+                        .collect(),
+                )
+            } else {
+                Breakers::Service(reuse(None).unwrap_or_else(|| spawn("*".to_owned())))
+            }
+        });
+        Self {
+            enforcement: policy.enforcement,
+            retry,
+            fail_on: policy.breaker.as_ref().map(|b| b.fail_on).unwrap_or_default(),
+            breakers,
+            bulkhead,
+            connections,
+            observer: Arc::new(Observer::new(metrics.clone())),
+        }
+    }
+
+    /// Every breaker of this target, for `/breakers`.
+    pub fn breakers(&self) -> Vec<BreakerReport> {
+        match &self.breakers {
+            None => Vec::new(),
+            Some(Breakers::Service(b)) => {
+                vec![BreakerReport { endpoint: "*".into(), published: b.snapshot() }]
+            }
+            Some(Breakers::Endpoint(list)) => list
+                .iter()
+                .map(|(a, b)| BreakerReport { endpoint: a.to_string(), published: b.snapshot() })
+                .collect(),
+        }
+    }
+
+    /// The endpoint breaker at `index`, when breakers are per endpoint.
+    pub fn endpoint_breaker(&self, index: usize) -> Option<&Breaker> {
+        match &self.breakers {
+            Some(Breakers::Endpoint(list)) => list.get(index).map(|(_, b)| b),
+            _ => None,
+        }
+    }
+
+    /// Whether per-endpoint breakers are enforced (then they, not the balancer's failure
+    /// accrual, take failing endpoints out of the set).
+    pub fn endpoint_breakers_enforced(&self) -> bool {
+        self.enforcement.enforced() && matches!(self.breakers, Some(Breakers::Endpoint(_)))
+    }
+}
