@@ -46,9 +46,13 @@ mod tests {
     #[error("outer")]
     struct Outer(#[source] timeout::Elapsed);
 
+    fn elapsed() -> timeout::Elapsed {
+        timeout::Elapsed { deadline: Deadline::Request, limit: std::time::Duration::from_secs(1) }
+    }
+
     #[test]
     fn cause_finds_an_error_anywhere_in_the_chain() {
-        let inner = timeout::Elapsed(std::time::Duration::from_secs(1));
+        let inner = elapsed();
         let e: BoxError = Outer(inner).into();
         assert_eq!(cause::<timeout::Elapsed>(e.as_ref()), Some(&inner));
         assert!(cause::<Outer>(e.as_ref()).is_some(), "the error itself counts");

@@ -43,7 +43,7 @@ impl<S> Layer<S> for BulkheadLayer {
     }
 }
 
-type Acquiring = Pin<Box<dyn Future<Output = Result<Permit, super::BulkheadFull>> + Send>>;
+type Acquiring = Pin<Box<dyn Future<Output = Result<Permit, super::BulkheadFull>> + Send + Sync>>;
 
 /// A service behind a bulkhead.
 pub struct BulkheadService<S> {

@@ -1,8 +1,8 @@
 //! Retries: which failed attempts are tried again, after how long, and how many in total.
 //!
-//! The loop itself is tower's `Retry` middleware; [`RetryPolicy`] is its brain. An attempt is
-//! retried only when every one of these holds, checked in this order (the first that fails is
-//! what metrics and trace events report):
+//! [`Retry`] is the loop, [`RetryPolicy`] its brain. An attempt is retried only when every one
+//! of these holds, checked in this order (the first that fails is what metrics and trace
+//! events report):
 //! 1. it failed in a way the policy's `retryOn` lists;
 //! 2. attempts remain;
 //! 3. it is safe: nothing reached the application (connect failure, refused stream), or the
@@ -17,9 +17,11 @@
 //! In DryRun everything is evaluated and reported, and nothing is retried.
 
 mod backoff;
+mod layer;
 mod policy;
 
 pub use self::{
     backoff::Backoff,
+    layer::{ResponseFuture, Retry, RetryLayer},
     policy::{RetryPolicy, RetryRequest, RetryResponse, Settings},
 };

@@ -1,6 +1,6 @@
-//! The retry policy for tower's `Retry`.
+//! The retry decision: whether a failed attempt is tried again, and after how long.
 
-use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 
@@ -9,6 +9,7 @@ use crate::{
     BoxError, Decision, Enforcement, Observer, Skip,
     budget::RetryBudget,
     outcome::{Conditions, Failure, Outcome},
+    timeout::Timed,
 };
 
 /// Retry settings of one policy.
@@ -29,11 +30,11 @@ pub struct Settings {
 }
 
 /// What the policy needs from a request (implemented by the protocol layer).
-pub trait RetryRequest: Sized {
-    /// A copy for the next attempt. It may be marked not [replayable](Self::replayable) (its
-    /// body was too large to keep), in which case it is never sent.
+pub trait RetryRequest: Timed + Sized {
+    /// A copy for the next attempt; asked for only when the request is
+    /// [replayable](Self::replayable).
     fn clone_for_retry(&self) -> Self;
-    /// Whether this copy can be sent.
+    /// Whether the request can be sent again (its body was small enough to keep).
     fn replayable(&self) -> bool;
     /// Whether sending it twice is safe (idempotent method, listed method, or an
     /// `Idempotency-Key`).
@@ -52,37 +53,55 @@ pub trait RetryResponse {
     fn mark_budget_exhausted(&mut self);
 }
 
-/// The retry policy of one call (create one per call with [`RetryPolicy::for_call`]).
-#[derive(Clone)]
+/// What the decision reads of a call, taken from its request when it arrives (so the request
+/// itself need not be kept when it cannot be sent again).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Facts {
+    pub(super) idempotent: bool,
+    pub(super) depth: u32,
+    pub(super) replayable: bool,
+    pub(super) deadline: Option<Instant>,
+}
+
+impl Facts {
+    pub(super) fn of<R: RetryRequest>(req: &R) -> Self {
+        Self {
+            idempotent: req.idempotent(),
+            depth: req.depth(),
+            replayable: req.replayable(),
+            deadline: req.deadline(),
+        }
+    }
+}
+
+/// One target's retry policy, shared by all its calls.
 pub struct RetryPolicy {
-    settings: Arc<Settings>,
-    budget: Arc<RetryBudget>,
+    pub(super) settings: Arc<Settings>,
+    pub(super) budget: Arc<RetryBudget>,
     observer: Arc<dyn Observer>,
     classify_error: fn(&BoxError) -> Outcome,
     enforcement: Enforcement,
-    deadline: Option<Instant>,
-    /// Attempts made so far.
-    attempt: u32,
 }
 
 impl RetryPolicy {
-    /// The policy for one call: records the call in the budget. `deadline` is the call's
-    /// overall deadline, if any.
-    pub fn for_call(
+    /// `classify_error` says how a failed attempt (an `Err`) looks to the policy.
+    pub fn new(
         settings: Arc<Settings>,
         budget: Arc<RetryBudget>,
         observer: Arc<dyn Observer>,
         classify_error: fn(&BoxError) -> Outcome,
         enforcement: Enforcement,
-        deadline: Option<Instant>,
     ) -> Self {
-        budget.deposit();
-        Self { settings, budget, observer, classify_error, enforcement, deadline, attempt: 1 }
+        Self { settings, budget, observer, classify_error, enforcement }
     }
 
-    fn decide<Req: RetryRequest, Res: RetryResponse>(
-        &mut self,
-        req: &mut Req,
+    /// Whether attempt `attempt` (1-based), which ended in `result`, is tried again, and after
+    /// how long (see the module's list of conditions). In DryRun every decision is reported
+    /// and `None` returned.
+    pub(super) fn decide<Res: RetryResponse>(
+        &self,
+        attempt: u32,
+        call: &Facts,
         result: &mut Result<Res, BoxError>,
     ) -> Option<Duration> {
         let outcome = match result {
@@ -94,7 +113,7 @@ impl RetryPolicy {
         if !failure.matches_retry(s.conditions, &s.statuses, &s.grpc_codes) {
             return None;
         }
-        if self.attempt >= s.attempts {
+        if attempt >= s.attempts {
             return None;
         }
         let enforcement = self.enforcement;
@@ -106,17 +125,17 @@ impl RetryPolicy {
         // listing `retryableStatusCodes` declares the calls safe to repeat), although every gRPC
         // call is a POST; it does not widen what is retried for plain HTTP.
         let listed_grpc_code = matches!(failure, Failure::Grpc(_));
-        if failure.may_have_been_processed() && !listed_grpc_code && !req.idempotent() {
+        if failure.may_have_been_processed() && !listed_grpc_code && !call.idempotent {
             return skip(Skip::Method);
         }
-        if req.depth() >= s.max_depth {
+        if call.depth >= s.max_depth {
             return skip(Skip::RetryDepth);
         }
-        if !req.replayable() {
+        if !call.replayable {
             return skip(Skip::BodyTooLarge);
         }
-        let backoff = s.backoff.delay(self.attempt, outcome.retry_after, &mut rand::rng());
-        if self.deadline.is_some_and(|d| Instant::now() + backoff >= d) {
+        let backoff = s.backoff.delay(attempt, outcome.retry_after, &mut rand::rng());
+        if call.deadline.is_some_and(|d| Instant::now() + backoff >= d) {
             return skip(Skip::Deadline);
         }
         let reason = failure.reason();
@@ -127,32 +146,8 @@ impl RetryPolicy {
             }
             return None;
         }
-        let attempt = self.attempt + 1;
-        self.observer.decided(Decision::Retry { reason, attempt, backoff }, enforcement);
-        if !enforcement.enforced() {
-            return None;
-        }
-        self.attempt = attempt;
-        req.prepare_retry(attempt);
-        Some(backoff)
-    }
-}
-
-impl<Req, Res> tower::retry::Policy<Req, Res, BoxError> for RetryPolicy
-where
-    Req: RetryRequest,
-    Res: RetryResponse,
-{
-    type Future = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-    fn retry(&mut self, req: &mut Req, result: &mut Result<Res, BoxError>) -> Option<Self::Future> {
-        let backoff = self.decide(req, result)?;
-        Some(Box::pin(tokio::time::sleep(backoff)))
-    }
-
-    fn clone_request(&mut self, req: &Req) -> Option<Req> {
-        // Without retries configured there is nothing to keep.
-        (self.settings.attempts > 1).then(|| req.clone_for_retry())
+        self.observer.decided(Decision::Retry { reason, attempt: attempt + 1, backoff }, enforcement);
+        enforcement.enforced().then_some(backoff)
     }
 }
 

@@ -1,13 +1,14 @@
 //! Deadlines.
 //!
-//! [`Timeout`] bounds a whole call — every retry and backoff included — like Envoy's route
-//! timeout, so a caller's worst case is one number. Per-attempt deadlines are computed with
-//! [`attempt_deadline`]: the smaller of `perTry` and what remains of the whole call, except
-//! that the last attempt always gets everything that remains (cutting it early would only turn
-//! a slow success into a certain failure).
+//! The whole call's deadline is taken once, when the call arrives, and travels with it
+//! ([`Timed::deadline`]); [`TimeoutLayer::request`] enforces it around every retry and backoff,
+//! like Envoy's route timeout, so a caller's worst case is one number. [`TimeoutLayer::per_try`]
+//! bounds one attempt by [`attempt_deadline`]: the smaller of `perTry` and what remains of the
+//! whole call, except that the last attempt always gets everything that remains (cutting it
+//! early would only turn a slow success into a certain failure).
 //!
-//! In DryRun the deadline is *observed*: when it passes, the observer is told and the call
-//! goes on.
+//! In DryRun a deadline is *observed*: when it passes, the observer is told and the call goes
+//! on.
 
 use std::{
     future::Future,
@@ -24,8 +25,23 @@ use crate::{BoxError, Deadline, Decision, Enforcement, Observer};
 
 /// A deadline passed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("deadline of {0:?} passed")]
-pub struct Elapsed(pub Duration);
+#[error("the {} deadline of {limit:?} passed", match deadline { Deadline::Request => "request", Deadline::PerTry => "per-try" })]
+pub struct Elapsed {
+    /// Which.
+    pub deadline: Deadline,
+    /// Its length.
+    pub limit: Duration,
+}
+
+/// What the deadlines read from a call.
+pub trait Timed {
+    /// The whole call's deadline, taken once when it arrived.
+    fn deadline(&self) -> Option<Instant>;
+    /// Which attempt this is, 1-based.
+    fn attempt(&self) -> u32 {
+        1
+    }
+}
 
 /// The deadline for attempt `attempt` (1-based) of at most `attempts`, for a call whose whole
 /// deadline is `call_deadline`.
@@ -44,18 +60,32 @@ pub fn attempt_deadline(
     }
 }
 
-/// Bounds calls by a duration.
+/// Bounds calls by a deadline.
 #[derive(Clone)]
 pub struct TimeoutLayer {
-    limit: Option<Duration>,
+    deadline: Deadline,
+    limit: Duration,
+    /// Per try: attempts at most (the last one gets what remains of the call).
+    attempts: u32,
     enforcement: Enforcement,
     observer: Arc<dyn Observer>,
 }
 
 impl TimeoutLayer {
-    /// `None` means no deadline. In DryRun the deadline is only reported.
-    pub fn new(limit: Option<Duration>, enforcement: Enforcement, observer: Arc<dyn Observer>) -> Self {
-        Self { limit, enforcement, observer }
+    /// The whole call's deadline, `limit` long, read from each call ([`Timed::deadline`]).
+    pub fn request(limit: Duration, enforcement: Enforcement, observer: Arc<dyn Observer>) -> Self {
+        Self { deadline: Deadline::Request, limit, attempts: 1, enforcement, observer }
+    }
+
+    /// Each attempt's deadline: `limit` from when it starts, within the call's deadline, of at
+    /// most `attempts` attempts.
+    pub fn per_try(
+        limit: Duration,
+        attempts: u32,
+        enforcement: Enforcement,
+        observer: Arc<dyn Observer>,
+    ) -> Self {
+        Self { deadline: Deadline::PerTry, limit, attempts, enforcement, observer }
     }
 }
 
@@ -77,6 +107,7 @@ pub struct Timeout<S> {
 impl<S, Req> Service<Req> for Timeout<S>
 where
     S: Service<Req, Error = BoxError>,
+    Req: Timed,
 {
     type Response = S::Response;
     type Error = BoxError;
@@ -87,9 +118,16 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
+        let l = &self.layer;
+        let until = match l.deadline {
+            Deadline::Request => req.deadline(),
+            Deadline::PerTry => {
+                attempt_deadline(Instant::now(), Some(l.limit), req.deadline(), req.attempt(), l.attempts)
+            }
+        };
         TimeoutFuture {
             inner: self.inner.call(req),
-            sleep: self.layer.limit.map(tokio::time::sleep),
+            sleep: until.map(tokio::time::sleep_until),
             layer: self.layer.clone(),
             fired: false,
         }
@@ -129,11 +167,10 @@ where
         {
             // The deadline passed first.
             *this.fired = true;
-            let limit = this.layer.limit.unwrap_or_default();
-            let decision = Decision::TimedOut { deadline: Deadline::Request, limit };
-            this.layer.observer.decided(decision, this.layer.enforcement);
+            let (deadline, limit) = (this.layer.deadline, this.layer.limit);
+            this.layer.observer.decided(Decision::TimedOut { deadline, limit }, this.layer.enforcement);
             if this.layer.enforcement.enforced() {
-                return Poll::Ready(Err(Elapsed(limit).into()));
+                return Poll::Ready(Err(Elapsed { deadline, limit }.into()));
             }
         }
         Poll::Pending
@@ -160,28 +197,88 @@ mod tests {
         }
     }
 
+    /// A call whose deadline was taken when it arrived.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    struct Call {
+        deadline: Option<Instant>,
+        attempt: u32,
+    }
+
+    impl Timed for Call {
+        fn deadline(&self) -> Option<Instant> {
+            self.deadline
+        }
+        fn attempt(&self) -> u32 {
+            self.attempt
+        }
+    }
+
+    fn arriving_now(limit: Duration) -> Call {
+        Call { deadline: Some(Instant::now() + limit), attempt: 1 }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn cuts_a_slow_call_with_elapsed() {
         let count = Arc::new(Count::default());
-        let (svc, mut handle) = mock::pair::<(), ()>();
-        let svc = TimeoutLayer::new(Some(Duration::from_millis(200)), Enforcement::Enforce, count.clone())
-            .layer(svc);
+        let limit = Duration::from_millis(200);
+        let (svc, mut handle) = mock::pair::<Call, ()>();
+        let svc = TimeoutLayer::request(limit, Enforcement::Enforce, count.clone()).layer(svc);
         handle.allow(1);
-        let call = tokio::spawn(svc.oneshot(()));
+        let call = tokio::spawn(svc.oneshot(arriving_now(limit)));
         let (_, _send) = handle.next_request().await.expect("request");
         let err = call.await.expect("join").expect_err("cut");
-        assert_eq!(err.downcast_ref::<Elapsed>(), Some(&Elapsed(Duration::from_millis(200))));
+        assert_eq!(err.downcast_ref::<Elapsed>(), Some(&Elapsed { deadline: Deadline::Request, limit }));
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
+    }
+
+    /// The deadline is the one the call carries, taken when it arrived: time spent before the
+    /// layer (reading the request body, waiting in a queue) counts.
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_counts_from_arrival_not_from_the_layer() {
+        let count = Arc::new(Count::default());
+        let limit = Duration::from_millis(200);
+        let arrived = arriving_now(limit);
+        tokio::time::advance(Duration::from_millis(150)).await;
+        let (svc, mut handle) = mock::pair::<Call, ()>();
+        let svc = TimeoutLayer::request(limit, Enforcement::Enforce, count.clone()).layer(svc);
+        handle.allow(1);
+        let started = Instant::now();
+        let call = tokio::spawn(svc.oneshot(arrived));
+        let (_, _send) = handle.next_request().await.expect("request");
+        call.await.expect("join").expect_err("cut");
+        assert_eq!(started.elapsed(), Duration::from_millis(50), "what remained of the 200ms");
+    }
+
+    /// Per try: `perTry` from the attempt's start, and the last attempt gets what remains.
+    #[tokio::test(start_paused = true)]
+    async fn per_try_cuts_an_attempt_but_not_the_last_one_early() {
+        let count = Arc::new(Count::default());
+        let per_try = Duration::from_millis(100);
+        let (svc, mut handle) = mock::pair::<Call, ()>();
+        let svc = TimeoutLayer::per_try(per_try, 2, Enforcement::Enforce, count.clone()).layer(svc);
+        handle.allow(2);
+        let start = Instant::now();
+        let first = Call { deadline: Some(start + Duration::from_secs(1)), attempt: 1 };
+        let call = tokio::spawn(svc.clone().oneshot(first));
+        let (_, _send) = handle.next_request().await.expect("request");
+        let err = call.await.expect("join").expect_err("cut");
+        assert_eq!(err.downcast_ref::<Elapsed>().map(|e| e.deadline), Some(Deadline::PerTry));
+        assert_eq!(start.elapsed(), per_try);
+        let last = Call { attempt: 2, ..first };
+        let call = tokio::spawn(svc.oneshot(last));
+        let (_, _send2) = handle.next_request().await.expect("request");
+        call.await.expect("join").expect_err("cut");
+        assert_eq!(start.elapsed(), Duration::from_secs(1), "the last attempt ran to the call's deadline");
     }
 
     #[tokio::test(start_paused = true)]
     async fn dry_run_reports_but_lets_the_call_finish() {
         let count = Arc::new(Count::default());
-        let (svc, mut handle) = mock::pair::<(), ()>();
-        let svc = TimeoutLayer::new(Some(Duration::from_millis(200)), Enforcement::DryRun, count.clone())
-            .layer(svc);
+        let limit = Duration::from_millis(200);
+        let (svc, mut handle) = mock::pair::<Call, ()>();
+        let svc = TimeoutLayer::request(limit, Enforcement::DryRun, count.clone()).layer(svc);
         handle.allow(1);
-        let call = tokio::spawn(svc.oneshot(()));
+        let call = tokio::spawn(svc.oneshot(arriving_now(limit)));
         let (_, send) = handle.next_request().await.expect("request");
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(count.0.load(Ordering::SeqCst), 1, "the deadline was noticed");

@@ -341,7 +341,7 @@ async fn forward_to_target(
     } else {
         let (parts, body) = req.into_parts();
         let (body, fault) = ClientBody::wrap(body, activity);
-        super::forward::call(target, Request::from_parts(parts, body), grpc, fault).await
+        target.stack.call(Request::from_parts(parts, body), grpc, fault, start).await
     };
     target.metrics.response(resp.status().as_u16(), start.elapsed().as_secs_f64());
     resp

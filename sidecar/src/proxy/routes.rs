@@ -14,7 +14,7 @@ use std::{
 
 use breakwater_crds::snapshot::{AppliedPolicy, PortSnapshot, ServiceSnapshot};
 
-use super::{client::PoolSettings, detect::Declared, endpoint::Endpoint, state::Resilience};
+use super::{client::PoolSettings, detect::Declared, endpoint::Endpoint, stack::Stack, state::Resilience};
 use crate::{
     config::{Config, ProxyLimits, ServiceKey, policy::Policy},
     metrics::{Direction, Metrics, ServiceMetrics},
@@ -30,16 +30,15 @@ pub struct Target {
     /// The policy as compiled for this target's direction.
     pub settings: Policy,
     /// Its endpoints.
-    pub endpoints: Vec<Arc<Endpoint>>,
+    pub endpoints: Arc<[Arc<Endpoint>]>,
     /// Pool settings (from the policy's timeouts, or defaults).
     pub pool: PoolSettings,
     /// Metric handles.
     pub metrics: ServiceMetrics,
     /// Retries, breakers, bulkheads.
-    pub resilience: Resilience,
-    /// The service-scope breaker as a tower layer, built on first use (once per configuration
-    /// rather than per call).
-    pub service_breaker: super::forward::ServiceBreakerLayer,
+    pub resilience: Arc<Resilience>,
+    /// Its request path.
+    pub stack: Stack,
 }
 
 impl Target {
@@ -56,8 +55,12 @@ impl Target {
         let pool =
             PoolSettings { connect_timeout: settings.connect_timeout, idle_timeout: settings.idle_timeout };
         let service_metrics = metrics.service(&service.to_string(), direction);
-        let resilience =
-            Resilience::build(&settings, endpoints, prev.map(|p| &p.resilience), &service_metrics);
+        let resilience = Arc::new(Resilience::build(
+            &settings,
+            endpoints,
+            prev.map(|p| p.resilience.as_ref()),
+            &service_metrics,
+        ));
         let limit = resilience.connections.as_ref().map(|c| c.permits.clone());
         let same_limit = |p: &Target| match (&p.resilience.connections, &resilience.connections) {
             (None, None) => true,
@@ -69,7 +72,7 @@ impl Target {
             .filter(|p| p.pool == pool && same_limit(p))
             .map(|p| p.endpoints.iter().map(|e| (e.addr, e)).collect())
             .unwrap_or_default();
-        let endpoints: Vec<Arc<Endpoint>> = endpoints
+        let endpoints: Arc<[Arc<Endpoint>]> = endpoints
             .iter()
             .map(|a| {
                 reusable
@@ -78,9 +81,10 @@ impl Target {
             })
             .collect();
         let version = super::speaks::Speaks::declared_by(app_protocol);
-        for e in &endpoints {
+        for e in endpoints.iter() {
             e.speaks.declare(version);
         }
+        let stack = Stack::new(&settings, endpoints.clone(), resilience.clone(), service_metrics.clone());
         Arc::new(Self {
             service: service.clone(),
             policy: policy.cloned(),
@@ -89,7 +93,7 @@ impl Target {
             pool,
             metrics: service_metrics,
             resilience,
-            service_breaker: Default::default(),
+            stack,
         })
     }
 

@@ -1,6 +1,6 @@
 //! One request sent to one upstream endpoint: the request made ready for the upstream (absolute
 //! URI, hop-by-hop headers removed), the pooled client of the HTTP version in use, `Upgrade`
-//! handled, and why an attempt failed ([`AttemptError`]). Shared by the policy path (`forward`)
+//! handled, and why an attempt failed ([`AttemptError`]). Shared by the target stack (`stack`)
 //! and the passthrough path (`http`).
 
 use std::{net::SocketAddr, sync::Arc};

@@ -1,10 +1,13 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use tower::{Service, ServiceExt, retry::Retry};
+use tower::{Layer, Service, ServiceExt};
 use tower_test::mock;
 
 use super::*;
-use crate::outcome::{Condition, Failure};
+use crate::{
+    outcome::{Condition, Failure},
+    retry::RetryLayer,
+};
 
 #[derive(Debug, Clone)]
 struct Req {
@@ -12,11 +15,18 @@ struct Req {
     depth: u32,
     replayable: bool,
     attempt: u32,
+    deadline: Option<Instant>,
 }
 
 impl Req {
     fn get() -> Self {
-        Self { idempotent: true, depth: 0, replayable: true, attempt: 1 }
+        Self { idempotent: true, depth: 0, replayable: true, attempt: 1, deadline: None }
+    }
+}
+
+impl Timed for Req {
+    fn deadline(&self) -> Option<Instant> {
+        self.deadline
     }
 }
 
@@ -120,8 +130,9 @@ fn start(
     let obs = Arc::new(Observed::default());
     let (svc, mut handle) = mock::pair::<Req, Res>();
     handle.allow(100);
-    let policy = RetryPolicy::for_call(settings, budget, obs.clone(), classify_error, enforcement, deadline);
-    let mut retry = Retry::new(policy, svc);
+    let policy = RetryPolicy::new(settings, budget, obs.clone(), classify_error, enforcement);
+    let mut retry = RetryLayer::new(policy).layer(svc);
+    let req = Req { deadline, ..req };
     let call = tokio::spawn(async move { retry.ready().await?.call(req).await });
     Harness { obs, handle, call }
 }
