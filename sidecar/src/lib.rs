@@ -33,6 +33,16 @@ use tokio::{net::TcpListener, sync::oneshot};
 
 use crate::{drain::Drain, metrics::Direction, store::Store};
 
+/// What a sidecar shares with the process around it: the metrics registry (the trace pipeline
+/// counts into it too) and, when traces are exported, which requests to record.
+#[derive(Debug, Default)]
+pub struct Observability {
+    /// Every metric the sidecar exports.
+    pub metrics: Arc<metrics::Metrics>,
+    /// Which requests get spans; `None`: tracing is off.
+    pub sampling: Option<telemetry::sampling::Policy>,
+}
+
 /// A running sidecar.
 #[derive(Debug)]
 pub struct Sidecar {
@@ -57,7 +67,7 @@ impl Sidecar {
     /// Compiles `config_text`, binds every listener and starts serving. With `watch`, the file
     /// at that path is watched (and SIGHUP honoured) for reloads.
     pub async fn start(config_text: &str, watch: Option<PathBuf>) -> anyhow::Result<Self> {
-        Self::start_with(config_text, watch, None).await
+        Self::start_with(config_text, watch, None, Observability::default()).await
     }
 
     /// Cluster mode: the sidecar's own settings from `settings_text` (a SidecarConfig without
@@ -67,17 +77,21 @@ impl Sidecar {
         settings_text: &str,
         control_plane: store::stream::ControlPlane,
     ) -> anyhow::Result<Self> {
-        Self::start_with(settings_text, None, Some(control_plane)).await
+        Self::start_with(settings_text, None, Some(control_plane), Observability::default()).await
     }
 
-    async fn start_with(
+    /// [`Sidecar::start`] (`control_plane` `None`) or [`Sidecar::start_cluster`], counting into
+    /// `observability`'s metrics and recording requests as its sampling policy says.
+    pub async fn start_with(
         config_text: &str,
         watch: Option<PathBuf>,
         control_plane: Option<store::stream::ControlPlane>,
+        observability: Observability,
     ) -> anyhow::Result<Self> {
-        let metrics = Arc::new(metrics::Metrics::new());
         let store = Arc::new(
-            Store::new(config_text, metrics).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?,
+            Store::new(config_text, observability.metrics)
+                .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?
+                .with_sampling(observability.sampling),
         );
         let listeners = store.load().config.listeners;
         let drain = Drain::new();

@@ -319,20 +319,20 @@ fn run(
             &compiled.default_service_name(),
             compiled.pod(),
         )?;
-        let started = telemetry::Telemetry::start(settings)?;
+        let metrics = std::sync::Arc::new(breakwater_sidecar::metrics::Metrics::new());
+        let started = telemetry::Telemetry::start(settings, metrics.span_counters())?;
         let (telemetry, tracer) = match started {
-            Some((t, tracer)) => (Some(std::sync::Arc::new(t)), Some(tracer)),
+            Some((t, tracer)) => (Some(t), Some(tracer)),
             None => (None, None),
         };
         init_tracing(log, format, tracer);
         if let Some(t) = &telemetry {
-            t.spawn_counter_sync();
             tracing::info!(endpoint = ?t.settings.endpoint, protocol = ?t.settings.protocol, sampler = %t.settings.sampler, ratio = t.settings.ratio, "exporting traces");
         }
-        let sidecar = match control_plane {
-            Some(cp) => Sidecar::start_cluster(&text, cp).await?,
-            None => Sidecar::start(&text, config.clone().filter(|_| !no_watch)).await?,
-        };
+        let observability =
+            breakwater_sidecar::Observability { metrics, sampling: telemetry.as_ref().map(|t| t.sampling()) };
+        let watch = config.clone().filter(|_| !no_watch && control_plane.is_none());
+        let sidecar = Sidecar::start_with(&text, watch, control_plane, observability).await?;
         if let Some(addr) = probe_address {
             let bound = sidecar.serve_probes(addr).await?;
             tracing::info!(probes = %bound, "serving /live /ready /metrics for the kubelet");
@@ -351,8 +351,8 @@ fn run(
             tracing::info!("drained");
         }
         if let Some(t) = telemetry {
-            t.flush(Duration::from_secs(5)).await;
-            t.shutdown();
+            // Exporting what is left blocks: off the runtime's threads.
+            let _ = tokio::task::spawn_blocking(move || t.shutdown(Duration::from_secs(5))).await;
         }
         Ok(())
     })

@@ -3,6 +3,7 @@
 //! Families are registered once; the request path holds pre-resolved handles
 //! ([`ServiceMetrics`]) so that counting a request is an atomic add, not a map lookup.
 
+use crate::telemetry::processor::SpanCounters;
 use std::sync::Arc;
 
 use prometheus_client::{
@@ -139,6 +140,7 @@ pub struct Metrics {
     timeouts: Family<ServiceKind, Counter>,
     dryrun_decisions: Family<ServiceDecision, Counter>,
     client_errors: Family<ClientErrorLabels, Counter>,
+    spans: SpanCounters,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -154,6 +156,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The span export counters, for the trace pipeline to count into.
+    pub fn span_counters(&self) -> SpanCounters {
+        self.spans.clone()
+    }
+
     /// Registers every family.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("breakwater");
@@ -177,6 +184,7 @@ impl Metrics {
             timeouts: Family::default(),
             dryrun_decisions: Family::default(),
             client_errors: Family::default(),
+            spans: SpanCounters::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -273,17 +281,17 @@ impl Metrics {
         registry.register(
             "trace_spans_dropped",
             "Spans dropped because the export queue was full (the collector is slow or down)",
-            crate::telemetry::COUNTERS.dropped.clone(),
+            m.spans.dropped.clone(),
         );
         registry.register(
             "trace_spans_exported",
             "Spans exported to the OpenTelemetry collector",
-            crate::telemetry::COUNTERS.exported.clone(),
+            m.spans.exported.clone(),
         );
         registry.register(
             "trace_spans_export_failed",
             "Spans in batches the collector refused or did not answer in time",
-            crate::telemetry::COUNTERS.failed.clone(),
+            m.spans.failed.clone(),
         );
         // Families whose every label is known up front start at zero, so dashboards and
         // alerts see them before the first event.

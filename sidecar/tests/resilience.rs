@@ -89,7 +89,8 @@ async fn grpc_unavailable_in_trailers_is_retried() {
 
 #[tokio::test]
 async fn a_slow_upstream_is_cut_at_the_request_timeout_retries_included() {
-    let up = fault(Faults { delay: Duration::from_secs(5), ..Default::default() }).await;
+    // The upstream would answer after a minute; only the deadline can end the call sooner.
+    let up = fault(Faults { delay: Duration::from_secs(60), ..Default::default() }).await;
     let spec = "  timeouts: {request: 400ms, perTry: 100ms}\n  retries: {attempts: 10, retryOn: {conditions: [timeout]}, backoff: {base: 5ms, max: 10ms}}\n";
     let sc = sidecar_with(&[up.addr()], spec).await;
     let started = tokio::time::Instant::now();
@@ -97,10 +98,9 @@ async fn a_slow_upstream_is_cut_at_the_request_timeout_retries_included() {
     let took = started.elapsed();
     assert_eq!(got.status, 504);
     assert_eq!(got.header("breakwater-error"), Some("timeout"));
-    assert!(
-        took >= Duration::from_millis(400) && took < Duration::from_secs(3),
-        "cut at the deadline: {took:?}"
-    );
+    assert!(took >= Duration::from_millis(400), "never before the deadline: {took:?}");
+    assert!(took < Duration::from_secs(30), "cut by the deadline, not by the upstream's answer: {took:?}");
+
     assert!(up.stats().requests() >= 2, "perTry cut attempts and retried within the deadline");
     assert!(
         metric(&sc, "breakwater_timeouts_total{service=\"payments.shop\",kind=\"per_try\"}").await >= 1.0
@@ -184,7 +184,7 @@ async fn a_saturated_service_sheds_with_bulkhead_full_while_the_queue_bound_hold
             tokio::spawn(async move {
                 let started = tokio::time::Instant::now();
                 let got = get(outbound, "http://payments/").await;
-                (got.status, got.header("breakwater-error").map(str::to_owned), started.elapsed())
+                (got.status, got.header("breakwater-error").map(str::to_owned), started.elapsed(), got.text())
             })
         })
         .collect();
@@ -197,13 +197,11 @@ async fn a_saturated_service_sheds_with_bulkhead_full_while_the_queue_bound_hold
     assert_eq!(ok, 2, "{results:?}");
     assert_eq!(shed.len(), 4, "{results:?}");
     assert!(shed.iter().all(|r| r.0 == 503));
-    let immediate = shed.iter().filter(|r| r.2 < Duration::from_millis(150)).count();
-    let after_wait = shed.iter().filter(|r| r.2 >= Duration::from_millis(200)).count();
-    assert_eq!(
-        (immediate, after_wait),
-        (2, 2),
-        "2 refused at once (queue full), 2 after maxQueueWait: {results:?}"
-    );
+    // Why each was refused is in its answer: two found the queue full, two waited in it.
+    let queue_full = shed.iter().filter(|r| r.3.contains("the queue is full")).count();
+    let waited: Vec<_> = shed.iter().filter(|r| r.3.contains("no slot freed within 200ms")).collect();
+    assert_eq!((queue_full, waited.len()), (2, 2), "2 refused at once, 2 after maxQueueWait: {results:?}");
+    assert!(waited.iter().all(|r| r.2 >= Duration::from_millis(200)), "those waited the 200ms: {results:?}");
     assert!(up.stats().max_in_flight() <= 2, "the upstream never saw more than 2");
     assert_eq!(
         metric(&sc, "breakwater_bulkhead_rejected_total{service=\"payments.shop\",direction=\"outbound\"}")

@@ -202,7 +202,7 @@ async fn route_and_forward(mut req: Request<Incoming>, ctx: &ConnContext) -> Res
         },
     };
     // Spans only for requests the sampler records (always none with tracing off).
-    let span = if telemetry::sampling::record(req.headers()) {
+    let span = if ctx.store.sampling().is_some_and(|s| s.record(req.headers())) {
         request_span(ctx.direction, &req, &dest, grpc)
     } else {
         tracing::Span::none()

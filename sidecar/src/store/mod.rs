@@ -23,6 +23,7 @@ use crate::{
     config::{self, Config, ConfigError},
     metrics::Metrics,
     proxy::Routes,
+    telemetry::sampling,
 };
 
 /// Where a configuration came from.
@@ -70,6 +71,8 @@ pub struct Store {
     current: ArcSwap<Published>,
     last_error: ArcSwap<Option<ReloadError>>,
     metrics: Arc<Metrics>,
+    /// Which requests get spans; `None`: tracing is off. Set once, when tracing starts.
+    sampling: Option<sampling::Policy>,
 }
 
 fn unix_now() -> u64 {
@@ -108,7 +111,18 @@ impl Store {
             current: ArcSwap::from_pointee(published),
             last_error: ArcSwap::from_pointee(None),
             metrics,
+            sampling: None,
         })
+    }
+
+    /// The store of a sidecar that records requests as `sampling` decides.
+    pub fn with_sampling(self, sampling: Option<sampling::Policy>) -> Self {
+        Self { sampling, ..self }
+    }
+
+    /// Which requests get spans (`None`: tracing is off).
+    pub fn sampling(&self) -> Option<&sampling::Policy> {
+        self.sampling.as_ref()
     }
 
     /// The current configuration.

@@ -17,16 +17,11 @@ pub mod propagation;
 pub mod sampling;
 pub mod spans;
 
-use std::{
-    collections::BTreeMap,
-    sync::{Arc, LazyLock},
-    time::Duration,
-};
+use std::{collections::BTreeMap, time::Duration};
 
 use opentelemetry::{KeyValue, trace::TracerProvider as _};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig as _};
 use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
-use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 
 /// The `telemetry` section of a `SidecarConfig`. Every field is optional; unset fields fall
@@ -192,7 +187,7 @@ impl Resolved {
     }
 
     /// The request-path sampling policy (see [`sampling`]).
-    fn sampling(&self) -> sampling::Policy {
+    pub fn sampling(&self) -> sampling::Policy {
         sampling::Policy::from_name(&self.sampler, self.ratio)
     }
 }
@@ -206,52 +201,22 @@ fn signal_endpoint(base: &str, protocol: Protocol) -> String {
     }
 }
 
-/// Span export counters, for `/metrics`.
-pub static COUNTERS: LazyLock<SpanCounters> = LazyLock::new(SpanCounters::default);
-
-/// Span export counters.
-#[derive(Debug, Default)]
-pub struct SpanCounters {
-    /// Spans dropped (queue full).
-    pub dropped: Counter,
-    /// Spans exported.
-    pub exported: Counter,
-    /// Spans whose export failed.
-    pub failed: Counter,
-}
-
 /// A running trace pipeline.
 #[derive(Debug)]
 pub struct Telemetry {
     provider: SdkTracerProvider,
-    flusher: processor::Flusher,
-    counters: Arc<processor::Counters>,
     /// The settings in force.
     pub settings: Resolved,
 }
 
 impl Telemetry {
-    /// Builds the exporter and the provider (on the current tokio runtime) and returns the
-    /// `tracing` layer to install. `None` when tracing is off.
+    /// Starts the export thread (the exporter is built there) and the provider, counting into
+    /// `counters`, and returns the tracer for the `tracing` layer. `None` when tracing is off.
     pub fn start(
         settings: Resolved,
+        counters: processor::SpanCounters,
     ) -> Result<Option<(Self, opentelemetry_sdk::trace::SdkTracer)>, TelemetryError> {
         let Some(endpoint) = settings.endpoint.clone() else { return Ok(None) };
-        let timeout = Duration::from_secs(10);
-        let mut exporter = match settings.protocol {
-            Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(endpoint)
-                .with_timeout(timeout)
-                .build(),
-            Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_endpoint(endpoint)
-                .with_timeout(timeout)
-                .with_headers(Default::default())
-                .build(),
-        }
-        .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
         let mut attrs: Vec<KeyValue> =
             settings.resource.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())).collect();
         attrs.push(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
@@ -259,57 +224,49 @@ impl Telemetry {
             .with_service_name(settings.service_name.clone())
             .with_attributes(attrs)
             .build();
-        opentelemetry_sdk::trace::SpanExporter::set_resource(&mut exporter, &resource);
-        let counters = Arc::new(processor::Counters::default());
+        let (protocol, exporter_resource) = (settings.protocol, resource.clone());
+        let build = move || {
+            let timeout = Duration::from_secs(10);
+            let mut exporter = match protocol {
+                Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+                    .with_tonic()
+                    .with_endpoint(endpoint)
+                    .with_timeout(timeout)
+                    .build(),
+                Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
+                    .with_http()
+                    .with_endpoint(endpoint)
+                    .with_timeout(timeout)
+                    .with_headers(Default::default())
+                    .build(),
+            }
+            .map_err(|e| e.to_string())?;
+            opentelemetry_sdk::trace::SpanExporter::set_resource(&mut exporter, &exporter_resource);
+            Ok(exporter)
+        };
         let processor =
-            processor::BoundedBatchProcessor::start(exporter, processor::Limits::default(), counters.clone());
-        let flusher = processor.flusher();
-        let sampling = settings.sampling();
-        sampling.install();
+            processor::BoundedBatchProcessor::start(build, processor::Limits::default(), counters)
+                .map_err(TelemetryError::Exporter)?;
         let provider = SdkTracerProvider::builder()
             .with_span_processor(processor)
-            .with_sampler(sampling.sdk_sampler())
+            .with_sampler(settings.sampling().sdk_sampler())
             .with_resource(resource)
             .build();
         let tracer = provider.tracer("breakwater-sidecar");
-        Ok(Some((Self { provider, flusher, counters, settings }, tracer)))
+        Ok(Some((Self { provider, settings }, tracer)))
     }
 
-    /// Exports what is queued (at shutdown), waiting at most `timeout`.
-    pub async fn flush(&self, timeout: Duration) {
-        self.flusher.flush(timeout).await;
-        self.sync_counters();
+    /// The request path's sampling decision (see [`sampling`]).
+    pub fn sampling(&self) -> sampling::Policy {
+        self.settings.sampling()
     }
 
-    /// Copies the processor's counters to the Prometheus ones.
-    pub fn sync_counters(&self) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let set = |c: &Counter, v: u64| {
-            let now = c.get();
-            if v > now {
-                c.inc_by(v - now);
-            }
-        };
-        set(&COUNTERS.dropped, self.counters.dropped.load(Relaxed));
-        set(&COUNTERS.exported, self.counters.exported.load(Relaxed));
-        set(&COUNTERS.failed, self.counters.failed.load(Relaxed));
-    }
-
-    /// Keeps the Prometheus counters current until the process exits.
-    pub fn spawn_counter_sync(self: &Arc<Self>) {
-        let me = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-                me.sync_counters();
-            }
-        });
-    }
-
-    /// Stops the provider (after [`Telemetry::flush`]).
-    pub fn shutdown(&self) {
-        let _ = self.provider.shutdown();
+    /// Exports what is queued and stops the pipeline, waiting at most `timeout` (blocks: call
+    /// it off the runtime's threads).
+    pub fn shutdown(&self, timeout: Duration) {
+        if let Err(e) = self.provider.shutdown_with_timeout(timeout) {
+            tracing::warn!(error = %e, "spans may have been lost at shutdown");
+        }
     }
 }
 

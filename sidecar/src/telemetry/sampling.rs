@@ -6,8 +6,9 @@
 //! sampler, and builds spans only for requests it records. The SDK then samples every span it is
 //! given (`AlwaysOn`, or `ParentBased(AlwaysOn)` for the parent-based samplers), so the two
 //! decisions never multiply.
-
-use std::sync::OnceLock;
+//!
+//! The policy is part of what the request path reads from the store (`Store::sampling`), set
+//! once when tracing starts: no process-wide state.
 
 use http::HeaderMap;
 use opentelemetry_sdk::trace::Sampler;
@@ -21,8 +22,6 @@ pub struct Policy {
     /// Fraction of root requests recorded.
     pub ratio: f64,
 }
-
-static POLICY: OnceLock<Policy> = OnceLock::new();
 
 impl Policy {
     /// From a sampler name and ratio (`OTEL_TRACES_SAMPLER` values).
@@ -42,9 +41,14 @@ impl Policy {
         if self.parent_based { Sampler::ParentBased(Box::new(Sampler::AlwaysOn)) } else { Sampler::AlwaysOn }
     }
 
-    /// Installs the policy for the request path (once, at start).
-    pub fn install(self) {
-        let _ = POLICY.set(self);
+    /// Whether to record a request with these headers (build its spans).
+    pub fn record(&self, headers: &HeaderMap) -> bool {
+        if self.parent_based
+            && let Some(sampled) = parent_sampled(headers)
+        {
+            return sampled;
+        }
+        self.ratio >= 1.0 || (self.ratio > 0.0 && rand::rng().random::<f64>() < self.ratio)
     }
 }
 
@@ -59,17 +63,6 @@ fn parent_sampled(headers: &HeaderMap) -> Option<bool> {
         return Some(matches!(b3.split('-').nth(2), Some("1" | "d")) || b3 == "1" || b3 == "d");
     }
     headers.get("x-b3-sampled").and_then(|v| v.to_str().ok()).map(|s| s == "1" || s == "true")
-}
-
-/// Whether to record this request (build its spans). `false` when tracing is off.
-pub fn record(headers: &HeaderMap) -> bool {
-    let Some(policy) = POLICY.get() else { return false };
-    if policy.parent_based
-        && let Some(sampled) = parent_sampled(headers)
-    {
-        return sampled;
-    }
-    policy.ratio >= 1.0 || (policy.ratio > 0.0 && rand::rng().random::<f64>() < policy.ratio)
 }
 
 #[cfg(test)]
@@ -105,5 +98,23 @@ mod tests {
         );
         assert_eq!(Policy::from_name("always_off", 0.5).ratio, 0.0);
         assert!(matches!(Policy::from_name("traceidratio", 0.1).sdk_sampler(), Sampler::AlwaysOn));
+    }
+
+    #[test]
+    fn the_caller_decides_under_a_parent_based_policy_and_the_ratio_otherwise() {
+        let mut sampled = HeaderMap::new();
+        sampled.insert(
+            "traceparent",
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        );
+        let none = HeaderMap::new();
+        let never = Policy::from_name("parentbased_always_off", 1.0);
+        assert!(never.record(&sampled), "a sampled caller is followed");
+        assert!(!never.record(&none), "a root request is not recorded");
+        let off = Policy::from_name("always_off", 1.0);
+        assert!(!off.record(&sampled), "not parent-based: the caller's flag does not count");
+        let tenth = Policy::from_name("traceidratio", 0.1);
+        let recorded = (0..10_000).filter(|_| tenth.record(&none)).count();
+        assert!((700..1300).contains(&recorded), "about 10% of 10,000, got {recorded}");
     }
 }
