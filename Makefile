@@ -131,7 +131,7 @@ e2e: deps k8s-bins otelcol images image-test-tools ## Only the tests against a r
 # (1 hop, 1 hop with every policy layer, 2 hops), over HTTP/1.1 and h2c; ratios in bench/results/.
 # The load generator, oha, is built once from crates.io into $BREAKWATER_CACHE/tools; HAProxy comes
 # from Debian's packages. `make test` needs both too: it runs the harness's smoke test.
-.PHONY: bench bench-tools bench-build bench-instructions bench-operator bench-convergence haproxy
+.PHONY: bench bench-tools bench-build bench-instructions bench-syscalls bench-operator bench-convergence haproxy
 BENCH_TOOLS := $(or $(BREAKWATER_CACHE),$(HOME)/.cache/breakwater)/tools
 OHA_VERSION := 1.16.0
 OHA := $(BENCH_TOOLS)/oha-$(OHA_VERSION)/bin/oha
@@ -139,8 +139,8 @@ OHA := $(BENCH_TOOLS)/oha-$(OHA_VERSION)/bin/oha
 haproxy: ## Install HAProxy from Debian's packages if missing (the bench compares with it)
 	$(call apt-ensure,haproxy:haproxy)
 
-bench-tools: haproxy ## Install what make bench needs: HAProxy and valgrind (Debian), oha 1.16.0 (crates.io, built once into the cache)
-	$(call apt-ensure,valgrind:valgrind)
+bench-tools: haproxy ## Install what make bench needs: HAProxy, valgrind and strace (Debian), oha 1.16.0 (crates.io, built once into the cache)
+	$(call apt-ensure,valgrind:valgrind strace:strace)
 	@[ -x $(OHA) ] || $(CARGO) install oha --locked --version $(OHA_VERSION) --root $(BENCH_TOOLS)/oha-$(OHA_VERSION)
 
 # The proxies are measured as they ship: the `dist` profile (fat LTO, one codegen unit).
@@ -153,6 +153,9 @@ bench: deps bench-tools bench-build ## Measure the sidecar against no proxy and 
 
 bench-instructions: deps bench-tools bench-build ## Count instructions per request of each proxy under callgrind (about 6 minutes; steady where timings are not)
 	./target/release/breakwater-bench --instructions --bin-dir target/dist --oha $(OHA) --out bench/results $(BENCH_ARGS)
+
+bench-syscalls: deps bench-tools bench-build ## Count system calls per request of each proxy with strace (about 2 minutes); writes bench/results/syscalls.md
+	./target/release/breakwater-bench --syscalls --bin-dir target/dist --oha $(OHA) --out bench/results $(BENCH_ARGS)
 
 # make bench-operator: the operator at scale (1,000 policies, 2,000 Services, 10,000 endpoints,
 # 5,000 pods) on a real API server from the e2e harness; bench/results/operator.md.

@@ -43,9 +43,9 @@ impl Counted {
     }
 }
 
-/// What the counting needs.
+/// What the counting needs (instructions, or system calls in `syscalls`).
 pub struct Counting<'a> {
-    /// The setups (their proxies run under callgrind: `env.wrap` must say so).
+    /// The setups (to count instructions, their proxies run under callgrind: `env.wrap` says so).
     pub env: &'a Env,
     /// oha.
     pub oha: &'a Path,
@@ -137,7 +137,12 @@ async fn control(args: &[&str]) -> anyhow::Result<()> {
 }
 
 /// `n` requests from oha over the setup's connections (`-n`: a count, not a duration).
-async fn load(c: &Counting<'_>, entry: SocketAddr, protocol: Protocol, n: u64) -> anyhow::Result<()> {
+pub(crate) async fn load(
+    c: &Counting<'_>,
+    entry: SocketAddr,
+    protocol: Protocol,
+    n: u64,
+) -> anyhow::Result<()> {
     let mut cmd = procs::pinned(c.load_cpus, c.oha);
     cmd.args(["--no-tui", "--output-format", "json", "-n", &n.to_string(), "-c", &c.connections.to_string()]);
     cmd.args(["-t", "10s"]);

@@ -22,6 +22,7 @@ mod procs;
 mod report;
 mod run;
 mod setups;
+mod syscalls;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -94,7 +95,12 @@ struct Args {
     /// ±15 %). Writes instructions.md and instructions.json in --out.
     #[arg(long)]
     instructions: bool,
-    /// Requests counted per setup with --instructions (after --instructions-warmup more).
+    /// Instead of timing, count the system calls each proxy makes per request, with
+    /// `strace -f -c` attached after the warm-up. Writes syscalls.md and syscalls.json in --out.
+    #[arg(long, conflicts_with = "instructions")]
+    syscalls: bool,
+    /// Requests counted per setup with --instructions or --syscalls (after
+    /// --instructions-warmup more).
     #[arg(long, default_value_t = 10_000)]
     instructions_requests: u64,
     /// Requests sent before counting starts with --instructions (fills the connection pools).
@@ -220,6 +226,44 @@ async fn bench(args: &Args, backend_slot: &mut Option<Proc>) -> anyhow::Result<(
             (true, None) => instructions::wrapper(dir.path()),
         },
     };
+    if args.syscalls {
+        let Some(oha) = &oha else { bail!("--syscalls needs oha, not --builtin-load") };
+        if which("strace").is_none() {
+            bail!("strace is missing (`make bench-tools` installs it)");
+        }
+        let counting = instructions::Counting {
+            env: &env,
+            oha,
+            load_cpus: &load_cpus,
+            connections: args.connections,
+            warmup: args.instructions_warmup,
+            requests: args.instructions_requests,
+        };
+        let counted = syscalls::run(&counting, dir.path(), &plan.protocols, &plan.setups).await?;
+        let machine = machine::Machine::gather(&sidecar, &oha_label, &haproxy, pinning);
+        let header = format!(
+            "{}, commit {}, {} ({}), {}. Each proxy as it ships; {} requests over {} connections from oha \
+             to warm up, then `strace -f -c -p PID` on every proxy of the setup (all threads) for exactly {} \
+             requests. *without epoll waits* leaves out `epoll_wait`/`epoll_pwait` and `futex`, whose count \
+             per request falls as a traced (slower) proxy finds more work ready at each wake-up.",
+            machine.date,
+            machine.commit,
+            machine.sidecar,
+            machine.cpu,
+            machine.haproxy,
+            args.instructions_warmup,
+            args.connections,
+            args.instructions_requests
+        );
+        let md = syscalls::markdown(&counted, &header);
+        std::fs::create_dir_all(&args.out)
+            .with_context(|| format!("cannot create {}", args.out.display()))?;
+        std::fs::write(args.out.join("syscalls.md"), &md)?;
+        std::fs::write(args.out.join("syscalls.json"), serde_json::to_string_pretty(&counted)?)?;
+        println!("{md}");
+        eprintln!("wrote {}", args.out.join("syscalls.md").display());
+        return Ok(());
+    }
     if args.instructions {
         let Some(oha) = &oha else { bail!("--instructions needs oha, not --builtin-load") };
         for tool in ["valgrind", "callgrind_control"] {

@@ -248,6 +248,20 @@ fn prepare_request(req: &mut Request<ProxyBody>, upgrade: bool) {
 fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
     static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+    // Most messages carry none: one pass over the names (an enum compare for the standard
+    // ones) instead of eight hashed lookups on every request and response.
+    let hop_by_hop = |k: &HeaderName| {
+        k == header::CONNECTION
+            || k == header::TE
+            || k == header::UPGRADE
+            || k == header::TRANSFER_ENCODING
+            || k == header::PROXY_AUTHORIZATION
+            || k == KEEP_ALIVE
+            || k == PROXY_CONNECTION
+    };
+    if !upgrade && !headers.keys().any(hop_by_hop) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let listed: Vec<String> = headers
             .get_all(header::CONNECTION)
@@ -272,5 +286,42 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     } else {
         headers.remove(header::CONNECTION);
         headers.remove(header::UPGRADE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs.iter().map(|(k, v)| (HeaderName::from_static(k), HeaderValue::from_static(v))).collect()
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_and_end_to_end_ones_stay() {
+        let mut h = headers(&[
+            ("connection", "close, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("upgrade", "websocket"),
+            ("x-request-id", "abc"),
+            ("content-type", "text/plain"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-type", "te", "x-request-id"], "te: trailers stays (gRPC needs it)");
+
+        let mut plain = headers(&[("x-request-id", "abc"), ("accept", "*/*")]);
+        let before = plain.clone();
+        strip_hop_by_hop(&mut plain, false);
+        assert_eq!(plain, before, "nothing to strip: untouched");
+
+        let mut ws = headers(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        strip_hop_by_hop(&mut ws, true);
+        assert_eq!(ws.get(header::CONNECTION).map(HeaderValue::as_bytes), Some(&b"upgrade"[..]));
+        assert!(ws.contains_key(header::UPGRADE), "an upgrade under way keeps its handshake");
     }
 }
