@@ -117,7 +117,7 @@ async fn count(
             }
         }
     }
-    calls.sort_by(|a, b| b.1.cmp(&a.1));
+    calls.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
     Ok(calls)
 }
 
