@@ -12,7 +12,10 @@
 //! exporter is built (as the SDK's processor does): flush and shutdown can then wait for it from
 //! anywhere, also from a thread of the proxy's runtime, without waiting on themselves.
 
-use std::{sync::mpsc as std_mpsc, time::Duration};
+use std::{
+    sync::{Arc, mpsc as std_mpsc},
+    time::Duration,
+};
 
 use opentelemetry::Context;
 use opentelemetry_sdk::{
@@ -20,7 +23,7 @@ use opentelemetry_sdk::{
     trace::{Span, SpanData, SpanExporter, SpanProcessor},
 };
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 /// Queue and batch bounds.
 #[derive(Debug, Clone, Copy)]
@@ -72,6 +75,9 @@ pub struct BoundedBatchProcessor {
     spans: mpsc::Sender<Box<SpanData>>,
     // Unbounded, and bounded by construction: each sender waits for its answer.
     control: mpsc::UnboundedSender<Control>,
+    // Told when a full batch is waiting in `spans`.
+    full: Arc<Notify>,
+    max_batch: usize,
     counters: SpanCounters,
 }
 
@@ -79,13 +85,19 @@ pub struct BoundedBatchProcessor {
 struct Queues {
     spans: mpsc::Receiver<Box<SpanData>>,
     control: mpsc::UnboundedReceiver<Control>,
+    full: Arc<Notify>,
 }
 
 impl BoundedBatchProcessor {
     fn channels(limits: &Limits, counters: SpanCounters) -> (Self, Queues) {
         let (spans, spans_rx) = mpsc::channel(limits.max_queue);
         let (control, control_rx) = mpsc::unbounded_channel();
-        (Self { spans, control, counters }, Queues { spans: spans_rx, control: control_rx })
+        let full = Arc::new(Notify::new());
+        let max_batch = limits.max_batch;
+        (
+            Self { spans, control, full: full.clone(), max_batch, counters },
+            Queues { spans: spans_rx, control: control_rx, full },
+        )
     }
 
     /// Starts the export thread, builds the exporter on it with `build`, and returns once the
@@ -149,8 +161,10 @@ impl BoundedBatchProcessor {
     }
 }
 
-/// Collects spans into batches and exports each when it is full, when it has waited
-/// `limits.delay`, or when asked to; stops on shutdown or when every handle is gone.
+/// Collects spans into batches and exports each when it is full, when its oldest span has
+/// waited `limits.delay`, or when asked to; stops on shutdown or when every handle is gone. It
+/// sleeps until one of those happens: a queued span does not wake it (`on_end` does once a full
+/// batch is waiting), which would cost a wake-up of this thread per span.
 async fn export_loop<E: SpanExporter>(
     exporter: E,
     mut queues: Queues,
@@ -158,33 +172,21 @@ async fn export_loop<E: SpanExporter>(
     counters: SpanCounters,
 ) {
     let mut batch: Vec<SpanData> = Vec::with_capacity(limits.max_batch);
+    let mut deadline = tokio::time::Instant::now() + limits.delay;
     loop {
-        let deadline = tokio::time::sleep(limits.delay);
-        tokio::pin!(deadline);
-        let mut asked = None;
-        while batch.len() < limits.max_batch && asked.is_none() {
-            tokio::select! {
-                // A finished span.
-                span = queues.spans.recv() => match span {
-                    Some(s) => batch.push(*s),
-                    // Every processor handle is gone: export what is left and stop.
-                    None => {
-                        let _ = export(&exporter, &mut batch, &limits, &counters).await;
-                        let _ = exporter.shutdown_with_timeout(limits.export_timeout);
-                        return;
-                    }
-                },
-                // A flush or a shutdown (`None` cannot come first: the span queue closes with it).
-                control = queues.control.recv() => asked = control,
-                // The batch waited long enough.
-                _ = &mut deadline => break,
-            }
+        let (mut asked, mut closed, mut due) = (None, false, false);
+        tokio::select! {
+            // A full batch is waiting.
+            _ = queues.full.notified() => {}
+            // A flush or a shutdown; `None`: every processor handle is gone.
+            control = queues.control.recv() => match control {
+                Some(c) => asked = Some(c),
+                None => closed = true,
+            },
+            // The batch waited long enough.
+            _ = tokio::time::sleep_until(deadline) => due = true,
         }
-        let Some(control) = asked else {
-            let _ = export(&exporter, &mut batch, &limits, &counters).await;
-            continue;
-        };
-        // What was queued before the request goes too.
+        // Take what is queued; full batches go at once.
         let mut result = Ok(());
         while let Ok(s) = queues.spans.try_recv() {
             batch.push(*s);
@@ -192,12 +194,19 @@ async fn export_loop<E: SpanExporter>(
                 result = result.and(export(&exporter, &mut batch, &limits, &counters).await);
             }
         }
-        result = result.and(export(&exporter, &mut batch, &limits, &counters).await);
-        match control {
-            Control::Flush(done) => {
+        if due || closed || asked.is_some() {
+            result = result.and(export(&exporter, &mut batch, &limits, &counters).await);
+            deadline = tokio::time::Instant::now() + limits.delay;
+        }
+        if closed {
+            let _ = exporter.shutdown_with_timeout(limits.export_timeout);
+            return;
+        }
+        match asked {
+            Some(Control::Flush(done)) => {
                 let _ = done.send(result);
             }
-            Control::Shutdown(done) => {
+            Some(Control::Shutdown(done)) => {
                 queues.spans.close();
                 // Spans that raced the close are dropped, and counted.
                 while queues.spans.try_recv().is_ok() {
@@ -206,6 +215,7 @@ async fn export_loop<E: SpanExporter>(
                 let _ = done.send(result.and(exporter.shutdown_with_timeout(limits.export_timeout)));
                 return;
             }
+            None => {}
         }
     }
 }
@@ -245,6 +255,8 @@ impl SpanProcessor for BoundedBatchProcessor {
         }
         if self.spans.try_send(Box::new(span)).is_err() {
             self.counters.dropped.inc();
+        } else if self.spans.max_capacity() - self.spans.capacity() >= self.max_batch {
+            self.full.notify_one();
         }
     }
 
