@@ -17,7 +17,7 @@ use breakwater_resilience::{
     timeout::Timed,
 };
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::Frame;
 use tokio::time::Instant;
 
@@ -30,10 +30,11 @@ use crate::{
     },
 };
 
-/// Set on a retried request: how many sidecars along the call chain retried it.
-pub const RETRY_DEPTH_HEADER: &str = "breakwater-retry-depth";
+/// Set on a retried request: how many sidecars along the call chain retried it. (Header names
+/// as `HeaderName`s: a `&str` is parsed and hashed again at every lookup.)
+pub static RETRY_DEPTH_HEADER: HeaderName = HeaderName::from_static("breakwater-retry-depth");
 /// The header that makes any method retryable when the policy honours it.
-pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 /// How long body buffering waits for the next frame before streaming instead. Long enough for
 /// a client without TCP_NODELAY, whose second write Nagle holds until the delayed ACK (40ms on
 /// Linux, up to 200ms elsewhere); short enough that a paused stream is not held back for long.
@@ -94,11 +95,11 @@ impl HttpRequest {
             return Err(reason);
         }
         let idempotent = retry.is_some_and(|r| {
-            r.idempotent(parts.method.as_str(), parts.headers.contains_key(IDEMPOTENCY_KEY))
+            r.idempotent(parts.method.as_str(), parts.headers.contains_key(&IDEMPOTENCY_KEY))
         });
         let depth = parts
             .headers
-            .get(RETRY_DEPTH_HEADER)
+            .get(&RETRY_DEPTH_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0);
@@ -206,7 +207,7 @@ impl RetryRequest for HttpRequest {
 
     fn prepare_retry(&mut self, attempt: u32) {
         self.attempt = attempt;
-        self.headers.insert(RETRY_DEPTH_HEADER, HeaderValue::from(self.depth + 1));
+        self.headers.insert(RETRY_DEPTH_HEADER.clone(), HeaderValue::from(self.depth + 1));
     }
 }
 
