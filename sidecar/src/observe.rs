@@ -88,13 +88,17 @@ impl breakwater_resilience::Observer for Observer {
                 tracing::debug!(service, waited_ms, "admitted after waiting in the bulkhead queue");
             }
             Decision::TimedOut { deadline, limit } => {
-                let kind = match deadline {
-                    Deadline::Request => "request",
-                    Deadline::PerTry => "per_try",
-                };
-                m.timeout(kind);
                 let limit_ms = limit.as_millis() as u64;
-                tracing::debug!(service, kind, limit_ms, "deadline passed");
+                match deadline {
+                    Deadline::Request => {
+                        m.timeout("request");
+                        tracing::debug!(service, limit_ms, "request timeout fired");
+                    }
+                    Deadline::PerTry => {
+                        m.timeout("per_try");
+                        tracing::debug!(service, limit_ms, "per-try timeout fired");
+                    }
+                }
             }
         }
     }
