@@ -69,6 +69,28 @@ pub fn wrapper(dir: &Path) -> Vec<String> {
     ]
 }
 
+/// Starts every (protocol, setup) in turn (`direct` has no proxy and is skipped), counts it with
+/// `count`, and stops it.
+pub(crate) async fn each_setup<T>(
+    c: &Counting<'_>,
+    protocols: &[Protocol],
+    setups: &[Setup],
+    mut count: impl AsyncFnMut(&setups::Running, Protocol) -> anyhow::Result<T>,
+) -> anyhow::Result<Vec<(Protocol, Setup, T)>> {
+    let mut out = Vec::new();
+    for &protocol in protocols {
+        for &setup in setups.iter().filter(|s| **s != Setup::Direct) {
+            eprintln!("[{} {}] starting", protocol.label(), setup.name());
+            let running = setups::start(c.env, setup, protocol, 1).await?;
+            let result = count(&running, protocol).await;
+            running.stop().await;
+            let counted = result.with_context(|| format!("{} over {}", setup.name(), protocol.label()))?;
+            out.push((protocol, setup, counted));
+        }
+    }
+    Ok(out)
+}
+
 /// Counts every (protocol, setup) in turn; `direct` has no proxy and is skipped.
 pub async fn run(
     c: &Counting<'_>,
@@ -76,21 +98,21 @@ pub async fn run(
     protocols: &[Protocol],
     setups: &[Setup],
 ) -> anyhow::Result<Vec<Counted>> {
-    let mut out = Vec::new();
-    for &protocol in protocols {
-        for &setup in setups.iter().filter(|s| **s != Setup::Direct) {
-            eprintln!("[{} {}] starting under callgrind", protocol.label(), setup.name());
-            let running = setups::start(c.env, setup, protocol, 1).await?;
-            let result = count(c, dumps, &running, protocol).await;
-            running.stop().await;
-            let instructions =
-                result.with_context(|| format!("{} over {}", setup.name(), protocol.label()))?;
-            let counted = Counted { protocol, setup, requests: c.requests, instructions };
-            eprintln!("    {:.0} instructions per request", counted.per_request());
-            out.push(counted);
-        }
-    }
-    Ok(out)
+    let counted = each_setup(c, protocols, setups, async |running, protocol| {
+        let instructions = count(c, dumps, running, protocol).await?;
+        eprintln!("    {:.0} instructions per request", instructions as f64 / c.requests as f64);
+        Ok(instructions)
+    })
+    .await?;
+    Ok(counted
+        .into_iter()
+        .map(|(protocol, setup, instructions)| Counted {
+            protocol,
+            setup,
+            requests: c.requests,
+            instructions,
+        })
+        .collect())
 }
 
 async fn count(

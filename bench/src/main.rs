@@ -226,49 +226,13 @@ async fn bench(args: &Args, backend_slot: &mut Option<Proc>) -> anyhow::Result<(
             (true, None) => instructions::wrapper(dir.path()),
         },
     };
-    if args.syscalls {
-        let Some(oha) = &oha else { bail!("--syscalls needs oha, not --builtin-load") };
-        if which("strace").is_none() {
-            bail!("strace is missing (`make bench-tools` installs it)");
-        }
-        let counting = instructions::Counting {
-            env: &env,
-            oha,
-            load_cpus: &load_cpus,
-            connections: args.connections,
-            warmup: args.instructions_warmup,
-            requests: args.instructions_requests,
-        };
-        let counted = syscalls::run(&counting, dir.path(), &plan.protocols, &plan.setups).await?;
-        let machine = machine::Machine::gather(&sidecar, &oha_label, &haproxy, pinning);
-        let header = format!(
-            "{}, commit {}, {} ({}), {}. Each proxy as it ships; {} requests over {} connections from oha \
-             to warm up, then `strace -f -c -p PID` on every proxy of the setup (all threads) for exactly {} \
-             requests. *without epoll waits* leaves out `epoll_wait`/`epoll_pwait` and `futex`, whose count \
-             per request falls as a traced (slower) proxy finds more work ready at each wake-up.",
-            machine.date,
-            machine.commit,
-            machine.sidecar,
-            machine.cpu,
-            machine.haproxy,
-            args.instructions_warmup,
-            args.connections,
-            args.instructions_requests
-        );
-        let md = syscalls::markdown(&counted, &header);
-        std::fs::create_dir_all(&args.out)
-            .with_context(|| format!("cannot create {}", args.out.display()))?;
-        std::fs::write(args.out.join("syscalls.md"), &md)?;
-        std::fs::write(args.out.join("syscalls.json"), serde_json::to_string_pretty(&counted)?)?;
-        println!("{md}");
-        eprintln!("wrote {}", args.out.join("syscalls.md").display());
-        return Ok(());
-    }
-    if args.instructions {
-        let Some(oha) = &oha else { bail!("--instructions needs oha, not --builtin-load") };
-        for tool in ["valgrind", "callgrind_control"] {
+    if args.syscalls || args.instructions {
+        let what = if args.syscalls { "--syscalls" } else { "--instructions" };
+        let Some(oha) = &oha else { bail!("{what} needs oha, not --builtin-load") };
+        let tools: &[_] = if args.syscalls { &["strace"] } else { &["valgrind", "callgrind_control"] };
+        for tool in tools {
             if which(tool).is_none() {
-                bail!("{tool} is missing: install valgrind (`make bench-tools` does)");
+                bail!("{tool} is missing (`make bench-tools` installs it)");
             }
         }
         let counting = instructions::Counting {
@@ -279,14 +243,9 @@ async fn bench(args: &Args, backend_slot: &mut Option<Proc>) -> anyhow::Result<(
             warmup: args.instructions_warmup,
             requests: args.instructions_requests,
         };
-        let dumps = args.callgrind_dir.clone().unwrap_or_else(|| dir.path().into());
-        let counted = instructions::run(&counting, &dumps, &plan.protocols, &plan.setups).await?;
         let machine = machine::Machine::gather(&sidecar, &oha_label, &haproxy, pinning);
-        let header = format!(
-            "{}, commit {}, {} ({}), {}. Each proxy under `valgrind --tool=callgrind --instr-atstart=no`; \
-             {} requests over {} connections from oha to warm up, then counting on \
-             (`callgrind_control -i on`) for exactly {} requests, then dumped. All threads of every proxy \
-             of the setup; kernel time is not included.",
+        let setup = format!(
+            "{}, commit {}, {} ({}), {}. {} requests over {} connections from oha to warm up, then",
             machine.date,
             machine.commit,
             machine.sidecar,
@@ -294,15 +253,37 @@ async fn bench(args: &Args, backend_slot: &mut Option<Proc>) -> anyhow::Result<(
             machine.haproxy,
             args.instructions_warmup,
             args.connections,
-            args.instructions_requests
         );
-        let md = instructions::markdown(&counted, &header);
+        let n = args.instructions_requests;
+        let (name, md, json) = if args.syscalls {
+            let counted = syscalls::run(&counting, dir.path(), &plan.protocols, &plan.setups).await?;
+            let header = format!(
+                "{setup} `strace -f -c -p PID` on every proxy of the setup (all threads), each running as it \
+                 ships, for exactly {n} requests. *without epoll waits* leaves out `epoll_wait`/`epoll_pwait` \
+                 and `futex`, whose count per request falls as a traced (slower) proxy finds more work ready at \
+                 each wake-up."
+            );
+            ("syscalls", syscalls::markdown(&counted, &header), serde_json::to_string_pretty(&counted)?)
+        } else {
+            let dumps = args.callgrind_dir.clone().unwrap_or_else(|| dir.path().into());
+            let counted = instructions::run(&counting, &dumps, &plan.protocols, &plan.setups).await?;
+            let header = format!(
+                "{setup} counting on (`callgrind_control -i on`, each proxy under `valgrind --tool=callgrind \
+                 --instr-atstart=no`) for exactly {n} requests, then dumped. All threads of every proxy of the \
+                 setup; kernel time is not included."
+            );
+            (
+                "instructions",
+                instructions::markdown(&counted, &header),
+                serde_json::to_string_pretty(&counted)?,
+            )
+        };
         std::fs::create_dir_all(&args.out)
             .with_context(|| format!("cannot create {}", args.out.display()))?;
-        std::fs::write(args.out.join("instructions.md"), &md)?;
-        std::fs::write(args.out.join("instructions.json"), serde_json::to_string_pretty(&counted)?)?;
+        std::fs::write(args.out.join(format!("{name}.md")), &md)?;
+        std::fs::write(args.out.join(format!("{name}.json")), json)?;
         println!("{md}");
-        eprintln!("wrote {}", args.out.join("instructions.md").display());
+        eprintln!("wrote {}", args.out.join(format!("{name}.md")).display());
         return Ok(());
     }
     let load = LoadGen {

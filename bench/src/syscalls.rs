@@ -14,7 +14,7 @@ use anyhow::{Context as _, bail};
 use serde::Serialize;
 
 use crate::{
-    instructions::{Counting, load},
+    instructions::{Counting, each_setup, load},
     load::Protocol,
     setups::{self, Setup},
 };
@@ -56,20 +56,17 @@ pub async fn run(
     protocols: &[Protocol],
     setups: &[Setup],
 ) -> anyhow::Result<Vec<Counted>> {
-    let mut counted = Vec::new();
-    for &protocol in protocols {
-        for &setup in setups.iter().filter(|s| **s != Setup::Direct) {
-            eprintln!("[{} {}] counting system calls", protocol.label(), setup.name());
-            let running = setups::start(c.env, setup, protocol, 1).await?;
-            let result = count(c, out, &running, protocol).await;
-            running.stop().await;
-            let calls = result.with_context(|| format!("{} over {}", setup.name(), protocol.label()))?;
-            let one = Counted { protocol, setup, requests: c.requests, calls };
-            eprintln!("    {:.2} system calls per request", one.per_request());
-            counted.push(one);
-        }
-    }
-    Ok(counted)
+    let counted = each_setup(c, protocols, setups, async |running, protocol| {
+        let calls = count(c, out, running, protocol).await?;
+        let n: u64 = calls.iter().map(|(_, n)| n).sum();
+        eprintln!("    {:.2} system calls per request", n as f64 / c.requests as f64);
+        Ok(calls)
+    })
+    .await?;
+    Ok(counted
+        .into_iter()
+        .map(|(protocol, setup, calls)| Counted { protocol, setup, requests: c.requests, calls })
+        .collect())
 }
 
 async fn count(
