@@ -28,7 +28,7 @@ pub struct Target {
     /// The policy in force, if any (its name and generation).
     pub policy: Option<AppliedPolicy>,
     /// The policy as compiled for this target's direction.
-    pub settings: Policy,
+    pub settings: Arc<Policy>,
     /// Its endpoints.
     pub endpoints: Arc<[Arc<Endpoint>]>,
     /// Pool settings (from the policy's timeouts, or defaults).
@@ -51,7 +51,7 @@ impl Target {
         prev: Option<&Arc<Target>>,
         metrics: &Arc<Metrics>,
     ) -> Arc<Self> {
-        let settings = Policy::compile(policy.map(|p| &p.effective), direction);
+        let settings = Arc::new(Policy::compile(policy.map(|p| &p.effective), direction));
         let pool =
             PoolSettings { connect_timeout: settings.connect_timeout, idle_timeout: settings.idle_timeout };
         let service_metrics = metrics.service(&service.to_string(), direction);
@@ -84,7 +84,8 @@ impl Target {
         for e in endpoints.iter() {
             e.speaks.declare(version);
         }
-        let stack = Stack::new(&settings, endpoints.clone(), resilience.clone(), service_metrics.clone());
+        let stack =
+            Stack::new(settings.clone(), endpoints.clone(), resilience.clone(), service_metrics.clone());
         Arc::new(Self {
             service: service.clone(),
             policy: policy.cloned(),

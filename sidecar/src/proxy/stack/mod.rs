@@ -91,9 +91,8 @@ type Service = Either<Timeout<Retried>, Retried>;
 #[derive(Clone)]
 pub struct Stack {
     service: Service,
-    /// The whole call's deadline.
-    request_timeout: Option<Duration>,
-    /// What a request needs to be read for retries, when it may be retried.
+    /// The settings it was built from (the call's deadline, what a request needs to be read
+    /// for retries); shared with the target.
     policy: Arc<Policy>,
     metrics: ServiceMetrics,
 }
@@ -108,7 +107,7 @@ impl Stack {
     /// Builds the stack of a target with `endpoints`, running `policy` with the state in
     /// `resilience`.
     pub fn new(
-        policy: &Policy,
+        policy: Arc<Policy>,
         endpoints: Arc<[Arc<Endpoint>]>,
         resilience: Arc<Resilience>,
         metrics: ServiceMetrics,
@@ -158,7 +157,7 @@ impl Stack {
             .option_layer(endpoint_breaker)
             .option_layer(per_try)
             .service(Upstream::new(shared));
-        Self { service, request_timeout: policy.request_timeout, policy: Arc::new(policy.clone()), metrics }
+        Self { service, policy, metrics }
     }
 
     /// Forwards `req`, which arrived at `arrived`, and returns the response, or Breakwater's
@@ -170,7 +169,7 @@ impl Stack {
         fault: ClientFault,
         arrived: Instant,
     ) -> Response<ProxyBody> {
-        let deadline = self.request_timeout.map(|t| arrived + t);
+        let deadline = self.policy.request_timeout.map(|t| arrived + t);
         let request = match HttpRequest::read(req, grpc, fault, deadline, self.policy.retry.as_ref()).await {
             Ok(r) => r,
             Err(reason) => {
