@@ -7,7 +7,6 @@
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
 use http::{HeaderValue, Request, Response, Version, header, uri::Authority};
-use http_body_util::BodyExt;
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -222,7 +221,7 @@ async fn route_and_forward(mut req: Request<Incoming>, ctx: &ConnContext) -> Res
                     spans::inject(&tracing::Span::current(), req.headers_mut());
                 }
                 let resp = match forward_once(&endpoint, req).await {
-                    Ok(resp) => resp.map(box_incoming),
+                    Ok(resp) => resp,
                     Err(e) => match fault.reason() {
                         // The caller's body failed: its fault, answered as such.
                         Some(reason) => {
@@ -321,10 +320,6 @@ fn route_outbound<'a>(
         Some(target) => Ok(Dest::Target(target, port)),
         None => Err(format!("Service {} has no port {}", route.key, port.unwrap_or_default())),
     }
-}
-
-fn box_incoming(body: Incoming) -> ProxyBody {
-    body.map_err(Into::into).boxed_unsync()
 }
 
 async fn forward_to_target(

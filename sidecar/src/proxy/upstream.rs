@@ -5,12 +5,15 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
-use breakwater_resilience::cause;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, Version, header, uri::Authority};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use super::{body::ProxyBody, endpoint::Endpoint, error::Refusal};
+use super::{
+    body::ProxyBody,
+    client::{ConnectError, SendError},
+    endpoint::Endpoint,
+    error::Refusal,
+};
 
 /// The request's authority: the URI's (absolute form, HTTP/2) or the `Host` header's.
 fn authority<B>(req: &Request<B>) -> Option<Authority> {
@@ -30,7 +33,7 @@ pub enum AttemptError {
         addr: SocketAddr,
         /// Why.
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: super::client::ConnectError,
     },
     /// The upstream answered something that is not HTTP.
     #[error("{addr} answered invalid HTTP: {source}")]
@@ -39,7 +42,7 @@ pub enum AttemptError {
         addr: SocketAddr,
         /// Why.
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: hyper::Error,
     },
     /// Every connection `maxConnections` allows is busy.
     #[error("{addr}: every connection maxConnections allows is busy")]
@@ -66,7 +69,7 @@ pub enum AttemptError {
         addr: SocketAddr,
         /// Why.
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: hyper::Error,
     },
 }
 
@@ -82,19 +85,17 @@ impl AttemptError {
         }
     }
 
-    fn classify(addr: SocketAddr, e: hyper_util::client::legacy::Error) -> Self {
-        if cause::<super::client::ConnectionLimitReached>(&e).is_some() {
-            return Self::ConnectionLimit { addr };
+    fn classify(addr: SocketAddr, e: SendError) -> Self {
+        match e {
+            SendError::Connect(ConnectError::Limit) => Self::ConnectionLimit { addr },
+            SendError::Connect(source) => Self::Connect { addr, source },
+            SendError::Http(source)
+                if source.is_parse() || source.is_parse_status() || source.is_parse_too_large() =>
+            {
+                Self::Protocol { addr, source }
+            }
+            SendError::Http(source) => Self::Reset { addr, source },
         }
-        if e.is_connect() {
-            return Self::Connect { addr, source: e };
-        }
-        if cause::<hyper::Error>(&e)
-            .is_some_and(|h| h.is_parse() || h.is_parse_status() || h.is_parse_too_large())
-        {
-            return Self::Protocol { addr, source: e };
-        }
-        Self::Reset { addr, source: e }
     }
 }
 
@@ -103,7 +104,7 @@ impl AttemptError {
 pub async fn forward_once(
     endpoint: &Arc<Endpoint>,
     mut req: Request<ProxyBody>,
-) -> Result<Response<Incoming>, AttemptError> {
+) -> Result<Response<ProxyBody>, AttemptError> {
     let _in_flight = endpoint.start();
     let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     prepare_request(&mut req, upgrade.is_some());
@@ -158,9 +159,13 @@ async fn send(
     endpoint: &Endpoint,
     req: Request<ProxyBody>,
     version: Version,
-) -> Result<Response<Incoming>, AttemptError> {
-    let client = if version == Version::HTTP_2 { &endpoint.clients.http2 } else { &endpoint.clients.http1 };
-    let resp = client.request(req).await.map_err(|e| AttemptError::classify(endpoint.addr, e))?;
+) -> Result<Response<ProxyBody>, AttemptError> {
+    let sent = if version == Version::HTTP_2 {
+        endpoint.clients.http2.send(req).await
+    } else {
+        endpoint.clients.http1.send(req).await
+    };
+    let resp = sent.map_err(|e| AttemptError::classify(endpoint.addr, e))?;
     endpoint.speaks.answered(version);
     Ok(resp)
 }

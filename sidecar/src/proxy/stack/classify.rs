@@ -53,7 +53,7 @@ pub(super) fn classify_error(e: &BoxError) -> Outcome {
 
 /// Whether the upstream refused an HTTP/2 stream without processing it (REFUSED_STREAM), which
 /// makes a retry safe for any method.
-fn refused_stream(e: &hyper_util::client::legacy::Error) -> bool {
+fn refused_stream(e: &hyper::Error) -> bool {
     cause::<h2::Error>(e).is_some_and(|h2| h2.reason() == Some(h2::Reason::REFUSED_STREAM))
 }
 

@@ -11,7 +11,6 @@ use std::{
 };
 
 use breakwater_resilience::BoxError;
-use http_body_util::BodyExt as _;
 use tower::Service;
 
 use super::{
@@ -68,7 +67,7 @@ async fn send(shared: Arc<Shared>, mut req: HttpRequest) -> Result<HttpResponse,
         spans::inject(&span, http.headers_mut());
     }
     let resp = match forward_once(&endpoint, http).await {
-        Ok(resp) => resp.map(|b| b.map_err(BoxError::from).boxed_unsync()),
+        Ok(resp) => resp,
         Err(e) => {
             return Err(match fault.reason() {
                 // The caller's body failed while it was sent: whatever the upstream then did (a
