@@ -42,17 +42,41 @@ pub struct ConnContext {
     pub activity: super::idle::Activity,
 }
 
-/// Serves HTTP on `io` until the client closes or draining finishes the connection.
-pub async fn serve<I>(io: I, ctx: ConnContext, limits: ProxyLimits, mut drain: Signal)
+/// Serves HTTP on `io` until the client closes or draining finishes the connection; `http2`
+/// when the connection is known to start with the HTTP/2 preface.
+pub async fn serve<I>(io: I, ctx: ConnContext, limits: ProxyLimits, drain: Signal, http2: bool)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = ctx.activity.clone();
     let ctx = Arc::new(ctx);
-    let svc = service_fn(move |req| {
-        let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(handle(req, &ctx).await) }
-    });
+    if http2 {
+        // hyper's HTTP/2 server runs each stream's handler as a task of its own, moving the
+        // handler's future several times on the way there: boxed, it is a pointer to move
+        // (HTTP/1.1 runs the handler inside the connection's task, unmoved: no box there).
+        let svc = service_fn(move |req| {
+            let ctx = ctx.clone();
+            Box::pin(async move { Ok::<_, Infallible>(handle(req, &ctx).await) })
+        });
+        serve_with(io, svc, activity, limits, drain).await;
+    } else {
+        let svc = service_fn(move |req| {
+            let ctx = ctx.clone();
+            async move { Ok::<_, Infallible>(handle(req, &ctx).await) }
+        });
+        serve_with(io, svc, activity, limits, drain).await;
+    }
+}
+
+async fn serve_with<I, S>(io: I, svc: S, activity: super::idle::Activity, limits: ProxyLimits, mut drain: Signal)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()

@@ -74,10 +74,11 @@ where
 {
     match declared {
         // hyper tells HTTP/1 from the HTTP/2 preface itself, and refuses what is neither.
-        Some(Declared::Http) => http::serve(stream, ctx, limits, signal).await,
+        Some(Declared::Http) => http::serve(stream, ctx, limits, signal, false).await,
         Some(Declared::Opaque) => tcp::forward(stream, ctx, signal).await,
         None => match detect(stream, limits.detect_timeout).await? {
-            (Protocol::Http1 | Protocol::Http2, io) => http::serve(io, ctx, limits, signal).await,
+            (Protocol::Http1, io) => http::serve(io, ctx, limits, signal, false).await,
+            (Protocol::Http2, io) => http::serve(io, ctx, limits, signal, true).await,
             (Protocol::Opaque, io) => tcp::forward(io, ctx, signal).await,
         },
     }
