@@ -178,6 +178,12 @@ pin_project_lite::pin_project! {
 }
 
 impl<T> Prefixed<T> {
+    /// `io` with nothing put back (a port whose protocol is declared is not read ahead; the
+    /// same stream type keeps one copy of the HTTP server's code for both).
+    pub fn unread(io: T) -> Self {
+        Self { prefix: BytesMut::new(), io }
+    }
+
     /// The underlying stream (any unread prefix is lost: call only before reading).
     pub fn get_ref(&self) -> &T {
         &self.io

@@ -9,7 +9,7 @@ use tokio::{
 };
 
 use super::{
-    detect::{Declared, Protocol, detect},
+    detect::{Declared, Prefixed, Protocol, detect},
     http::{self, ConnContext},
     orig_dst, tcp,
 };
@@ -74,7 +74,7 @@ where
 {
     match declared {
         // hyper tells HTTP/1 from the HTTP/2 preface itself, and refuses what is neither.
-        Some(Declared::Http) => http::serve(stream, ctx, limits, signal, false).await,
+        Some(Declared::Http) => http::serve(Prefixed::unread(stream), ctx, limits, signal, false).await,
         Some(Declared::Opaque) => tcp::forward(stream, ctx, signal).await,
         None => match detect(stream, limits.detect_timeout).await? {
             (Protocol::Http1, io) => http::serve(io, ctx, limits, signal, false).await,
