@@ -45,7 +45,7 @@ pub fn check_environment() -> Result<()> {
     for (tool, package) in [("ip", "iproute2"), ("iptables", "iptables"), ("iptables-restore", "iptables")] {
         if Command::new(tool).arg("-V").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
             return Err(Error::Environment(format!(
-                "`{tool}` is not installed (Debian package {package}); run `make tools`"
+                "`{tool}` is not installed (Debian package {package}); run `make deps`"
             )));
         }
     }

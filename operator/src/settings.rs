@@ -18,7 +18,7 @@ fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 250ms, 15s, 1m)"))
 }
 
-/// The operator's settings; see `breakwater-operator run --help`.
+/// The operator's settings; see `breakwater-operator --help`.
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
     /// The namespace the operator runs in: its Lease lives there.
