@@ -12,7 +12,7 @@
 //!   SETTINGS frame) has the endpoint probed the same way; a request without a body is then
 //!   sent again over HTTP/2 (the app saw no request: an HTTP/1.1 request is no HTTP/2 preface).
 //!
-//! Translation itself is hyper's: the request's version picks the client (HTTP/1.1 writes
+//! Translation is the clients': the request's version picks the connection (HTTP/1.1 writes
 //! `Host` from the URI and origin-form, HTTP/2 `:authority`), hop-by-hop headers are already
 //! gone, and HTTP/1.1 chunking and HTTP/2 DATA frames carry the same body.
 

@@ -172,7 +172,7 @@ async fn send(
 
 /// Makes `req` (absolute URI, hop-by-hop headers gone) a request of `version`. To HTTP/2:
 /// `:authority` comes from the URI, which carries the `Host` (RFC 9113 §8.3.1). To HTTP/1.1:
-/// hyper writes `Host` from the URI when there is none, and HTTP/2's cookie crumbs are joined
+/// the HTTP/1.1 pool writes `Host` from the URI when there is none, and HTTP/2's cookie crumbs are joined
 /// into one line (§8.2.3).
 fn translate(req: &mut Request<ProxyBody>, version: Version) {
     if req.version() == version {
