@@ -68,8 +68,13 @@ where
     }
 }
 
-async fn serve_with<I, S>(io: I, svc: S, activity: super::idle::Activity, limits: ProxyLimits, mut drain: Signal)
-where
+async fn serve_with<I, S>(
+    io: I,
+    svc: S,
+    activity: super::idle::Activity,
+    limits: ProxyLimits,
+    mut drain: Signal,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>
         + Clone
