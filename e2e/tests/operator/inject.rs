@@ -247,7 +247,8 @@ async fn pods_that_must_not_get_the_proxy_are_left_alone() -> anyhow::Result<()>
         list.items
             .iter()
             .find(|e| {
-                e.reason.as_deref() == Some("SidecarNotInjected")
+                e.reason.as_deref() == Some("SidecarInjectionSkipped")
+                    && e.type_.as_deref() == Some("Normal")
                     && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("host")
             })
             .and_then(|e| e.note.clone())
@@ -301,6 +302,7 @@ async fn without_the_operator_pods_are_created_without_the_proxy_and_injected_ag
             .iter()
             .find(|e| {
                 e.reason.as_deref() == Some("SidecarNotInjected")
+                    && e.type_.as_deref() == Some("Warning")
                     && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("missed")
             })
             .and_then(|e| e.note.clone())

@@ -235,7 +235,9 @@ async fn route(webhook: &Webhook, req: Request<Incoming>) -> Response<Full<Bytes
             tracing::info!(reason = reason.label(), %message, "pod left without a sidecar");
             let note =
                 format!("a pod was created without the Breakwater sidecar ({}): {message}", reason.label());
-            Some((EventType::Normal, "SidecarNotInjected", note))
+            // Not `SidecarNotInjected`: that Warning is for pods that should have the proxy and
+            // do not (see `uninjected`); this pod was left alone on purpose.
+            Some((EventType::Normal, "SidecarInjectionSkipped", note))
         }
         Decision::Refused(why) => {
             tracing::warn!(%why, "pod refused");
