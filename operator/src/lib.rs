@@ -34,7 +34,7 @@ pub mod metrics;
 pub mod settings;
 pub mod snapshots;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::sync::Arc;
 
 use breakwater_crds::CommunicationPolicy;
 use kube::{
@@ -78,10 +78,8 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
 
     // Health and metrics first, so the kubelet sees a live process while the indexes sync.
     let stop = CancellationToken::new();
-    let health =
-        admin::bind(SocketAddr::new(settings.bind_address, settings.health_port), "/live and /ready").await?;
-    let metrics_listener =
-        admin::bind(SocketAddr::new(settings.bind_address, settings.metrics_port), "/metrics").await?;
+    let health = admin::bind(settings.health_address(), "/live and /ready").await?;
+    let metrics_listener = admin::bind(settings.metrics_address(), "/metrics").await?;
     let debug = match settings.debug_address.0 {
         Some(addr) => Some(admin::bind(addr, "/debug/snapshots").await?),
         None => None,
@@ -120,8 +118,8 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
         )));
     }
 
-    let webhook = settings.injection.webhook_port.zip(template);
-    let certs = if settings.config_api.config_port.is_some() || webhook.is_some() {
+    let webhook = settings.webhook_address().zip(template);
+    let certs = if settings.config_address().is_some() || webhook.is_some() {
         let options = certs::rotation::Options {
             namespace: settings.namespace.clone(),
             secret: settings.config_api.tls_secret.clone(),
@@ -140,9 +138,8 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
     let acks = Arc::new(configserver::acks::Registry::default());
     let (totals_tx, totals_rx) = tokio::sync::watch::channel(Arc::default());
     let deliveries = configserver::acks::Deliveries { expected: hub.expected(), totals: totals_rx };
-    if let (Some(port), Some((resolver, _))) = (settings.config_api.config_port, &certs) {
+    if let (Some(addr), Some((resolver, _))) = (settings.config_address(), &certs) {
         let tls = certs::server_config(resolver.clone(), &[b"h2"])?;
-        let addr = SocketAddr::new(settings.bind_address, port);
         let listener = admin::bind(addr, "the config API").await?;
         let server = configserver::ConfigServer {
             hub: hub.clone(),
@@ -173,11 +170,10 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
         tracing::info!(%addr, "serving the config API");
     }
     let mut scanner = None;
-    if let (Some((port, template)), Some((resolver, current))) = (webhook, &certs) {
+    if let (Some((addr, template)), Some((resolver, current))) = (webhook, &certs) {
         // The API server speaks HTTP/2 or HTTP/1.1 to webhooks.
         let tls = certs::server_config(resolver.clone(), &[b"h2", b"http/1.1"])?;
         let options = inject::Options { native_sidecars: native_sidecars(&client).await };
-        let addr = SocketAddr::new(settings.bind_address, port);
         let listener = admin::bind(addr, "the injection webhook").await?;
         let webhook = inject::webhook::Webhook {
             template: template.clone(),
@@ -219,7 +215,7 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
     .await?;
     tasks.push(tokio::spawn(report_leadership(leader.subscribe(), metrics.clone())));
     if let Some((_, current)) =
-        certs.filter(|_| settings.config_api.publish_root_ca && settings.config_api.config_port.is_some())
+        certs.filter(|_| settings.config_api.publish_root_ca && settings.config_address().is_some())
     {
         tasks.push(tokio::spawn(publish_root_ca(client.clone(), index.clone(), leader.subscribe(), current)));
     }

@@ -1,7 +1,11 @@
 //! [`Settings`]: every knob of the operator, as a flag and as the `BREAKWATER_*` variable the
 //! Helm chart sets (`charts/breakwater/templates/deployment.yaml`).
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use clap::{Args, ValueEnum};
 
@@ -64,17 +68,26 @@ pub struct Settings {
     #[arg(long, env = "BREAKWATER_RESYNC", default_value = "5m", value_parser = duration)]
     pub resync: Duration,
 
-    /// The address the health and metrics ports listen on.
+    /// The address every listener (health, metrics, webhook, config API) binds unless its own
+    /// `--*-bind-address` says otherwise: `127.0.0.1` keeps a local run off the network.
     #[arg(long, env = "BREAKWATER_BIND_ADDRESS", default_value = "0.0.0.0")]
-    pub bind_address: std::net::IpAddr,
+    pub bind_address: IpAddr,
 
     /// Port of `/live` and `/ready` (ready once every index has its first list).
     #[arg(long, env = "BREAKWATER_HEALTH_PORT", default_value_t = 8081)]
     pub health_port: u16,
 
+    /// The address `/live` and `/ready` listen on (default: `--bind-address`).
+    #[arg(long, env = "BREAKWATER_HEALTH_BIND_ADDRESS")]
+    pub health_bind_address: Option<IpAddr>,
+
     /// Port of `/metrics` (Prometheus text format).
     #[arg(long, env = "BREAKWATER_METRICS_PORT", default_value_t = 8080)]
     pub metrics_port: u16,
+
+    /// The address `/metrics` listens on (default: `--bind-address`).
+    #[arg(long, env = "BREAKWATER_METRICS_BIND_ADDRESS")]
+    pub metrics_bind_address: Option<IpAddr>,
 
     /// Where `/debug/snapshots/NAMESPACE/POD` shows a pod's compiled snapshot. Keep it on
     /// loopback: snapshots describe the mesh. Empty: off.
@@ -158,12 +171,16 @@ pub struct Injection {
     /// is set too.
     #[arg(long, env = "BREAKWATER_WEBHOOK_PORT")]
     pub webhook_port: Option<u16>,
+    /// The address the webhook listens on: one the API server reaches (default:
+    /// `--bind-address`).
+    #[arg(long, env = "BREAKWATER_WEBHOOK_BIND_ADDRESS")]
+    pub webhook_bind_address: Option<IpAddr>,
     /// The failure policy the webhook configuration gets once this operator answers (the chart
     /// renders `Ignore`, so nothing blocks before then). `Fail` keeps uninjected pods out, and
     /// refuses every pod to inject while no replica answers.
     #[arg(long, env = "BREAKWATER_WEBHOOK_FAILURE_POLICY", value_enum, ignore_case = true, default_value_t = FailurePolicy::Ignore)]
     pub webhook_failure_policy: FailurePolicy,
-    /// The injection template (the chart's `<release>-sidecar` ConfigMap). Checked at start-up:
+    /// The injection template (the chart's `<fullname>-sidecar` ConfigMap). Checked at start-up:
     /// a template that cannot be used stops the operator with the reason.
     #[arg(long, env = "BREAKWATER_SIDECAR_CONFIG")]
     pub sidecar_config: Option<PathBuf>,
@@ -176,6 +193,9 @@ pub struct ConfigApi {
     /// Port of the config API (TLS, HTTP/2). Unset: not served (a local run without sidecars).
     #[arg(long, env = "BREAKWATER_CONFIG_PORT")]
     pub config_port: Option<u16>,
+    /// The address the config API listens on: one the pods reach (default: `--bind-address`).
+    #[arg(long, env = "BREAKWATER_CONFIG_BIND_ADDRESS")]
+    pub config_bind_address: Option<IpAddr>,
     /// The operator's Service: named (with its cluster IPs) in the serving certificate.
     #[arg(long, env = "BREAKWATER_SERVICE_NAME", default_value = "breakwater")]
     pub service_name: String,
@@ -203,6 +223,28 @@ fn debug_address(s: &str) -> Result<MaybeAddr, String> {
 }
 
 impl Settings {
+    /// Where `/live` and `/ready` listen.
+    pub fn health_address(&self) -> SocketAddr {
+        SocketAddr::new(self.health_bind_address.unwrap_or(self.bind_address), self.health_port)
+    }
+
+    /// Where `/metrics` listens.
+    pub fn metrics_address(&self) -> SocketAddr {
+        SocketAddr::new(self.metrics_bind_address.unwrap_or(self.bind_address), self.metrics_port)
+    }
+
+    /// Where the webhook listens, when it is served (a port and an injection template).
+    pub fn webhook_address(&self) -> Option<SocketAddr> {
+        let ip = self.injection.webhook_bind_address.unwrap_or(self.bind_address);
+        self.injection.webhook_port.map(|port| SocketAddr::new(ip, port))
+    }
+
+    /// Where the config API listens, when it is served.
+    pub fn config_address(&self) -> Option<SocketAddr> {
+        let ip = self.config_api.config_bind_address.unwrap_or(self.bind_address);
+        self.config_api.config_port.map(|port| SocketAddr::new(ip, port))
+    }
+
     /// This replica's identity.
     pub fn identity(&self) -> String {
         self.pod_name.clone().unwrap_or_else(|| {
@@ -210,5 +252,48 @@ impl Settings {
                 .map(|h| h.trim().to_owned())
                 .unwrap_or_else(|_| format!("breakwater-operator-{}", std::process::id()))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        settings: Settings,
+    }
+
+    fn parse(args: &[&str]) -> Settings {
+        let argv = std::iter::once("breakwater-operator").chain(args.iter().copied());
+        Cli::try_parse_from(argv).expect("valid flags").settings
+    }
+
+    #[test]
+    fn each_listener_binds_its_own_address_or_the_common_one() {
+        let all = parse(&["--webhook-port", "9443", "--config-port", "9090"]);
+        assert_eq!(all.health_address(), "0.0.0.0:8081".parse().expect("addr"));
+        assert_eq!(all.metrics_address(), "0.0.0.0:8080".parse().expect("addr"));
+        assert_eq!(all.webhook_address(), Some("0.0.0.0:9443".parse().expect("addr")));
+        assert_eq!(all.config_address(), Some("0.0.0.0:9090".parse().expect("addr")));
+
+        let split = parse(&[
+            "--bind-address=127.0.0.1",
+            "--webhook-port=9443",
+            "--webhook-bind-address=198.18.0.1",
+            "--config-port=9090",
+            "--metrics-bind-address=::",
+        ]);
+        assert_eq!(split.health_address(), "127.0.0.1:8081".parse().expect("addr"), "the common one");
+        assert_eq!(split.metrics_address(), "[::]:8080".parse().expect("addr"));
+        assert_eq!(split.webhook_address(), Some("198.18.0.1:9443".parse().expect("addr")));
+        assert_eq!(split.config_address(), Some("127.0.0.1:9090".parse().expect("addr")));
+
+        let local = parse(&["--webhook-bind-address=127.0.0.1"]);
+        assert_eq!(local.webhook_address(), None, "no port: the webhook is not served");
+        assert_eq!(local.config_address(), None);
     }
 }
