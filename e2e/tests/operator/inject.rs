@@ -333,6 +333,47 @@ fn normalized(pod: &Pod, ns: &str) -> anyhow::Result<Value> {
     Ok(serde_json::from_str(&text)?)
 }
 
+/// The stored pod's containers and the API credentials each can read: the app keeps the
+/// namespace's ServiceAccount token the API server mounted; `breakwater-init` holds none, and
+/// `breakwater-proxy` only its token for the config API (audience `breakwater.dev/config`),
+/// although the API server's ServiceAccount admission runs again after the webhook.
+fn api_credentials_only_where_wanted(pod: &Pod) -> anyhow::Result<()> {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let volumes = spec.volumes.clone().unwrap_or_default();
+    // Every ServiceAccount token a container can read: (container, audience).
+    let tokens = |c: &k8s_openapi::api::core::v1::Container| -> Vec<String> {
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .filter_map(|m| volumes.iter().find(|v| v.name == m.name))
+            .filter_map(|v| v.projected.as_ref())
+            .flat_map(|p| p.sources.iter().flatten())
+            .filter_map(|s| s.service_account_token.as_ref())
+            .map(|t| t.audience.clone().unwrap_or_else(|| "<the API server>".into()))
+            .collect()
+    };
+    let all: Vec<_> = spec.init_containers.iter().flatten().chain(&spec.containers).collect();
+    let find = |name: &str| {
+        all.iter().find(|c| c.name == name).ok_or_else(|| anyhow::anyhow!("no container {name}"))
+    };
+    assert_eq!(tokens(find("app")?), ["<the API server>"], "the app keeps its API token");
+    assert_eq!(tokens(find("breakwater-init")?), Vec::<String>::new(), "the init container reads no token");
+    assert_eq!(
+        tokens(find("breakwater-proxy")?),
+        ["breakwater.dev/config"],
+        "the proxy reads only its config API token"
+    );
+    for name in ["breakwater-init", "breakwater-proxy"] {
+        let mounts = find(name)?.volume_mounts.clone().unwrap_or_default();
+        let at = mounts
+            .iter()
+            .find(|m| m.mount_path == "/var/run/secrets/kubernetes.io/serviceaccount")
+            .ok_or_else(|| anyhow::anyhow!("{name}: nothing mounted at the API token's path"))?;
+        assert_eq!(at.name, "breakwater-no-api-token", "{name}: the empty volume covers the API token's path");
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_deployments_pods_carry_exactly_the_reviewed_spec_and_a_second_admission_adds_nothing()
 -> anyhow::Result<()> {
@@ -377,6 +418,7 @@ async fn a_deployments_pods_carry_exactly_the_reviewed_spec_and_a_second_admissi
     })
     .await?;
     insta::assert_json_snapshot!("injected_deployment_pod_spec", normalized(&pod, &ns)?);
+    api_credentials_only_where_wanted(&pod)?;
 
     // The stored (injected) pod admitted again, as a re-invocation or a re-created pod would be:
     // exactly the same containers and volumes, one proxy.

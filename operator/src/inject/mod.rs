@@ -42,8 +42,21 @@ pub const PROXY: &str = "breakwater-proxy";
 /// The label injected pods carry (and the operator's default pod selector).
 pub const INJECTED_LABEL: &str = "breakwater.dev/injected";
 /// Volumes injection adds.
-pub const VOLUMES: [&str; 4] =
-    ["breakwater-token", "breakwater-ca", "breakwater-snapshot", "breakwater-xtables-lock"];
+pub const VOLUMES: [&str; 5] = [
+    "breakwater-token",
+    "breakwater-ca",
+    "breakwater-snapshot",
+    "breakwater-xtables-lock",
+    NO_API_TOKEN,
+];
+/// An empty volume mounted over [`API_TOKEN_DIR`] in both of our containers. The API server's
+/// ServiceAccount admission runs again after the webhook and mounts the pod's API token into
+/// every container that has nothing at that path; neither of ours talks to the API server (the
+/// proxy's only credential is its own bound token for the config API), so each gets this
+/// instead.
+pub const NO_API_TOKEN: &str = "breakwater-no-api-token";
+/// Where the ServiceAccount admission mounts the pod's API token.
+pub const API_TOKEN_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// Where the proxy keeps the last good snapshot.
 pub const SNAPSHOT_DIR: &str = "/var/run/breakwater/snapshot";
 
@@ -244,7 +257,10 @@ fn init_container(t: &Template, o: &annotations::Overrides) -> Value {
         "args": args,
         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
         // iptables takes its lock in /run; the root filesystem stays read-only (linkerd-init does the same).
-        "volumeMounts": [{"name": "breakwater-xtables-lock", "mountPath": "/run"}],
+        "volumeMounts": [
+            {"name": "breakwater-xtables-lock", "mountPath": "/run"},
+            {"name": NO_API_TOKEN, "mountPath": API_TOKEN_DIR, "readOnly": true},
+        ],
         "securityContext": {
             "runAsUser": 0,
             "runAsGroup": 0,
@@ -301,6 +317,7 @@ fn proxy_container(t: &Template, o: &annotations::Overrides, native: bool) -> Va
             {"name": "breakwater-token", "mountPath": "/var/run/breakwater/token", "readOnly": true},
             {"name": "breakwater-ca", "mountPath": "/var/run/breakwater/ca", "readOnly": true},
             {"name": "breakwater-snapshot", "mountPath": SNAPSHOT_DIR},
+            {"name": NO_API_TOKEN, "mountPath": API_TOKEN_DIR, "readOnly": true},
         ],
     });
     if !t.tracing.endpoint.is_empty() {
@@ -333,5 +350,6 @@ fn volumes_json() -> Vec<Value> {
         json!({"name": "breakwater-ca", "configMap": {"name": "breakwater-root-ca"}}),
         json!({"name": "breakwater-snapshot", "emptyDir": {"sizeLimit": "16Mi"}}),
         json!({"name": "breakwater-xtables-lock", "emptyDir": {}}),
+        json!({"name": NO_API_TOKEN, "emptyDir": {}}),
     ]
 }

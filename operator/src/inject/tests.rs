@@ -57,7 +57,14 @@ fn a_pod_gets_the_init_container_the_native_sidecar_the_volumes_and_the_label() 
     assert_eq!(names(&after["spec"]["containers"]), ["app", "log-shipper"], "the app's containers untouched");
     assert_eq!(
         names(&after["spec"]["volumes"]),
-        ["data", "breakwater-token", "breakwater-ca", "breakwater-snapshot", "breakwater-xtables-lock"]
+        [
+            "data",
+            "breakwater-token",
+            "breakwater-ca",
+            "breakwater-snapshot",
+            "breakwater-xtables-lock",
+            "breakwater-no-api-token"
+        ]
     );
     assert_eq!(after["metadata"]["labels"][INJECTED_LABEL], "true");
     assert_eq!(after["metadata"]["labels"]["app"], "checkout");
@@ -205,7 +212,7 @@ fn a_bare_pod_without_labels_init_containers_or_volumes_is_patched_too() {
     let after = patched(&p, &inject(&p, &template(), NATIVE));
     assert_eq!(names(&after["spec"]["initContainers"]), [INIT, PROXY]);
     assert_eq!(after["metadata"]["labels"][INJECTED_LABEL], "true");
-    assert_eq!(names(&after["spec"]["volumes"]).len(), 4);
+    assert_eq!(names(&after["spec"]["volumes"]).len(), VOLUMES.len());
 }
 
 #[test]
