@@ -36,6 +36,44 @@ pub enum Endpoints {
     Debug,
 }
 
+/// The admin listeners, bound before anything else so the kubelet sees a live process while
+/// the indexes sync.
+#[derive(Debug)]
+pub struct Admin {
+    health: TcpListener,
+    metrics: TcpListener,
+    debug: Option<TcpListener>,
+}
+
+impl Admin {
+    /// Binds health and metrics, and the debug view when it has an address.
+    pub async fn bind(settings: &crate::Settings) -> Result<Admin> {
+        Ok(Admin {
+            health: bind(settings.health_address(), "/live and /ready").await?,
+            metrics: bind(settings.metrics_address(), "/metrics").await?,
+            debug: match settings.debug_address.0 {
+                Some(addr) => Some(bind(addr, "/debug/snapshots").await?),
+                None => None,
+            },
+        })
+    }
+
+    /// Serves every listener until `stop`.
+    pub async fn run(self, state: AdminState, stop: tokio_util::sync::CancellationToken) {
+        let Admin { health, metrics, debug } = self;
+        let debug = async {
+            if let Some(debug) = debug {
+                serve(debug, Endpoints::Debug, state.clone(), stop.cancelled()).await;
+            }
+        };
+        tokio::join!(
+            serve(health, Endpoints::Health, state.clone(), stop.cancelled()),
+            serve(metrics, Endpoints::Metrics, state.clone(), stop.cancelled()),
+            debug,
+        );
+    }
+}
+
 /// Binds `addr` for `what`.
 pub async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener> {
     TcpListener::bind(addr).await.map_err(|source| Error::Listen { what, addr, source })

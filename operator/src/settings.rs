@@ -245,6 +245,17 @@ impl Settings {
         self.config_api.config_port.map(|port| SocketAddr::new(ip, port))
     }
 
+    /// Where the certificates live and who makes them.
+    pub fn certificate_options(&self) -> crate::certs::rotation::Options {
+        crate::certs::rotation::Options {
+            namespace: self.namespace.clone(),
+            secret: self.config_api.tls_secret.clone(),
+            service: self.config_api.service_name.clone(),
+            source: self.certificates.source,
+            renew_before: self.certificates.renew_before,
+        }
+    }
+
     /// This replica's identity.
     pub fn identity(&self) -> String {
         self.pod_name.clone().unwrap_or_else(|| {

@@ -36,6 +36,7 @@ use tokio::sync::{RwLock, mpsc, watch};
 
 use crate::{
     compile::World,
+    delivery::Expected,
     index::{Index, Lenient, Trigger, TriggerQueue, readable},
     key::ObjKey,
     metrics::Metrics,
@@ -53,10 +54,6 @@ pub struct Current {
     /// When the change was observed.
     pub observed: tokio::time::Instant,
 }
-
-/// How many pods' snapshots carry each policy (`namespace/name`): the sidecars that must
-/// acknowledge it.
-pub type Expected = Arc<HashMap<String, usize>>;
 
 /// Every pod's current snapshot; see the module docs.
 #[derive(Debug)]
@@ -169,41 +166,30 @@ impl Hub {
         observed: tokio::time::Instant,
     ) {
         let started = tokio::time::Instant::now();
-        let stored = index.policies.state();
-        let inputs = (
-            readable(&index.policies),
-            readable(&index.services),
-            readable(&index.slices),
-            readable(&index.namespaces),
-        );
-        let pods: HashMap<ObjKey, Arc<Pod>> =
-            readable(&index.pods).into_iter().filter_map(|p| Some((ObjKey::of(p.as_ref())?, p))).collect();
-        let previous = state.world.take();
-        let mut shared = std::mem::take(&mut state.shared);
-        let batch = batch.clone();
-        let all = batch.contains(&Trigger::All);
-        let work = tokio::task::spawn_blocking(move || {
-            let world = World::after(previous.as_ref(), &inputs.0, &inputs.1, &inputs.2, &inputs.3);
-            let concerned = concerned_policies(&world, &stored, &batch);
-            let affected = affected(previous.as_ref(), &world, &pods, &batch);
-            let compiled: Vec<(ObjKey, Option<Snapshot>)> = affected
+        let inputs = Inputs {
+            stored: index.policies.state(),
+            policies: readable(&index.policies),
+            services: readable(&index.services),
+            slices: readable(&index.slices),
+            namespaces: readable(&index.namespaces),
+            pods: readable(&index.pods)
                 .into_iter()
-                .map(|key| {
-                    let snapshot = pods.get(&key).map(|pod| world.compile_shared(pod, &mut shared));
-                    (key, snapshot)
-                })
-                .collect();
-            let live: HashSet<ObjKey> = if all { pods.into_keys().collect() } else { HashSet::new() };
-            (world, shared, concerned, compiled, live)
-        });
-        let (world, shared, concerned, compiled, live) = match work.await {
-            Ok(done) => done,
-            Err(e) => {
-                // A panic in compile is a bug; keep serving the snapshots we have.
-                tracing::error!(error = %e, "compiling snapshots failed; the current ones stay");
-                return;
-            }
+                .filter_map(|p| Some((ObjKey::of(p.as_ref())?, p)))
+                .collect(),
+            previous: state.world.take(),
+            shared: std::mem::take(&mut state.shared),
+            batch: batch.clone(),
         };
+        let all = batch.contains(&Trigger::All);
+        let Compiled { world, shared, concerned, snapshots, live } =
+            match tokio::task::spawn_blocking(move || inputs.compile()).await {
+                Ok(done) => done,
+                Err(e) => {
+                    // A panic in compile is a bug; keep serving the snapshots we have.
+                    tracing::error!(error = %e, "compiling snapshots failed; the current ones stay");
+                    return;
+                }
+            };
         state.world = Some(world);
         state.shared = shared;
         for p in concerned {
@@ -212,11 +198,12 @@ impl Hub {
         }
 
         let mut updated = 0;
-        let compiled_count = compiled.len();
+        let compiled_count = snapshots.len();
         let mut channels = self.channels.write().await;
         let mut expected = HashMap::clone(&self.expected.borrow());
         let mut count = |snapshot: &Snapshot, add: bool| {
-            for policy in snapshot.policies().into_keys() {
+            // The compiler names every policy `namespace/name`.
+            for policy in snapshot.policies().into_keys().filter_map(|p| p.parse::<ObjKey>().ok()) {
                 let n = expected.entry(policy).or_default();
                 *n = if add { *n + 1 } else { n.saturating_sub(1) };
             }
@@ -231,7 +218,7 @@ impl Hub {
             });
         }
         let mut created = false;
-        for (key, snapshot) in compiled {
+        for (key, snapshot) in snapshots {
             let Some(mut snapshot) = snapshot else {
                 if let Some(tx) = channels.remove(&key) {
                     count(&tx.borrow().snapshot, false);
@@ -283,6 +270,54 @@ impl Hub {
         if updated > 0 {
             tracing::info!(compiled = compiled_count, updated, pods = total, took = ?started.elapsed(), "snapshots updated");
         }
+    }
+}
+
+/// What one batch is compiled from: the stores as they were when it started, and what the last
+/// batch left.
+struct Inputs {
+    /// Every stored policy, readable or not (for the policies a change concerns).
+    stored: Vec<Arc<Lenient<CommunicationPolicy>>>,
+    policies: Vec<Arc<CommunicationPolicy>>,
+    services: Vec<Arc<k8s_openapi::api::core::v1::Service>>,
+    slices: Vec<Arc<k8s_openapi::api::discovery::v1::EndpointSlice>>,
+    namespaces: Vec<Arc<k8s_openapi::api::core::v1::Namespace>>,
+    pods: HashMap<ObjKey, Arc<Pod>>,
+    /// The World of the last batch.
+    previous: Option<World>,
+    shared: crate::compile::Shared,
+    batch: HashSet<Trigger>,
+}
+
+/// What a batch produced.
+struct Compiled {
+    world: World,
+    shared: crate::compile::Shared,
+    /// Policies whose status the batch may have changed.
+    concerned: HashSet<ObjectRef<Lenient<CommunicationPolicy>>>,
+    /// Each affected pod's new snapshot; `None` for a pod that is gone.
+    snapshots: Vec<(ObjKey, Option<Snapshot>)>,
+    /// Every pod with a sidecar, after a full recompile (the others' channels close); empty
+    /// otherwise.
+    live: HashSet<ObjKey>,
+}
+
+impl Inputs {
+    /// Indexes the World, finds the affected pods and compiles them (on a blocking thread).
+    fn compile(self) -> Compiled {
+        let Inputs { stored, policies, services, slices, namespaces, pods, previous, mut shared, batch } =
+            self;
+        let world = World::after(previous.as_ref(), &policies, &services, &slices, &namespaces);
+        let concerned = concerned_policies(&world, &stored, &batch);
+        let snapshots = affected(previous.as_ref(), &world, &pods, &batch)
+            .into_iter()
+            .map(|key| {
+                let snapshot = pods.get(&key).map(|pod| world.compile_shared(pod, &mut shared));
+                (key, snapshot)
+            })
+            .collect();
+        let live = if batch.contains(&Trigger::All) { pods.into_keys().collect() } else { HashSet::new() };
+        Compiled { world, shared, concerned, snapshots, live }
     }
 }
 

@@ -369,7 +369,10 @@ fn api_credentials_only_where_wanted(pod: &Pod) -> anyhow::Result<()> {
             .iter()
             .find(|m| m.mount_path == "/var/run/secrets/kubernetes.io/serviceaccount")
             .ok_or_else(|| anyhow::anyhow!("{name}: nothing mounted at the API token's path"))?;
-        assert_eq!(at.name, "breakwater-no-api-token", "{name}: the empty volume covers the API token's path");
+        assert_eq!(
+            at.name, "breakwater-no-api-token",
+            "{name}: the empty volume covers the API token's path"
+        );
     }
     Ok(())
 }

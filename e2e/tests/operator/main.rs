@@ -13,6 +13,7 @@
 
 mod certs;
 mod inject;
+mod owners;
 mod status;
 mod stream;
 

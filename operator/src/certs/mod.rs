@@ -13,9 +13,12 @@
 //! the Secret changes (no restart), and the Secret is renewed before it expires. With
 //! [`Source::External`] (cert-manager) the operator only reads and reloads it.
 
+mod root_ca;
 pub mod rotation;
 
 use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
+
+pub use self::root_ca::{RootCaPublisher, SYSTEM_NAMESPACES};
 
 use k8s_openapi::{
     ByteString,
@@ -299,15 +302,11 @@ pub async fn publish_root_ca(client: &Client, namespace: &str, ca_pem: &str) -> 
         "metadata": {"name": ROOT_CA_CONFIGMAP, "labels": {"app.kubernetes.io/part-of": "breakwater"}},
         "data": {CA_CERT: ca_pem},
     });
-    api.patch(
-        ROOT_CA_CONFIGMAP,
-        &PatchParams::apply(crate::controller::FIELD_MANAGER).force(),
-        &Patch::Apply(&object),
-    )
-    .await
-    .map_err(|source| Error::Kube {
-        what: format!("publishing the root CA in namespace {namespace}"),
-        source,
-    })?;
+    api.patch(ROOT_CA_CONFIGMAP, &PatchParams::apply(crate::FIELD_MANAGER).force(), &Patch::Apply(&object))
+        .await
+        .map_err(|source| Error::Kube {
+            what: format!("publishing the root CA in namespace {namespace}"),
+            source,
+        })?;
     Ok(())
 }

@@ -413,4 +413,102 @@ mod tests {
         assert!(usable_ca("garbage").is_err());
         assert!(usable_ca("").is_err());
     }
+
+    /// The serving certificate's subject alternative names in a Secret body the client sent.
+    fn sans(secret: &serde_json::Value) -> Vec<String> {
+        use base64::Engine as _;
+        let b64 = secret["data"][super::super::TLS_CERT].as_str().expect("tls.crt");
+        let pem = base64::engine::general_purpose::STANDARD.decode(b64).expect("base64");
+        let (_, block) = x509_parser::pem::parse_x509_pem(&pem).expect("PEM");
+        let cert = block.parse_x509().expect("a certificate");
+        let names = cert.subject_alternative_name().expect("parsed").expect("present").value;
+        names.general_names.iter().map(ToString::to_string).collect()
+    }
+
+    fn options(renew_before: Duration) -> Options {
+        Options {
+            namespace: "breakwater-system".into(),
+            secret: "breakwater-webhook-tls".into(),
+            service: "breakwater".into(),
+            source: Source::SelfSigned,
+            renew_before,
+        }
+    }
+
+    const SECRET: &str = "/api/v1/namespaces/breakwater-system/secrets/breakwater-webhook-tls";
+    const SECRETS: &str = "/api/v1/namespaces/breakwater-system/secrets?";
+    const SERVICE: &str = "/api/v1/namespaces/breakwater-system/services/breakwater";
+
+    #[tokio::test]
+    async fn the_first_replica_creates_the_certificates_and_a_racing_one_serves_the_winners() {
+        use http::{Method, StatusCode};
+
+        use crate::testing;
+
+        let stop = CancellationToken::new();
+        let metrics = Arc::new(Metrics::new());
+        let missing = testing::status(404, "NotFound", "secrets \"breakwater-webhook-tls\" not found");
+
+        // The first: no Secret yet; the Service's cluster IP goes into the certificate.
+        let (client, mut server) = testing::client();
+        let api = async {
+            server.expect(Method::GET, SECRET, StatusCode::NOT_FOUND, missing.clone()).await;
+            let service =
+                serde_json::json!({"spec": {"clusterIP": "198.19.0.10", "clusterIPs": ["198.19.0.10"]}});
+            server.expect(Method::GET, SERVICE, StatusCode::OK, service).await;
+            let created =
+                server.expect(Method::POST, SECRETS, StatusCode::CREATED, serde_json::json!({})).await;
+            created.body
+        };
+        let (first, written) =
+            tokio::join!(Keeper::start(client, options(RENEW), metrics.clone(), &stop), api);
+        let first = first.expect("the certificates");
+        server.nothing_more();
+        assert_eq!(written["type"], "kubernetes.io/tls");
+        let keys: Vec<&String> = written["data"].as_object().expect("data").keys().collect();
+        assert_eq!(keys, ["ca.crt", "ca.key", "tls.crt", "tls.key"]);
+        let names = sans(&written);
+        for wanted in ["breakwater.breakwater-system.svc", "breakwater.breakwater-system.svc.cluster.local"] {
+            assert!(names.iter().any(|n| n.contains(wanted)), "{wanted} in {names:?}");
+        }
+        // 198.19.0.10, as x509-parser writes an IP address.
+        assert!(names.iter().any(|n| n == "IPAddress(c6:13:00:0a)"), "the cluster IP in {names:?}");
+
+        // A second replica loses the race to create it: it serves what the first wrote.
+        let (client, mut server) = testing::client();
+        let mut stored = written.clone();
+        stored["metadata"] =
+            serde_json::json!({"name": "breakwater-webhook-tls", "namespace": "breakwater-system"});
+        let api = async {
+            server.expect(Method::GET, SECRET, StatusCode::NOT_FOUND, missing.clone()).await;
+            server
+                .expect(Method::GET, SERVICE, StatusCode::NOT_FOUND, testing::status(404, "NotFound", "no"))
+                .await;
+            let exists =
+                testing::status(409, "AlreadyExists", "secrets \"breakwater-webhook-tls\" already exists");
+            server.expect(Method::POST, SECRETS, StatusCode::CONFLICT, exists).await;
+            server.expect(Method::GET, SECRET, StatusCode::OK, stored).await;
+        };
+        let (second, ()) = tokio::join!(Keeper::start(client, options(RENEW), metrics, &stop), api);
+        let second = second.expect("the winner's certificates");
+        server.nothing_more();
+        assert_eq!(second.subscribe().borrow().ca_pem, first.subscribe().borrow().ca_pem, "one CA for both");
+        assert_eq!(
+            second.resolver().current().cert,
+            first.resolver().current().cert,
+            "one serving certificate"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_renew_before_of_half_the_lifetime_or_more_is_refused_before_any_request() {
+        let (client, mut server) = crate::testing::client();
+        let too_long = Duration::from_secs(200 * 86_400);
+        let result =
+            Keeper::start(client, options(too_long), Arc::new(Metrics::new()), &CancellationToken::new())
+                .await;
+        let Err(Error::Certificate(message)) = result else { panic!("refused") };
+        assert!(message.contains("--cert-renew-before"), "{message}");
+        server.nothing_more();
+    }
 }

@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use breakwater_crds::snapshot::{Snapshot, SnapshotVersion};
+use breakwater_crds::snapshot::Snapshot;
 use futures_util::StreamExt;
 use k8s_openapi::{api::core::v1::ConfigMap, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
@@ -26,7 +26,11 @@ use kube::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, Notify, watch};
 
-use crate::{key::ObjKey, metrics::Metrics};
+use crate::{
+    delivery::{PolicyAcks, Refusal, Totals},
+    key::ObjKey,
+    metrics::Metrics,
+};
 
 /// The label on every replica's report.
 pub const REPORT_LABEL: &str = "breakwater.dev/acknowledgements";
@@ -40,25 +44,13 @@ const GONE: Duration = Duration::from_secs(300);
 /// Refusals kept per policy.
 const REFUSALS: usize = 5;
 
-/// One policy in a report.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PolicyAcks {
-    /// Generation → sidecars enforcing it.
-    #[serde(default)]
-    pub generations: BTreeMap<i64, usize>,
-    /// The last refusals: `namespace/pod` and why.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub refused: Vec<(String, String)>,
-}
-
 /// A replica's report.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Report {
-    /// Policy (`namespace/name`) → acknowledgements.
+    /// Policy → acknowledgements.
     #[serde(default)]
-    pub policies: BTreeMap<String, PolicyAcks>,
+    pub policies: BTreeMap<ObjKey, PolicyAcks>,
 }
 
 /// One connected sidecar.
@@ -102,10 +94,10 @@ impl Registry {
         let State { pods, report, .. } = &mut *state;
         let Some(c) = pods.get_mut(pod).filter(|c| c.stream == stream) else { return };
         subtract(report, c.applied.as_deref());
-        for (policy, generation) in snapshot.policies() {
-            let acks = report.policies.entry(policy.clone()).or_default();
+        for (policy, generation) in policies(&snapshot) {
+            let acks = report.policies.entry(policy).or_default();
             *acks.generations.entry(generation.unwrap_or(0)).or_default() += 1;
-            acks.refused.retain(|(p, _)| p != &pod.to_string());
+            acks.refused.retain(|r| &r.pod != pod);
         }
         c.applied = Some(snapshot);
         self.changed.notify_one();
@@ -114,10 +106,10 @@ impl Registry {
     /// `pod` refused `snapshot` because of `why`; it still runs what it applied before.
     pub async fn refused(&self, pod: &ObjKey, snapshot: &Snapshot, why: &str) {
         let mut state = self.state.lock().await;
-        for policy in snapshot.policies().into_keys() {
+        for (policy, _) in policies(snapshot) {
             let acks = state.report.policies.entry(policy).or_default();
-            acks.refused.retain(|(p, _)| p != &pod.to_string());
-            acks.refused.push((pod.to_string(), why.chars().take(300).collect()));
+            acks.refused.retain(|r| &r.pod != pod);
+            acks.refused.push(Refusal { pod: pod.clone(), why: why.chars().take(300).collect() });
             if acks.refused.len() > REFUSALS {
                 acks.refused.remove(0);
             }
@@ -183,9 +175,15 @@ impl Registry {
     }
 }
 
+/// The policies a snapshot carries, with their generations.
+fn policies(snapshot: &Snapshot) -> impl Iterator<Item = (ObjKey, Option<i64>)> {
+    // The hub writes every name as `namespace/name`.
+    snapshot.policies().into_iter().filter_map(|(name, generation)| Some((name.parse().ok()?, generation)))
+}
+
 fn subtract(report: &mut Report, snapshot: Option<&Snapshot>) {
     let Some(snapshot) = snapshot else { return };
-    for (policy, generation) in snapshot.policies() {
+    for (policy, generation) in policies(snapshot) {
         if let Some(acks) = report.policies.get_mut(&policy) {
             let g = generation.unwrap_or(0);
             if let Some(n) = acks.generations.get_mut(&g) {
@@ -212,24 +210,17 @@ async fn write(api: &Api<ConfigMap>, name: &str, report: &Report) -> Result<(), 
         },
         "data": {REPORT_KEY: serde_json::to_string(report).unwrap_or_default()},
     });
-    api.patch(name, &PatchParams::apply(crate::controller::FIELD_MANAGER).force(), &Patch::Apply(&object))
-        .await?;
+    api.patch(name, &PatchParams::apply(crate::FIELD_MANAGER).force(), &Patch::Apply(&object)).await?;
     Ok(())
 }
 
-/// Every fresh report summed: policy → generation → sidecars, and the refusals.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Totals {
-    /// Policy → acknowledgements over every replica.
-    pub policies: BTreeMap<String, PolicyAcks>,
-}
-
-/// Watches the replicas' reports in `namespace` and keeps their sum in `out`.
+/// Watches the replicas' reports in `namespace` and keeps their sum in `out`, until `stop`.
 pub async fn aggregate(
     client: Client,
     namespace: String,
     out: watch::Sender<Arc<Totals>>,
     metrics: Arc<Metrics>,
+    stop: tokio_util::sync::CancellationToken,
 ) {
     let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
     let config = watcher::Config::default().labels(&format!("{REPORT_LABEL}=true"));
@@ -251,6 +242,8 @@ pub async fn aggregate(
             },
             // Reports go stale with time alone.
             _ = tick.tick() => {}
+            // Shutting down.
+            _ = stop.cancelled() => return,
         }
         let mut totals = Totals::default();
         let now = Timestamp::now();
@@ -288,82 +281,6 @@ pub async fn aggregate(
     }
 }
 
-/// The version string of a snapshot, for logs.
-pub fn version(v: &SnapshotVersion) -> String {
-    v.to_string()
-}
-
-/// The sidecar counts the status reads: how many must enforce a policy (from the snapshot hub)
-/// and how many acknowledged each generation (from every replica's report).
-#[derive(Debug, Clone)]
-pub struct Deliveries {
-    /// Sidecars whose snapshot carries each policy.
-    pub expected: watch::Receiver<crate::snapshots::Expected>,
-    /// Acknowledgements over every replica.
-    pub totals: watch::Receiver<Arc<Totals>>,
-}
-
-impl crate::controller::Deliveries for Deliveries {
-    fn delivery(
-        &self,
-        policy: &ObjKey,
-        generation: Option<i64>,
-    ) -> Option<crate::controller::status::Delivery> {
-        let name = policy.to_string();
-        let expected = self.expected.borrow().get(&name).copied().unwrap_or(0);
-        if expected == 0 {
-            // No sidecar needs it (yet): `Resolved` says what there is to say.
-            return None;
-        }
-        let totals = self.totals.borrow();
-        let acks = totals.policies.get(&name);
-        let acknowledged =
-            acks.and_then(|a| a.generations.get(&generation.unwrap_or(0))).copied().unwrap_or(0);
-        let refused = acks.map(|a| a.refused.clone()).unwrap_or_default();
-        Some(crate::controller::status::Delivery {
-            acknowledged: acknowledged.min(expected) as u32,
-            expected: expected as u32,
-            refused,
-        })
-    }
-}
-
-/// Asks the controller to reconcile each policy whose delivery count changed, as reports and
-/// snapshots change.
-pub async fn reconcile_on_delivery(
-    deliveries: Deliveries,
-    index: crate::index::Index,
-    concerned: crate::snapshots::PolicyRefs,
-) {
-    use crate::controller::Deliveries as _;
-    let (mut expected, mut totals) = (deliveries.expected.clone(), deliveries.totals.clone());
-    // Keyed with the generation: the same count for a new generation is news (1 of 1 on the
-    // old one, then 1 of 1 on the new one once its acknowledgement is in).
-    let mut last: HashMap<ObjKey, (Option<i64>, Option<crate::controller::status::Delivery>)> =
-        HashMap::new();
-    loop {
-        tokio::select! {
-            // Snapshots changed: who must acknowledge what.
-            r = expected.changed() => if r.is_err() { return },
-            // Reports changed: who acknowledged what.
-            r = totals.changed() => if r.is_err() { return },
-        }
-        for p in index.policies.state() {
-            let Some(key) = ObjKey::of(p.as_ref()) else { continue };
-            let now = (p.metadata.generation, deliveries.delivery(&key, p.metadata.generation));
-            if last.get(&key) != Some(&now) {
-                tracing::debug!(policy = %key, generation = ?now.0, delivery = ?now.1, "delivery changed; reconciling");
-                last.insert(key.clone(), now);
-                let reference = kube::runtime::reflector::ObjectRef::new(&key.name).within(&key.namespace);
-                // A closed channel: the controller stopped.
-                if concerned.send(reference).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,7 +307,8 @@ mod tests {
     }
 
     fn generations(report: &Report, policy: &str) -> Vec<(i64, usize)> {
-        report.policies.get(policy).map(|p| p.generations.clone().into_iter().collect()).unwrap_or_default()
+        let policy: ObjKey = policy.parse().expect("a key");
+        report.policies.get(&policy).map(|p| p.generations.clone().into_iter().collect()).unwrap_or_default()
     }
 
     #[tokio::test]
@@ -436,12 +354,13 @@ mod tests {
         registry.refused(&a, &snapshot(&[("shop/p", 3)]), "still").await;
         let report = registry.report().await;
         assert_eq!(generations(&report, "shop/p"), vec![(1, 1)], "it still runs generation 1");
+        let p = ObjKey::new("shop", "p");
         assert_eq!(
-            report.policies["shop/p"].refused,
-            vec![("shop/a".to_owned(), "still".to_owned())],
+            report.policies[&p].refused,
+            vec![Refusal { pod: a.clone(), why: "still".to_owned() }],
             "one per sidecar"
         );
         registry.applied(&a, s, snapshot(&[("shop/p", 3)])).await;
-        assert!(registry.report().await.policies["shop/p"].refused.is_empty());
+        assert!(registry.report().await.policies[&p].refused.is_empty());
     }
 }

@@ -156,3 +156,110 @@ impl Authenticator {
         Ok(caller)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use http::{Method, StatusCode};
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::testing::{self, ApiServer};
+
+    const REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews?";
+
+    /// The TokenReview answer for a token bound to pod `namespace/name`.
+    fn bound_to(namespace: &str, name: &str, audience: &str) -> Value {
+        json!({
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {},
+            "status": {
+                "authenticated": true,
+                "audiences": [audience],
+                "user": {
+                    "username": format!("system:serviceaccount:{namespace}:default"),
+                    "extra": {POD_NAME: [name], POD_UID: ["uid-1"]},
+                },
+            },
+        })
+    }
+
+    /// Runs `check` while the API server answers one TokenReview with `answer`; returns the
+    /// result and the review that was sent.
+    async fn reviewed(
+        auth: &Authenticator,
+        server: &mut ApiServer,
+        token: &str,
+        asked: &ObjKey,
+        answer: Value,
+    ) -> (Result<Caller, Refused>, Value) {
+        let header = format!("Bearer {token}");
+        let (result, seen) = tokio::join!(
+            auth.check(Some(&header), asked),
+            server.expect(Method::POST, REVIEWS, StatusCode::CREATED, answer)
+        );
+        (result, seen.body)
+    }
+
+    #[tokio::test]
+    async fn a_pod_reads_its_own_snapshot_and_its_review_is_cached() {
+        let (client, mut server) = testing::client();
+        let auth = Authenticator::new(client);
+        let me = ObjKey::new("shop", "checkout-1");
+        let (result, review) =
+            reviewed(&auth, &mut server, "t1", &me, bound_to("shop", "checkout-1", TOKEN_AUDIENCE)).await;
+        assert_eq!(result, Ok(Caller { pod: me.clone(), uid: "uid-1".into() }));
+        assert_eq!(
+            review["spec"],
+            json!({"token": "t1", "audiences": [TOKEN_AUDIENCE]}),
+            "our audience only"
+        );
+
+        // The same token again: answered from the cache, no second review.
+        assert!(testing::within(auth.check(Some("Bearer t1"), &me)).await.is_ok());
+        // Another pod's snapshot with it: 403, also without asking.
+        let other = testing::within(auth.check(Some("Bearer t1"), &ObjKey::new("shop", "payments-1"))).await;
+        assert_eq!(other.as_ref().map_err(Refused::status), Err(StatusCode::FORBIDDEN), "{other:?}");
+        server.nothing_more();
+    }
+
+    #[tokio::test]
+    async fn tokens_that_prove_nothing_are_refused_and_not_cached() {
+        let (client, mut server) = testing::client();
+        let auth = Authenticator::new(client);
+        let me = ObjKey::new("shop", "checkout-1");
+
+        // No header, or not a bearer: refused before asking anyone.
+        for header in [None, Some("Basic abc"), Some("Bearer  ")] {
+            assert_eq!(testing::within(auth.check(header, &me)).await, Err(Refused::NoToken), "{header:?}");
+        }
+        server.nothing_more();
+
+        let unauthenticated = json!({"status": {"authenticated": false, "error": "token expired"}});
+        let (result, _) = reviewed(&auth, &mut server, "t2", &me, unauthenticated).await;
+        assert_eq!(result, Err(Refused::Invalid("token expired".into())));
+        // Not cached: the next attempt is reviewed again (and the API server's audience check
+        // answered with someone else's audience is refused too).
+        let (result, _) =
+            reviewed(&auth, &mut server, "t2", &me, bound_to("shop", "checkout-1", "vault")).await;
+        assert_eq!(result, Err(Refused::Invalid("issued for another audience".into())));
+
+        // A token of a ServiceAccount, not bound to a pod.
+        let unbound = json!({"status": {"authenticated": true, "audiences": [TOKEN_AUDIENCE],
+                                        "user": {"username": "system:serviceaccount:shop:default"}}});
+        let (result, _) = reviewed(&auth, &mut server, "t3", &me, unbound).await;
+        assert_eq!(result.map_err(|e| e.status()), Err(StatusCode::UNAUTHORIZED));
+
+        // The API server cannot answer: 503, the sidecar retries.
+        let header = "Bearer t4";
+        let (result, _) = tokio::join!(
+            auth.check(Some(header), &me),
+            server.expect(
+                Method::POST,
+                REVIEWS,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                testing::status(500, "InternalError", "etcd is down")
+            )
+        );
+        assert_eq!(result.map_err(|e| e.status()), Err(StatusCode::SERVICE_UNAVAILABLE));
+        server.nothing_more();
+    }
+}

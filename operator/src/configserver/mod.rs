@@ -24,12 +24,12 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use self::{acks::Registry, auth::Authenticator};
-use crate::{index::Index, key::ObjKey, metrics::Metrics, snapshots::Hub};
+use crate::{delivery::Totals, index::Index, key::ObjKey, metrics::Metrics, snapshots::Hub};
 
 /// How long a pod's first snapshot may take to appear after it connects (a pod created a moment
 /// ago is not compiled yet).
@@ -59,6 +59,83 @@ impl std::fmt::Debug for ConfigServer {
 }
 
 type Body = BoxBody<Bytes, Infallible>;
+
+/// The config API as it runs: the listener, this replica's acknowledgement report, and the sum
+/// of every replica's reports (what the status reads, through [`crate::delivery`]).
+pub struct ConfigApi {
+    /// Where sidecars connect.
+    pub listener: TcpListener,
+    /// TLS, from the certificate keeper.
+    pub tls: Arc<rustls::ServerConfig>,
+    /// What every stream shares.
+    pub server: ConfigServer,
+    /// Where the reports live.
+    pub reports: Reports,
+    totals: watch::Sender<Arc<Totals>>,
+}
+
+/// Where this replica writes its acknowledgement report (ConfigMap `name` in `namespace`) and
+/// reads every replica's.
+#[derive(Clone)]
+pub struct Reports {
+    /// The API.
+    pub client: kube::Client,
+    /// The operator's namespace.
+    pub namespace: String,
+    /// This replica's report.
+    pub name: String,
+}
+
+impl ConfigApi {
+    /// Binds the config API on `addr`, not serving yet.
+    pub async fn bind(
+        settings: &crate::Settings,
+        addr: std::net::SocketAddr,
+        client: kube::Client,
+        hub: &Arc<Hub>,
+        index: &Index,
+        keeper: &crate::certs::rotation::Keeper,
+        metrics: Arc<Metrics>,
+    ) -> crate::Result<ConfigApi> {
+        let server = ConfigServer {
+            hub: hub.clone(),
+            index: index.clone(),
+            auth: Authenticator::new(client.clone()),
+            acks: Arc::default(),
+            metrics,
+        };
+        let reports = Reports {
+            client,
+            namespace: settings.namespace.clone(),
+            name: format!("{}-acks-{}", settings.lease_name, settings.identity()),
+        };
+        Ok(ConfigApi {
+            listener: crate::admin::bind(addr, "the config API").await?,
+            tls: crate::certs::server_config(keeper.resolver(), &[b"h2"])?,
+            server,
+            reports,
+            totals: watch::Sender::new(Arc::default()),
+        })
+    }
+
+    /// Every replica's acknowledgements summed, as they change.
+    pub fn totals(&self) -> watch::Receiver<Arc<Totals>> {
+        self.totals.subscribe()
+    }
+
+    /// Serves, reports and sums until `stop`; then deletes this replica's report (its sidecars
+    /// reconnect elsewhere).
+    pub async fn run(self, stop: CancellationToken) {
+        let ConfigApi { listener, tls, server, reports, totals } = self;
+        let (acks, metrics) = (server.acks.clone(), server.metrics.clone());
+        let Reports { client, namespace, name } = reports;
+        tokio::join!(
+            serve(listener, tls, server, stop.clone()),
+            acks.publish(client.clone(), namespace.clone(), name, stop.clone()),
+            acks::aggregate(client, namespace, totals, metrics, stop),
+        );
+    }
+}
 
 /// Serves the config API on `listener` until `stop`; open streams are closed then (their
 /// sidecars reconnect to another replica).

@@ -1,8 +1,9 @@
 //! The policy controller (kube-runtime's `Controller`, controller-rs's habits): reconcile each
 //! CommunicationPolicy into its status.
 //!
-//! Triggers: the policy's own changes (the controller drives the policy watch), the policies
-//! the snapshot hub finds concerned by a Service or peer-policy change (`reconcile_on`),
+//! Triggers: the policy's own changes (heard from the index, which owns the policy watch:
+//! [`Index::policy_changes`]), the policies the snapshot hub finds concerned by a Service or
+//! peer-policy change (`reconcile_on`),
 //! everything when this replica becomes the lease holder (`reconcile_all_on`), and a periodic
 //! resync. Reconciles are debounced and run with bounded concurrency (`controller::Config`).
 //!
@@ -12,8 +13,10 @@
 //! and followed by an Event per condition whose status or reason changed.
 
 pub mod status;
+#[cfg(test)]
+mod tests;
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use breakwater_crds::{CommunicationPolicy, CommunicationPolicyStatus, reasons};
 use futures_util::{Stream, StreamExt};
@@ -28,24 +31,15 @@ use kube::{
         reflector::ObjectRef,
     },
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::{
-    Error, Result,
-    index::{Index, Lenient, PolicyStream, readable},
+    Error, FIELD_MANAGER, Result,
+    delivery::{Deliveries, Delivery},
+    index::{Index, Lenient, PolicyChange, readable},
     key::ObjKey,
     metrics::Metrics,
 };
-
-/// The field manager of every status write (one for all replicas: a new lease holder takes over
-/// the fields of the last one, and a condition it drops is really dropped).
-pub const FIELD_MANAGER: &str = "breakwater-operator";
-
-/// Counts of sidecars running each policy: filled in when sidecars acknowledge snapshots.
-pub trait Deliveries: Send + Sync {
-    /// How many sidecars run generation `generation` of `policy`, of how many that must.
-    fn delivery(&self, policy: &ObjKey, generation: Option<i64>) -> Option<status::Delivery>;
-}
 
 /// What every reconcile shares.
 pub struct Context {
@@ -59,16 +53,14 @@ pub struct Context {
     pub recorder: Recorder,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// Sidecar acknowledgements, once there are any.
-    pub deliveries: Option<Arc<dyn Deliveries>>,
+    /// How many sidecars run each policy (when the config API is served).
+    pub deliveries: Option<Deliveries>,
     /// How often a policy is reconciled without a change.
     pub resync: Duration,
 }
 
 /// What the controller is given to run.
 pub struct Inputs {
-    /// The policy watch (from [`Index::start`]).
-    pub policies: PolicyStream,
     /// Policies to reconcile again, from the snapshot hub.
     pub concerned: mpsc::Receiver<ObjectRef<Lenient<CommunicationPolicy>>>,
     /// kube-runtime's settings (debounce, concurrency).
@@ -86,10 +78,15 @@ pub async fn run(
             inputs.concerned,
             |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
         );
-    Controller::for_stream(inputs.policies, ctx.index.policies.clone())
-        .with_config(inputs.config)
-        .reconcile_on(concerned)
-        .reconcile_all_on(became_leader(ctx.leader.clone()))
+    let mut controller =
+        Controller::for_shared_stream(changed_policies(ctx.index.clone()), ctx.index.policies.clone())
+            .with_config(inputs.config)
+            .reconcile_on(concerned)
+            .reconcile_all_on(became_leader(ctx.leader.clone()));
+    if let Some(deliveries) = ctx.deliveries.clone() {
+        controller = controller.reconcile_on(delivery_changes(deliveries, ctx.index.clone()));
+    }
+    controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -98,6 +95,71 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// Every policy once the index is ready, then each policy the index hears of changing (every
+/// policy after a relist, or when this reader fell behind). A deleted policy is not in the store
+/// any more and has no status to write: it is skipped.
+fn changed_policies(index: Index) -> impl Stream<Item = Arc<Lenient<CommunicationPolicy>>> + Send {
+    // Subscribed before waiting, so nothing between the first list and the first read is missed.
+    let changes = index.policy_changes();
+    futures_util::stream::once(async move {
+        index.wait_ready().await;
+        let first = futures_util::stream::iter(index.policies.state());
+        let rest = futures_util::stream::unfold((index, changes), |(index, mut changes)| async move {
+            loop {
+                let found = match changes.recv().await {
+                    Ok(PolicyChange::One(key)) => {
+                        let reference = ObjectRef::new(&key.name).within(&key.namespace);
+                        index.policies.get(&reference).into_iter().collect()
+                    }
+                    Ok(PolicyChange::All) => index.policies.state(),
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::debug!(
+                            missed,
+                            "policy changes came faster than reconciles; reconciling every policy"
+                        );
+                        index.policies.state()
+                    }
+                    // The index is gone: so is the operator.
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                };
+                if !found.is_empty() {
+                    return Some((futures_util::stream::iter(found), (index, changes)));
+                }
+            }
+        });
+        first.chain(rest.flatten())
+    })
+    .flatten()
+}
+
+/// The policies whose delivery changed (how many sidecars must enforce them, how many do), as
+/// the snapshots and the acknowledgements change.
+fn delivery_changes(
+    deliveries: Deliveries,
+    index: Index,
+) -> impl Stream<Item = ObjectRef<Lenient<CommunicationPolicy>>> + Send {
+    // Keyed with the generation: the same count for a new generation is news (1 of 1 on the old
+    // one, then 1 of 1 on the new one once its acknowledgement is in).
+    let last: HashMap<ObjKey, (Option<i64>, Option<Delivery>)> = HashMap::new();
+    futures_util::stream::unfold((deliveries, index, last), |(mut deliveries, index, mut last)| async move {
+        if !deliveries.changed().await {
+            return None;
+        }
+        let mut changed = Vec::new();
+        for p in index.policies.state() {
+            let Some(key) = ObjKey::of(p.as_ref()) else { continue };
+            let now = (p.metadata.generation, deliveries.delivery(&key, p.metadata.generation));
+            if last.get(&key) != Some(&now) {
+                tracing::debug!(policy = %key, generation = ?now.0, delivery = ?now.1, "delivery changed; reconciling");
+                changed.push(ObjectRef::from_obj(p.as_ref()));
+                last.insert(key, now);
+            }
+        }
+        Some((futures_util::stream::iter(changed), (deliveries, index, last)))
+    })
+    .flatten()
 }
 
 /// One item each time this replica becomes the lease holder; ends when the election stops.

@@ -27,20 +27,10 @@ use k8s_openapi::{
 };
 use kube::ResourceExt;
 
+pub use crate::delivery::Delivery;
+
 /// Kubernetes caps a condition message at 32768 bytes.
 const MAX_MESSAGE: usize = 32 * 1024;
-
-/// How many of the sidecars that must enforce a policy run its current generation, from their
-/// acknowledgements.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Delivery {
-    /// Sidecars that acknowledged the current generation.
-    pub acknowledged: u32,
-    /// Sidecars that must enforce it.
-    pub expected: u32,
-    /// Sidecars that refused a snapshot carrying it: `namespace/pod` and why.
-    pub refused: Vec<(String, String)>,
-}
 
 /// The status `policy` should have; see the module docs. `peers` are the policies of its
 /// namespace (it may be among them), `services` the Services of its namespace.
@@ -156,7 +146,7 @@ pub fn desired(
             Some(d) => {
                 let mut message =
                     format!("{} of {} sidecars enforce this generation", d.acknowledged, d.expected);
-                for (pod, why) in &d.refused {
+                for crate::delivery::Refusal { pod, why } in &d.refused {
                     message.push_str(&format!("; {pod} refused it: {why}"));
                 }
                 conditions.make(CONDITION_READY, false, reasons::PENDING, message)

@@ -8,11 +8,12 @@
 //! labels, ServiceAccount and phase), which is most of their memory. Pods are watched through a
 //! label selector ([`crate::Settings::pod_selector`]): only pods with a sidecar get snapshots.
 //!
-//! Triggers go through one bounded channel to the snapshot hub. The policy watch is driven by
-//! the controller (it is its trigger stream), whose inspection callback cannot wait, so a full
-//! channel sets an overflow flag instead; the hub then recompiles everything once, which is
-//! slower but never wrong. After a relist (a watch that expired), objects deleted meanwhile left
-//! no event, so a relist asks for a full recompile too.
+//! The index owns every watch, the policies' too: each runs in a task of its own, so what reads
+//! the stores can stall or stop without stopping the snapshots. Triggers go through one bounded
+//! channel to the snapshot hub (a watch waits for room). The status controller hears of policy
+//! changes on a broadcast channel ([`Index::policy_changes`]) that never waits for it: a reader
+//! that falls behind is told to look at every policy. After a relist (a watch that expired),
+//! objects deleted meanwhile left no event, so a relist asks for a full recompile too.
 
 mod lenient;
 
@@ -41,7 +42,7 @@ use kube::{
 };
 use serde::de::DeserializeOwned;
 use tokio::{
-    sync::{mpsc, watch},
+    sync::{broadcast, mpsc, watch},
     task::JoinHandle,
 };
 
@@ -95,14 +96,12 @@ impl std::hash::Hash for Trigger {
 #[derive(Debug, Clone)]
 pub struct Triggers {
     tx: mpsc::Sender<Trigger>,
-    overflow: Arc<AtomicBool>,
 }
 
 /// The receiving side, for the hub.
 #[derive(Debug)]
 pub struct TriggerQueue {
     rx: mpsc::Receiver<Trigger>,
-    overflow: Arc<AtomicBool>,
 }
 
 /// How many triggers may wait for the hub.
@@ -111,18 +110,10 @@ const TRIGGER_QUEUE: usize = 8192;
 /// A trigger channel.
 pub fn triggers() -> (Triggers, TriggerQueue) {
     let (tx, rx) = mpsc::channel(TRIGGER_QUEUE);
-    let overflow = Arc::new(AtomicBool::new(false));
-    (Triggers { tx, overflow: overflow.clone() }, TriggerQueue { rx, overflow })
+    (Triggers { tx }, TriggerQueue { rx })
 }
 
 impl Triggers {
-    /// Sends without waiting; a full queue turns into one [`Trigger::All`].
-    pub fn send_now(&self, t: Trigger) {
-        if self.tx.try_send(t).is_err() {
-            self.overflow.store(true, Ordering::Release);
-        }
-    }
-
     /// Sends, waiting for room.
     pub async fn send(&self, t: Trigger) {
         let _ = self.tx.send(t).await;
@@ -132,20 +123,26 @@ impl Triggers {
 impl TriggerQueue {
     /// The next trigger; `None` once every sender is gone.
     pub async fn recv(&mut self) -> Option<Trigger> {
-        if self.overflow.swap(false, Ordering::AcqRel) {
-            return Some(Trigger::All);
-        }
         self.rx.recv().await
     }
 
     /// A trigger already waiting, if any.
     pub fn try_recv(&mut self) -> Option<Trigger> {
-        if self.overflow.swap(false, Ordering::AcqRel) {
-            return Some(Trigger::All);
-        }
         self.rx.try_recv().ok()
     }
 }
+
+/// A policy change, as the status controller hears of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyChange {
+    /// This policy changed (its status too: a status someone else wrote is put back) or went.
+    One(ObjKey),
+    /// Every policy may have changed (a relist).
+    All,
+}
+
+/// How many policy changes a slow reader may fall behind before it is told [`PolicyChange::All`].
+const POLICY_CHANGES: usize = 1024;
 
 /// The reflector stores, shared by the hub, the controller and the admin endpoints.
 #[derive(Clone)]
@@ -161,11 +158,13 @@ pub struct Index {
     /// Every Namespace.
     pub namespaces: Store<Lenient<Namespace>>,
     ready: Arc<Readiness>,
+    policy_changes: broadcast::Sender<PolicyChange>,
+    namespace_changes: watch::Sender<()>,
 }
 
 /// Which stores have had their first list. Tracked from the watch events rather than with
 /// `Store::wait_until_ready`, which wakes only one of several tasks waiting on it (its oneshot
-/// keeps one waker) — and the controller already waits on the policy store.
+/// keeps one waker).
 struct Readiness {
     synced: [AtomicBool; KINDS.len()],
     all: watch::Sender<bool>,
@@ -197,91 +196,122 @@ impl Debug for Index {
     }
 }
 
-/// The policy watch: the controller drives it (it is the controller's trigger), and as it does
-/// the policy store fills and triggers reach the hub.
-pub type PolicyStream =
-    futures_util::stream::BoxStream<'static, Result<Lenient<CommunicationPolicy>, watcher::Error>>;
-
 impl Index {
-    /// Starts the watches of every kind but policies (whose stream is returned, for the
-    /// controller to drive). `pod_selector` limits the Pods watched.
+    /// Starts the watches of every kind, each in its own task (returned, to stop them).
+    /// `pod_selector` limits the Pods watched.
     pub fn start(
         client: &Client,
         pod_selector: &str,
         triggers: Triggers,
         metrics: Arc<Metrics>,
-    ) -> (Index, PolicyStream, Vec<JoinHandle<()>>) {
+    ) -> (Index, Vec<JoinHandle<()>>) {
         let (policies, policy_writer) = reflector::store();
         let (services, service_writer) = reflector::store();
         let (slices, slice_writer) = reflector::store();
         let (pods, pod_writer) = reflector::store();
         let (namespaces, namespace_writer) = reflector::store();
         let ready = Arc::new(Readiness::new());
-        let index = Index { policies, services, slices, pods, namespaces, ready: ready.clone() };
+        let (policy_changes, _) = broadcast::channel(POLICY_CHANGES);
+        let namespace_changes = watch::Sender::new(());
+        let index = Index {
+            policies,
+            services,
+            slices,
+            pods,
+            namespaces,
+            ready: ready.clone(),
+            policy_changes: policy_changes.clone(),
+            namespace_changes: namespace_changes.clone(),
+        };
+        let on = |kind: &'static str| Watched { kind, metrics: metrics.clone(), ready: ready.clone() };
 
         let tasks = vec![
+            spawn_watch(
+                Api::<Lenient<CommunicationPolicy>>::all(client.clone()),
+                watcher::Config::default(),
+                policy_writer,
+                triggers.clone(),
+                {
+                    let watched = on("CommunicationPolicy");
+                    // The generation each policy was last seen with: a status write (ours)
+                    // changes the object but not its generation, nor any snapshot.
+                    let mut generations: HashMap<ObjKey, Option<i64>> = HashMap::new();
+                    move |event| {
+                        // Sent whether or not anyone listens (no receiver is not an error).
+                        match event {
+                            Ok(watcher::Event::Apply(p) | watcher::Event::Delete(p)) => {
+                                if let Some(key) = ObjKey::of(p) {
+                                    let _ = policy_changes.send(PolicyChange::One(key));
+                                }
+                            }
+                            Ok(watcher::Event::InitDone) => {
+                                let _ = policy_changes.send(PolicyChange::All);
+                            }
+                            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) | Err(_) => {}
+                        }
+                        watched.triggers(event, |p| policy_trigger(&mut generations, event, p))
+                    }
+                },
+            ),
             spawn_watch(
                 Api::<Lenient<Service>>::all(client.clone()),
                 watcher::Config::default(),
                 service_writer,
-                (triggers.clone(), metrics.clone(), ready.clone(), "Service"),
-                |s| ObjKey::of(s).map(Trigger::Service),
+                triggers.clone(),
+                {
+                    let watched = on("Service");
+                    move |event| watched.triggers(event, |s| ObjKey::of(s).map(Trigger::Service))
+                },
             ),
             spawn_watch(
                 Api::<Lenient<EndpointSlice>>::all(client.clone()),
                 watcher::Config::default(),
                 slice_writer,
-                (triggers.clone(), metrics.clone(), ready.clone(), "EndpointSlice"),
-                slice_trigger,
+                triggers.clone(),
+                {
+                    let watched = on("EndpointSlice");
+                    move |event| watched.triggers(event, slice_trigger)
+                },
             ),
             spawn_watch(
                 Api::<Lenient<Pod>>::all(client.clone()),
                 watcher::Config::default().labels(pod_selector),
                 pod_writer,
-                (triggers.clone(), metrics.clone(), ready.clone(), "Pod"),
-                |p| ObjKey::of(p).map(Trigger::Pod),
+                triggers.clone(),
+                {
+                    let watched = on("Pod");
+                    move |event| watched.triggers(event, |p| ObjKey::of(p).map(Trigger::Pod))
+                },
             ),
             spawn_watch(
                 Api::<Lenient<Namespace>>::all(client.clone()),
                 watcher::Config::default(),
                 namespace_writer,
-                (triggers.clone(), metrics.clone(), ready.clone(), "Namespace"),
-                |n| Some(Trigger::Namespace(n.name_any())),
+                triggers,
+                {
+                    let watched = on("Namespace");
+                    move |event| {
+                        let found = watched.triggers(event, |n| Some(Trigger::Namespace(n.name_any())));
+                        if !found.is_empty() {
+                            namespace_changes.send_replace(());
+                        }
+                        found
+                    }
+                },
             ),
         ];
+        (index, tasks)
+    }
 
-        let policy_stream =
-            watcher(Api::<Lenient<CommunicationPolicy>>::all(client.clone()), watcher::Config::default())
-                .default_backoff()
-                .modify(strip)
-                .reflect(policy_writer)
-                .inspect({
-                    // The generation each policy was last seen with: a status write (ours)
-                    // changes the object but not its generation, nor any snapshot.
-                    let mut generations: HashMap<ObjKey, Option<i64>> = HashMap::new();
-                    move |event| {
-                        // The controller polls this stream: no waiting here (see the module docs).
-                        let found = triggers_for(&metrics, &ready, "CommunicationPolicy", event, |p| {
-                            let key = ObjKey::of(p)?;
-                            if matches!(event, Ok(watcher::Event::Delete(_))) {
-                                generations.remove(&key);
-                                return Some(Trigger::Policy(key, p.get().cloned()));
-                            }
-                            let generation = p.metadata.generation;
-                            let seen = generations.insert(key.clone(), generation);
-                            // A relist (InitApply) yields no trigger anyway; an unreadable
-                            // object has no generation of note: always pass it on.
-                            (seen != Some(generation) || p.get().is_none())
-                                .then_some(Trigger::Policy(key, None))
-                        });
-                        for t in found {
-                            triggers.send_now(t);
-                        }
-                    }
-                })
-                .applied_objects()
-                .boxed();
-        (index, policy_stream, tasks)
+    /// Marked changed whenever a Namespace is added, changed or deleted, or the Namespaces are
+    /// listed again (changes coalesce: a reader looks at the store).
+    pub fn namespace_changes(&self) -> watch::Receiver<()> {
+        self.namespace_changes.subscribe()
+    }
+
+    /// Policy changes from now on, for the status controller; see the module docs.
+    pub fn policy_changes(&self) -> broadcast::Receiver<PolicyChange> {
+        self.policy_changes.subscribe()
     }
 
     /// Whether every store has completed its first list.
@@ -324,6 +354,44 @@ impl Index {
     }
 }
 
+#[cfg(test)]
+impl Index {
+    /// An index holding these objects (as JSON), every kind listed: for tests without an API
+    /// server.
+    pub(crate) fn of(policies: &[serde_json::Value], services: &[serde_json::Value]) -> Index {
+        fn store<K>(objects: &[serde_json::Value]) -> Store<Lenient<K>>
+        where
+            K: Resource<DynamicType = ()> + DeserializeOwned + Clone + 'static,
+        {
+            let (reader, mut writer) = reflector::store();
+            for o in objects {
+                let object = serde_json::from_value(o.clone()).expect("an object");
+                writer.apply_watcher_event(&watcher::Event::Apply(object));
+            }
+            reader
+        }
+        let ready = Readiness::new();
+        for kind in KINDS {
+            ready.synced(kind);
+        }
+        Index {
+            policies: store(policies),
+            services: store(services),
+            slices: store(&[]),
+            pods: store(&[]),
+            namespaces: store(&[]),
+            ready: Arc::new(ready),
+            policy_changes: broadcast::channel(POLICY_CHANGES).0,
+            namespace_changes: watch::Sender::new(()),
+        }
+    }
+
+    /// Tells the policy changes' readers about `change`, as the policy watch does.
+    pub(crate) fn announce(&self, change: PolicyChange) {
+        let _ = self.policy_changes.send(change);
+    }
+}
+
 /// The objects of a store that could be read.
 pub fn readable<K>(store: &Store<Lenient<K>>) -> Vec<Arc<K>>
 where
@@ -337,13 +405,36 @@ fn slice_trigger(s: &Lenient<EndpointSlice>) -> Option<Trigger> {
     Some(Trigger::Service(ObjKey::new(s.metadata.namespace.as_deref()?, service)))
 }
 
-/// Drives one watch into its store, sending the triggers of each event (waiting for room).
+/// A policy event's trigger for the hub: a deletion (with the last state, to find what the
+/// policy governed), or a policy seen with a new generation.
+fn policy_trigger(
+    generations: &mut HashMap<ObjKey, Option<i64>>,
+    event: &WatchEvent<CommunicationPolicy>,
+    p: &Lenient<CommunicationPolicy>,
+) -> Option<Trigger> {
+    let key = ObjKey::of(p)?;
+    if matches!(event, Ok(watcher::Event::Delete(_))) {
+        generations.remove(&key);
+        return Some(Trigger::Policy(key, p.get().cloned()));
+    }
+    let generation = p.metadata.generation;
+    let seen = generations.insert(key.clone(), generation);
+    // A relist (InitApply) yields no trigger anyway; an unreadable object has no generation of
+    // note: always pass it on.
+    (seen != Some(generation) || p.get().is_none()).then_some(Trigger::Policy(key, None))
+}
+
+/// One watch event.
+type WatchEvent<K> = Result<watcher::Event<Lenient<K>>, watcher::Error>;
+
+/// Drives one watch into its store, sending the triggers `on_event` finds in each event
+/// (waiting for room).
 fn spawn_watch<K>(
     api: Api<Lenient<K>>,
     config: watcher::Config,
     writer: reflector::store::Writer<Lenient<K>>,
-    (triggers, metrics, ready, kind): (Triggers, Arc<Metrics>, Arc<Readiness>, &'static str),
-    key: fn(&Lenient<K>) -> Option<Trigger>,
+    triggers: Triggers,
+    mut on_event: impl FnMut(&WatchEvent<K>) -> Vec<Trigger> + Send + 'static,
 ) -> JoinHandle<()>
 where
     K: Resource<DynamicType = ()> + Strip + DeserializeOwned + Clone + Debug + Send + Sync + 'static,
@@ -352,47 +443,55 @@ where
         let stream = watcher(api, config).default_backoff().modify(strip).reflect(writer);
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
-            for t in triggers_for(&metrics, &ready, kind, &event, key) {
+            for t in on_event(&event) {
                 triggers.send(t).await;
             }
         }
     })
 }
 
-/// The triggers of one watch event; malformed objects and watch errors are logged and counted,
-/// and never stop the watch.
-fn triggers_for<K>(
-    metrics: &Metrics,
-    ready: &Readiness,
+/// What a watch reports to: its kind's name, the metrics, the readiness.
+struct Watched {
     kind: &'static str,
-    event: &Result<watcher::Event<Lenient<K>>, watcher::Error>,
-    mut key: impl FnMut(&Lenient<K>) -> Option<Trigger>,
-) -> Vec<Trigger> {
-    match event {
-        Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
-            if let Err(error) = &o.object {
-                metrics.malformed_object(kind);
-                let name = o.metadata.name.as_deref().unwrap_or_default();
-                let namespace = o.metadata.namespace.as_deref().unwrap_or_default();
-                tracing::warn!(kind, %namespace, %name, %error, "object cannot be read; it is ignored");
+    metrics: Arc<Metrics>,
+    ready: Arc<Readiness>,
+}
+
+impl Watched {
+    /// The triggers of one watch event; malformed objects and watch errors are logged and
+    /// counted, and never stop the watch.
+    fn triggers<K>(
+        &self,
+        event: &WatchEvent<K>,
+        key: impl FnOnce(&Lenient<K>) -> Option<Trigger>,
+    ) -> Vec<Trigger> {
+        let kind = self.kind;
+        match event {
+            Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                if let Err(error) = &o.object {
+                    self.metrics.malformed_object(kind);
+                    let name = o.metadata.name.as_deref().unwrap_or_default();
+                    let namespace = o.metadata.namespace.as_deref().unwrap_or_default();
+                    tracing::warn!(kind, %namespace, %name, %error, "object cannot be read; it is ignored");
+                }
+                // During a (re)list, one full recompile at the end beats one trigger per object.
+                if matches!(event, Ok(watcher::Event::InitApply(_))) {
+                    Vec::new()
+                } else {
+                    key(o).into_iter().collect()
+                }
             }
-            // During a (re)list, one full recompile at the end beats one trigger per object.
-            if matches!(event, Ok(watcher::Event::InitApply(_))) {
+            Ok(watcher::Event::Delete(o)) => key(o).into_iter().collect(),
+            Ok(watcher::Event::Init) => Vec::new(),
+            Ok(watcher::Event::InitDone) => {
+                self.ready.synced(kind);
+                vec![Trigger::All]
+            }
+            Err(error) => {
+                self.metrics.watch_error(kind);
+                tracing::warn!(kind, %error, "watch failed; retrying with backoff");
                 Vec::new()
-            } else {
-                key(o).into_iter().collect()
             }
-        }
-        Ok(watcher::Event::Delete(o)) => key(o).into_iter().collect(),
-        Ok(watcher::Event::Init) => Vec::new(),
-        Ok(watcher::Event::InitDone) => {
-            ready.synced(kind);
-            vec![Trigger::All]
-        }
-        Err(error) => {
-            metrics.watch_error(kind);
-            tracing::warn!(kind, %error, "watch failed; retrying with backoff");
-            Vec::new()
         }
     }
 }
@@ -431,5 +530,105 @@ fn strip<K: Resource + Strip>(l: &mut Lenient<K>) {
     {
         meta(object.meta_mut());
         object.strip();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn policy(name: &str, generation: i64, spec: serde_json::Value) -> Lenient<CommunicationPolicy> {
+        serde_json::from_value(json!({
+            "apiVersion": "breakwater.dev/v1alpha1", "kind": "CommunicationPolicy",
+            "metadata": {"name": name, "namespace": "shop", "generation": generation},
+            "spec": spec,
+        }))
+        .expect("a policy")
+    }
+
+    fn watched(kind: &'static str) -> (Watched, Arc<Metrics>, Arc<Readiness>) {
+        let (metrics, ready) = (Arc::new(Metrics::new()), Arc::new(Readiness::new()));
+        (Watched { kind, metrics: metrics.clone(), ready: ready.clone() }, metrics, ready)
+    }
+
+    #[test]
+    fn a_list_triggers_one_full_recompile_at_its_end_and_marks_the_kind_synced() {
+        let (watched, _, ready) = watched("Service");
+        let service: Lenient<Service> =
+            serde_json::from_value(json!({"metadata": {"name": "payments", "namespace": "shop"}}))
+                .expect("a service");
+        let key = |s: &Lenient<Service>| ObjKey::of(s).map(Trigger::Service);
+        assert!(watched.triggers(&Ok(watcher::Event::Init), key).is_empty());
+        assert!(
+            watched.triggers(&Ok(watcher::Event::InitApply(service.clone())), key).is_empty(),
+            "none per object"
+        );
+        assert!(!ready.synced[1].load(Ordering::Acquire));
+        assert_eq!(watched.triggers(&Ok(watcher::Event::InitDone), key), [Trigger::All]);
+        assert!(ready.synced[1].load(Ordering::Acquire), "Service listed");
+        assert!(!*ready.all.borrow(), "the other kinds are not");
+        let one = Trigger::Service(ObjKey::new("shop", "payments"));
+        assert_eq!(
+            watched.triggers(&Ok(watcher::Event::Apply(service.clone())), key),
+            std::slice::from_ref(&one)
+        );
+        assert_eq!(watched.triggers(&Ok(watcher::Event::Delete(service)), key), [one]);
+    }
+
+    #[test]
+    fn malformed_objects_and_watch_errors_are_counted_and_stop_nothing() {
+        let (watched, metrics, _) = watched("CommunicationPolicy");
+        let bad = policy("bad", 1, json!({"timeouts": {"request": 17}}));
+        assert!(bad.get().is_none());
+        let key = |p: &Lenient<CommunicationPolicy>| ObjKey::of(p).map(|k| Trigger::Policy(k, None));
+        // Still a trigger: its status says why it cannot be used.
+        assert_eq!(watched.triggers(&Ok(watcher::Event::Apply(bad)), key).len(), 1);
+        let error = watcher::Error::NoResourceVersion;
+        assert!(watched.triggers(&Err(error), key).is_empty());
+        let text = metrics.encode();
+        for family in [
+            "malformed_objects_total{kind=\"CommunicationPolicy\"} 1",
+            "watch_errors_total{kind=\"CommunicationPolicy\"} 1",
+        ] {
+            assert!(text.contains(family), "{family} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_policy_triggers_the_hub_on_a_new_generation_or_deletion_not_on_a_status_write() {
+        let mut generations = HashMap::new();
+        let mut trigger = |event: WatchEvent<CommunicationPolicy>| {
+            let p = match &event {
+                Ok(watcher::Event::Apply(p) | watcher::Event::Delete(p)) => p.clone(),
+                _ => unreachable!("the test sends objects"),
+            };
+            policy_trigger(&mut generations, &event, &p)
+        };
+        let spec = json!({"targetRef": {"name": "payments"}});
+        let key = ObjKey::new("shop", "p");
+        assert_eq!(
+            trigger(Ok(watcher::Event::Apply(policy("p", 1, spec.clone())))),
+            Some(Trigger::Policy(key.clone(), None))
+        );
+        // Our status write: the same generation, no snapshot can change.
+        assert_eq!(trigger(Ok(watcher::Event::Apply(policy("p", 1, spec.clone())))), None);
+        assert_eq!(
+            trigger(Ok(watcher::Event::Apply(policy("p", 2, spec.clone())))),
+            Some(Trigger::Policy(key.clone(), None))
+        );
+        // A deletion carries the last state, to find what the policy governed.
+        let Some(Trigger::Policy(k, Some(last))) =
+            trigger(Ok(watcher::Event::Delete(policy("p", 2, spec.clone()))))
+        else {
+            panic!("a deletion trigger with the last state")
+        };
+        assert_eq!((k, last.metadata.generation), (key.clone(), Some(2)));
+        // Created again with generation 1: news, although generation 1 was seen before.
+        assert!(trigger(Ok(watcher::Event::Apply(policy("p", 1, spec)))).is_some());
+        // An unreadable policy is always passed on.
+        let bad = policy("p", 1, json!({"timeouts": {"request": 17}}));
+        assert!(trigger(Ok(watcher::Event::Apply(bad))).is_some());
     }
 }

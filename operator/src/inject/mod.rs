@@ -15,6 +15,7 @@
 //!   its connections alone), read-only root filesystem, every capability dropped; the projected
 //!   token for the config API, the CA from `breakwater-root-ca`, the downward-API identity and
 //!   an emptyDir for the last good snapshot;
+//! - no API token in either container ([`NO_API_TOKEN`]);
 //! - probes and metrics on the probes port (every address) for the kubelet and Prometheus,
 //!   while the admin port with `/config` and `/breakers` stays on 127.0.0.1;
 //! - label `breakwater.dev/injected: "true"` (the operator compiles snapshots for such pods).
@@ -24,6 +25,7 @@
 //! what injection adds is refused with the field that collides — never half-injected.
 
 pub mod annotations;
+mod injector;
 pub mod template;
 #[cfg(test)]
 mod tests;
@@ -33,7 +35,10 @@ pub mod webhook;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 
-pub use template::Template;
+pub use self::{
+    injector::{ConfigurationKeeper, Injector},
+    template::Template,
+};
 
 /// The init container that installs the iptables rules.
 pub const INIT: &str = "breakwater-init";
@@ -42,13 +47,8 @@ pub const PROXY: &str = "breakwater-proxy";
 /// The label injected pods carry (and the operator's default pod selector).
 pub const INJECTED_LABEL: &str = "breakwater.dev/injected";
 /// Volumes injection adds.
-pub const VOLUMES: [&str; 5] = [
-    "breakwater-token",
-    "breakwater-ca",
-    "breakwater-snapshot",
-    "breakwater-xtables-lock",
-    NO_API_TOKEN,
-];
+pub const VOLUMES: [&str; 5] =
+    ["breakwater-token", "breakwater-ca", "breakwater-snapshot", "breakwater-xtables-lock", NO_API_TOKEN];
 /// An empty volume mounted over [`API_TOKEN_DIR`] in both of our containers. The API server's
 /// ServiceAccount admission runs again after the webhook and mounts the pod's API token into
 /// every container that has nothing at that path; neither of ours talks to the API server (the

@@ -196,7 +196,10 @@ fn delivery_counts_turn_ready_into_pending_or_programmed() {
         Some(Delivery {
             acknowledged: 3,
             expected: 5,
-            refused: vec![("shop/checkout-2".into(), "schema 2".into())],
+            refused: vec![crate::delivery::Refusal {
+                pod: crate::key::ObjKey::new("shop", "checkout-2"),
+                why: "schema 2".into(),
+            }],
         }),
         None,
         &at(0),
