@@ -220,7 +220,6 @@ async fn wind_down(
     }
 }
 
-
 fn load_template(path: &std::path::Path) -> Result<Arc<inject::Template>> {
     let template = inject::Template::load(path).map_err(Error::Template)?;
     tracing::info!(path = %path.display(), image = %template.image, "injection template loaded");
