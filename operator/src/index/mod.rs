@@ -258,30 +258,21 @@ impl Index {
                 watcher::Config::default(),
                 service_writer,
                 triggers.clone(),
-                {
-                    let watched = on("Service");
-                    move |event| watched.triggers(event, |s| ObjKey::of(s).map(Trigger::Service))
-                },
+                on("Service").keyed(|s| ObjKey::of(s).map(Trigger::Service)),
             ),
             spawn_watch(
                 Api::<Lenient<EndpointSlice>>::all(client.clone()),
                 watcher::Config::default(),
                 slice_writer,
                 triggers.clone(),
-                {
-                    let watched = on("EndpointSlice");
-                    move |event| watched.triggers(event, slice_trigger)
-                },
+                on("EndpointSlice").keyed(slice_trigger),
             ),
             spawn_watch(
                 Api::<Lenient<Pod>>::all(client.clone()),
                 watcher::Config::default().labels(pod_selector),
                 pod_writer,
                 triggers.clone(),
-                {
-                    let watched = on("Pod");
-                    move |event| watched.triggers(event, |p| ObjKey::of(p).map(Trigger::Pod))
-                },
+                on("Pod").keyed(|p| ObjKey::of(p).map(Trigger::Pod)),
             ),
             spawn_watch(
                 Api::<Lenient<Namespace>>::all(client.clone()),
@@ -458,6 +449,11 @@ struct Watched {
 }
 
 impl Watched {
+    /// The event handler of a kind whose objects each make one trigger, `key`.
+    fn keyed<K>(self, key: fn(&Lenient<K>) -> Option<Trigger>) -> impl FnMut(&WatchEvent<K>) -> Vec<Trigger> {
+        move |event| self.triggers(event, key)
+    }
+
     /// The triggers of one watch event; malformed objects and watch errors are logged and
     /// counted, and never stop the watch.
     fn triggers<K>(

@@ -342,7 +342,7 @@ pub async fn keep_configuration(
     let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))
         .expect("add and test operations with string paths are a JSON patch");
     // A named field manager: `kubectl get -o yaml --show-managed-fields` says who set the field.
-    let params = PatchParams { field_manager: Some("breakwater-operator".into()), ..PatchParams::default() };
+    let params = PatchParams { field_manager: Some(crate::FIELD_MANAGER.into()), ..PatchParams::default() };
     api.patch(name, &params, &Patch::<()>::Json(patch)).await?;
     Ok(n)
 }
