@@ -20,6 +20,8 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
 source "$here/versions.env"
+# shellcheck source=scratch.sh
+source "$here/scratch.sh"
 cache="${BREAKWATER_CACHE:-$HOME/.cache/breakwater}"
 k8s_bin="$cache/k8s-$K8S_VERSION/bin"
 etcd_bin="$cache/etcd-$ETCD_VERSION/bin"
@@ -55,6 +57,7 @@ replaced_modules() {
 
 regen() {
   need_go
+  go_scratch
   local mods
   mods="$(staging_modules)"
   {
@@ -168,6 +171,7 @@ build() {
     return
   fi
   need_go
+  go_scratch
   mkdir -p "$cache"
   # One builder at a time (two test binaries, or make and cargo, may ask together).
   exec 9>"$cache/.build.lock"

@@ -10,7 +10,10 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=../cached.sh
 source "$here/../cached.sh"
+# shellcheck source=../scratch.sh
+source "$here/../scratch.sh"
 cached_tool crane "crane-$CRANE_VERSION" crane "the image tests build crane from its Go module." "$@"
+go_scratch
 start=$(date +%s)
 echo "crane: building go-containerregistry's crane $CRANE_VERSION (first time only)..."
 CGO_ENABLED=0 GOBIN="$dir/bin" go install "github.com/google/go-containerregistry/cmd/crane@$CRANE_VERSION"

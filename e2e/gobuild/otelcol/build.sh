@@ -11,12 +11,15 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=../cached.sh
 source "$here/../cached.sh"
+# shellcheck source=../scratch.sh
+source "$here/../scratch.sh"
 cached_tool otelcol "otelcol-$OTELCOL_VERSION" otelcol-breakwater \
   "the trace end-to-end test builds the OpenTelemetry Collector from its Go modules." "$@"
 
+go_scratch
 start=$(date +%s)
-tmp="$(mktemp -d)"
-trap 'rm -rf "$tmp"' EXIT
+tmp="$go_scratch/otelcol"
+mkdir -p "$tmp"
 echo "otelcol: building the OpenTelemetry Collector $OTELCOL_VERSION (first time only)..."
 GOBIN="$dir/tools" go install "go.opentelemetry.io/collector/cmd/builder@$OTELCOL_VERSION"
 cat > "$tmp/manifest.yaml" <<MANIFEST
