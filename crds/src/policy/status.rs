@@ -61,9 +61,14 @@ pub struct CommunicationPolicyStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<ResolvedTarget>,
 
-    /// How many sidecars run this policy.
+    /// How many sidecars run this policy's current generation (acknowledged it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sidecars: Option<u32>,
+
+    /// How many sidecars must run it: the pods whose snapshot holds it. `Ready` is `True` when
+    /// `sidecars` reaches this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_sidecars: Option<u32>,
 
     /// The policy as enforced, with every default filled in.
     #[serde(default, skip_serializing_if = "Option::is_none")]

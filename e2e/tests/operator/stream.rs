@@ -184,7 +184,7 @@ async fn a_policy_reaches_the_sidecar_is_acknowledged_and_a_change_is_live_withi
 
     // The sidecar acknowledged: the status counts it.
     let status = programmed(cluster, op, &api, "payments").await?;
-    assert_eq!(status.sidecars, Some(1));
+    assert_eq!((status.sidecars, status.expected_sidecars), (Some(1), Some(1)));
     let config = sidecar_config(runner, &ns, "checkout").await.map_err(anyhow::Error::msg)?;
     assert_eq!(config["snapshot"]["source"], "stream");
     assert_eq!(config["config"]["snapshot"]["identity"]["name"], "checkout");

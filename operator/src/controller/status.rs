@@ -172,6 +172,7 @@ pub fn desired(
         ],
         targets,
         sidecars: delivery.as_ref().map(|d| d.acknowledged),
+        expected_sidecars: delivery.as_ref().map(|d| d.expected),
         effective: Some(effective),
     }
 }

@@ -74,7 +74,11 @@ fn a_valid_policy_with_its_service_is_accepted_resolved_and_effective() {
     let effective = s.effective.expect("effective is filled");
     assert_eq!(effective.timeouts.request, Some(std::time::Duration::from_secs(2)));
     assert_eq!(effective.timeouts.connect, breakwater_crds::DEFAULT_CONNECT_TIMEOUT, "defaults filled in");
-    assert_eq!(s.sidecars, None, "no sidecar count until sidecars acknowledge");
+    assert_eq!(
+        (s.sidecars, s.expected_sidecars),
+        (None, None),
+        "no sidecar count until sidecars acknowledge"
+    );
 }
 
 #[test]
@@ -205,7 +209,7 @@ fn delivery_counts_turn_ready_into_pending_or_programmed() {
         &at(0),
     );
     assert_eq!(reason(&pending, "Ready"), ("False".into(), reasons::PENDING.into()));
-    assert_eq!(pending.sidecars, Some(3));
+    assert_eq!((pending.sidecars, pending.expected_sidecars), (Some(3), Some(5)), "3 of 5 sidecars");
     let message = &condition(&pending, "Ready").message;
     assert!(
         message.contains("3 of 5") && message.contains("shop/checkout-2 refused it: schema 2"),
