@@ -22,6 +22,8 @@ pub fn chart_dir() -> PathBuf {
 pub struct Output {
     /// Whether it exited with 0.
     pub success: bool,
+    /// Its exit status (none when a signal ended it).
+    pub code: Option<i32>,
     /// Standard output.
     pub stdout: String,
     /// Standard error.
@@ -94,6 +96,7 @@ impl Helm {
         let out = command.output().await.map_err(Error::io(format!("running {}", self.binary.display())))?;
         Ok(Output {
             success: out.status.success(),
+            code: out.status.code(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         })

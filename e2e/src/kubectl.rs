@@ -16,6 +16,8 @@ pub struct Kubectl {
     binary: PathBuf,
     kubeconfig: PathBuf,
     home: TempDir,
+    /// PATH for kubectl, with the directory of `kubectl-breakwater` first ([`Kubectl::with_plugin`]).
+    path: Option<std::ffi::OsString>,
 }
 
 impl Kubectl {
@@ -29,7 +31,29 @@ impl Kubectl {
             binary: cluster.binaries().kubectl.clone(),
             kubeconfig: cluster.kubeconfig().to_path_buf(),
             home,
+            path: None,
         })
+    }
+
+    /// The same kubectl, finding the workspace's `kubectl-breakwater` on PATH as a user's does
+    /// after `cargo install --path kubectl`: `kubectl breakwater …` then runs it through kubectl's
+    /// plugin discovery. The binary is the one `cargo build --workspace --bins` (make test) built
+    /// beside this test's own executable.
+    pub fn with_plugin(mut self) -> Result<Self> {
+        let exe = std::env::current_exe().map_err(Error::io("locating the test executable"))?;
+        // target/<profile>/deps/<test> → target/<profile>
+        let dir = exe.parent().and_then(|deps| deps.parent()).map(PathBuf::from).unwrap_or_default();
+        if !dir.join("kubectl-breakwater").is_file() {
+            return Err(Error::Environment(format!(
+                "{} is not built: run `cargo build -p breakwater-kubectl` (make test builds every binary first)",
+                dir.join("kubectl-breakwater").display()
+            )));
+        }
+        let mut paths = vec![dir];
+        paths.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
+        self.path =
+            Some(std::env::join_paths(paths).map_err(|e| Error::Other(format!("joining PATH: {e}")))?);
+        Ok(self)
     }
 
     /// Runs `kubectl args...` (stdin from `input` when given) and returns what it printed,
@@ -41,6 +65,9 @@ impl Kubectl {
     {
         use tokio::io::AsyncWriteExt;
         let mut command = tokio::process::Command::new(&self.binary);
+        if let Some(path) = &self.path {
+            command.env("PATH", path);
+        }
         command
             .args(args)
             .env("KUBECONFIG", &self.kubeconfig)
@@ -56,6 +83,7 @@ impl Kubectl {
         let out = child.wait_with_output().await.map_err(Error::io("waiting for kubectl"))?;
         Ok(Output {
             success: out.status.success(),
+            code: out.status.code(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         })

@@ -20,6 +20,7 @@ use tokio::sync::{Mutex, OnceCell};
 mod breaker;
 mod bulkhead;
 mod conflict;
+mod diagnose;
 mod dryrun;
 mod kubectl;
 mod offline;
