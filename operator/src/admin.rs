@@ -17,8 +17,13 @@ use crate::{Error, Result, index::Index, key::ObjKey, metrics::Metrics, snapshot
 /// What the endpoints read.
 #[derive(Debug, Clone)]
 pub struct AdminState {
-    /// Readiness comes from the index.
+    /// Readiness comes from the index…
     pub index: Index,
+    /// …and from the TLS listeners (webhook, config API): set once they are bound with their
+    /// certificate, which may take a while (cert-manager). A replica Ready before that would
+    /// get webhook calls it refuses, and the webhook's failure policy would let pods through
+    /// without their sidecar.
+    pub listening: Arc<std::sync::atomic::AtomicBool>,
     /// Metrics to encode.
     pub metrics: Arc<Metrics>,
     /// Snapshots, for the debug endpoints.
@@ -139,11 +144,10 @@ async fn route(endpoints: Endpoints, state: &AdminState, req: Request<Incoming>)
     let path = req.uri().path();
     match (endpoints, path) {
         (Endpoints::Health, "/live") => text(StatusCode::OK, "text/plain", "live\n".into()),
-        (Endpoints::Health, "/ready") if state.index.is_ready() => {
-            text(StatusCode::OK, "text/plain", "ready\n".into())
-        }
         (Endpoints::Health, "/ready") => {
-            text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "indexes not synced yet\n".into())
+            let (code, why) =
+                readiness(state.index.is_ready(), state.listening.load(std::sync::atomic::Ordering::Acquire));
+            text(code, "text/plain", why.into())
         }
         (Endpoints::Metrics, "/metrics") => {
             for (kind, n) in state.index.counts() {
@@ -192,9 +196,30 @@ async fn route(endpoints: Endpoints, state: &AdminState, req: Request<Incoming>)
     }
 }
 
+/// `/ready`'s answer: ready once the indexes have synced and the TLS listeners serve.
+fn readiness(index_ready: bool, listening: bool) -> (StatusCode, &'static str) {
+    match (index_ready, listening) {
+        (true, true) => (StatusCode::OK, "ready\n"),
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "indexes not synced yet\n"),
+        (true, false) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting for the certificate: the webhook and config API do not serve yet\n",
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ready_only_once_the_indexes_synced_and_the_tls_listeners_serve() {
+        assert_eq!(readiness(true, true).0, StatusCode::OK);
+        assert_eq!(readiness(false, true).0, StatusCode::SERVICE_UNAVAILABLE);
+        let (code, why) = readiness(true, false);
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(why.contains("certificate"), "{why}");
+    }
 
     #[test]
     fn a_head_answer_has_no_body_and_the_length_get_would_have() {

@@ -97,7 +97,13 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
     let hub = Arc::new(Hub::new(metrics.clone()));
     let (concerned_tx, concerned_rx) = mpsc::channel(1024);
     background.push(spawn(hub.clone().run(index.clone(), queue, concerned_tx, settings.snapshot_debounce)));
-    let state = AdminState { index: index.clone(), metrics: metrics.clone(), hub: hub.clone() };
+    let listening = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let state = AdminState {
+        index: index.clone(),
+        metrics: metrics.clone(),
+        hub: hub.clone(),
+        listening: listening.clone(),
+    };
     parts.push(spawn(admin.run(state, stop.clone())));
 
     // The TLS listeners, once their certificate is there (cert-manager may take a while).
@@ -145,6 +151,8 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
         tracing::info!(%addr, "serving the injection webhook");
     }
     parts.extend(keeper.map(|k| spawn(k.run(stop.clone()))));
+    // Bound with their certificate (or not configured): /ready may answer yes.
+    listening.store(true, std::sync::atomic::Ordering::Release);
 
     let leader = Leader::join(
         client.clone(),
