@@ -38,17 +38,18 @@ pub async fn post(cluster: &Cluster, args: &CheckArgs) -> CheckReport {
 
     let crd_version = crd(cluster, &mut c).await;
     let names = operator(cluster, args, crd_version.as_deref(), &mut c).await;
-    match &names {
+    let excluded = match &names {
         Some(names) => {
             lease(cluster, names, &mut c).await;
-            webhook(cluster, args, names, &mut c).await;
+            webhook(cluster, args, names, &mut c).await
         }
         None => {
             c.part("webhook");
             c.skip("the webhook and its certificates (no operator Deployment to read their names from)");
+            Vec::new()
         }
-    }
-    injection(cluster, &mut c).await;
+    };
+    injection(cluster, &excluded, &mut c).await;
     if crd_version.is_some() {
         policies(cluster, &mut c).await;
     }
@@ -245,12 +246,13 @@ async fn lease(cluster: &Cluster, names: &Names, c: &mut Checks) {
 }
 
 /// The webhook configuration, its caBundle against the serving certificate, and their expiry.
-async fn webhook(cluster: &Cluster, args: &CheckArgs, names: &Names, c: &mut Checks) {
+/// Returns the namespaces the webhook never injects into (from its namespace selectors).
+async fn webhook(cluster: &Cluster, args: &CheckArgs, names: &Names, c: &mut Checks) -> Vec<String> {
     c.part("webhook");
     let (ns, deployment) = (&names.namespace, &names.deployment);
     let Some(name) = &names.webhook else {
         c.skip(format!("the webhook (deployment/{deployment} sets no BREAKWATER_WEBHOOK_CONFIGURATION)"));
-        return;
+        return Vec::new();
     };
     let configuration =
         match Api::<MutatingWebhookConfiguration>::all(cluster.client.clone()).get_opt(name).await {
@@ -260,16 +262,17 @@ async fn webhook(cluster: &Cluster, args: &CheckArgs, names: &Names, c: &mut Che
                     format!("the MutatingWebhookConfiguration {name} is missing: no pod gets a sidecar"),
                     "`helm upgrade <release> <chart> -n <namespace> --reuse-values` puts it back",
                 );
-                return;
+                return Vec::new();
             }
             Err(e) => {
                 c.fail(
                     format!("cannot read MutatingWebhookConfiguration {name}: {}", chain(&e)),
                     read_hint("mutatingwebhookconfigurations"),
                 );
-                return;
+                return Vec::new();
             }
         };
+    let excluded = excluded_namespaces(&configuration);
     let writer = if names.external_certificates { "cert-manager's CA injector" } else { "the operator" };
     let bundles: Vec<(String, Vec<u8>)> = configuration
         .webhooks
@@ -284,13 +287,13 @@ async fn webhook(cluster: &Cluster, args: &CheckArgs, names: &Names, c: &mut Che
             format!("webhook {hook} in {name} has no caBundle: the API server cannot call it"),
             format!("{writer} writes it once it runs: is deployment/{deployment} up (above)?"),
         );
-        return;
+        return excluded;
     }
     c.pass(format!("MutatingWebhookConfiguration {name} is present with {} webhooks", bundles.len()));
 
     let (Some(secret), Some(service)) = (&names.secret, &names.service) else {
         c.skip(format!("the caBundle (deployment/{deployment} names no Secret or Service)"));
-        return;
+        return excluded;
     };
     let tls_crt = match Api::<Secret>::namespaced(cluster.client.clone(), ns).get_opt(secret).await {
         Ok(Some(s)) => s.data.and_then(|mut d| d.remove("tls.crt")).map(|b| b.0),
@@ -300,7 +303,7 @@ async fn webhook(cluster: &Cluster, args: &CheckArgs, names: &Names, c: &mut Che
                 format!("cannot read Secret {secret} to verify the caBundle: {}", chain(&e)),
                 format!("this check needs `get` on secrets in {ns}; the other checks do not"),
             );
-            return;
+            return excluded;
         }
     };
     let Some(tls_crt) = tls_crt else {
@@ -308,7 +311,7 @@ async fn webhook(cluster: &Cluster, args: &CheckArgs, names: &Names, c: &mut Che
             format!("Secret {secret} holds no tls.crt: the webhook has no certificate to serve"),
             format!("{writer} writes it: kubectl logs -n {ns} deployment/{deployment}"),
         );
-        return;
+        return excluded;
     };
     let dns = format!("{service}.{ns}.svc");
     let now = SystemTime::now();
@@ -326,6 +329,22 @@ async fn webhook(cluster: &Cluster, args: &CheckArgs, names: &Names, c: &mut Che
     if let Some((_, bundle)) = bundles.first() {
         expiry(c, "the webhook's CA (caBundle)", bundle, args.expiry_warning_days, writer);
     }
+    excluded
+}
+
+/// The namespaces a webhook configuration never selects: `kubernetes.io/metadata.name NotIn
+/// [...]` in its namespace selectors (the chart's `injection.excludeNamespaces`, kube-system,
+/// the release's own).
+fn excluded_namespaces(configuration: &MutatingWebhookConfiguration) -> Vec<String> {
+    configuration
+        .webhooks
+        .iter()
+        .flatten()
+        .filter_map(|w| w.namespace_selector.as_ref()?.match_expressions.as_ref())
+        .flatten()
+        .filter(|e| e.key == "kubernetes.io/metadata.name" && e.operator == "NotIn")
+        .flat_map(|e| e.values.iter().flatten().cloned())
+        .collect()
 }
 
 fn expiry(c: &mut Checks, what: &str, pem: &[u8], warn_days: u32, writer: &str) {
@@ -361,12 +380,19 @@ fn expiry(c: &mut Checks, what: &str, pem: &[u8], warn_days: u32, writer: &str) 
 
 /// A server-side dry-run Pod comes back with the sidecar: the API server called the webhook,
 /// over TLS, and the operator answered with the patch.
-async fn injection(cluster: &Cluster, c: &mut Checks) {
+async fn injection(cluster: &Cluster, excluded: &[String], c: &mut Checks) {
     c.part("injection");
+    // A labelled namespace the webhook selects: not excluded, not being deleted.
     let labelled = Api::<Namespace>::all(cluster.client.clone())
         .list(&ListParams::default().labels(&format!("{}=enabled", pods::INJECT)))
         .await
-        .map(|l| l.items.into_iter().map(|n| n.name_any()).next());
+        .map(|l| {
+            l.items
+                .into_iter()
+                .filter(|n| n.metadata.deletion_timestamp.is_none() && !excluded.contains(&n.name_any()))
+                .map(|n| n.name_any())
+                .min()
+        });
     // A labelled namespace when there is one; otherwise a Pod that opts in on its own, in the
     // context's namespace.
     let (ns, pod_label) = match labelled {
@@ -512,4 +538,27 @@ async fn sidecars(cluster: &Cluster, c: &mut Checks) {
 
 fn read_hint(resource: &str) -> String {
     format!("kubectl auth can-i list {resource} (check needs read access to the install and the pods)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_excluded_namespaces_come_from_the_webhooks_namespace_selectors() {
+        let configuration: MutatingWebhookConfiguration = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "bw-breakwater-injector"},
+            "webhooks": [{
+                "name": "namespace.inject.breakwater.dev",
+                "admissionReviewVersions": ["v1"], "sideEffects": "None",
+                "clientConfig": {},
+                "namespaceSelector": {"matchExpressions": [
+                    {"key": "breakwater.dev/inject", "operator": "In", "values": ["enabled"]},
+                    {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", "breakwater-system"]}
+                ]}
+            }]
+        }))
+        .expect("a configuration");
+        assert_eq!(excluded_namespaces(&configuration), ["kube-system", "breakwater-system"]);
+    }
 }
