@@ -77,6 +77,8 @@ async fn kubectl_breakwater_check_passes_names_each_break_with_its_fix_and_passe
         assert!(table.contains(&want), "{want:?} in:\n{table}");
     }
     assert!(!table.contains("FAIL"), "{table}");
+    // What `--nocapture` shows, and the README quotes.
+    println!("$ kubectl breakwater check\n{table}");
     let json: serde_json::Value =
         serde_json::from_str(&plugin(&kubectl, &["check", "-o", "json"]).await?.stdout)?;
     assert!(json["checks"].as_array().is_some_and(|c| c.iter().all(|c| c["verdict"] != "FAIL")), "{json}");
@@ -84,6 +86,7 @@ async fn kubectl_breakwater_check_passes_names_each_break_with_its_fix_and_passe
     // Before an install, on a cluster that has one: the install is there, you may install.
     let pre = plugin(&kubectl, &["check", "--pre"]).await?;
     assert_eq!(pre.code, Some(0), "warnings only:\n{}{}", pre.stdout, pre.stderr);
+    println!("$ kubectl breakwater check --pre\n{}", pre.stdout);
     assert!(pre.stdout.contains(&format!("WARN  {CRD} is already installed")), "{}", pre.stdout);
     assert!(pre.stdout.contains("PASS  you may create everything the chart installs"), "{}", pre.stdout);
 
@@ -94,6 +97,7 @@ async fn kubectl_breakwater_check_passes_names_each_break_with_its_fix_and_passe
     let lonely = lonely.metadata.name.unwrap_or_default();
     story.kubectl.run(["label", "namespace", ns.name(), "breakwater.dev/inject=enabled"]).await?;
     let out = plugin(&kubectl, &["check"]).await?;
+    println!("$ kubectl breakwater check\n{}", out.stdout);
     failed(&out, &format!("pod {}/{lonely} runs without the sidecar", ns.name()), "kubectl rollout restart");
     let status = plugin(&kubectl, &["status", "-n", ns.name()]).await?;
     assert_eq!(status.code, Some(1), "{}{}", status.stdout, status.stderr);
@@ -103,7 +107,7 @@ async fn kubectl_breakwater_check_passes_names_each_break_with_its_fix_and_passe
         status.stdout
     );
     assert!(
-        status.stdout.lines().any(|l| l.starts_with(&lonely) && l.contains("Missing")),
+        status.stdout.lines().any(|l| l.starts_with(&lonely) && l.contains("MISSING")),
         "{}",
         status.stdout
     );
