@@ -90,10 +90,29 @@ pub fn table(pods: &[PodSidecar], all: bool) -> String {
     t.render()
 }
 
+/// Whether `namespace` is labelled for injection.
+pub fn labelled(namespace: &Namespace) -> bool {
+    namespace.labels().get(INJECT).is_some_and(|v| v == "enabled")
+}
+
+/// Whether `namespace` is being deleted: it takes its pods and policies with it, so what they
+/// lack no longer matters.
+pub fn terminating(namespace: &Namespace) -> bool {
+    namespace.metadata.deletion_timestamp.is_some()
+}
+
 /// The pods of `namespace` (none: every namespace) that injection concerns or that run the proxy.
 pub async fn survey(cluster: &Cluster, namespace: Option<&str>) -> Result<Vec<PodSidecar>, Error> {
     let namespaces = crate::status::namespaces(cluster, namespace).await?;
-    let enabled = |n: &Namespace| n.labels().get(INJECT).is_some_and(|v| v == "enabled");
+    survey_in(cluster, namespace, &namespaces).await
+}
+
+/// [`survey`], with the `namespaces` already read (their labels decide).
+pub async fn survey_in(
+    cluster: &Cluster,
+    namespace: Option<&str>,
+    namespaces: &[Namespace],
+) -> Result<Vec<PodSidecar>, Error> {
     let api: Api<Pod> = match namespace {
         Some(ns) => Api::namespaced(cluster.client.clone(), ns),
         None => Api::all(cluster.client.clone()),
@@ -108,12 +127,11 @@ pub async fn survey(cluster: &Cluster, namespace: Option<&str>) -> Result<Vec<Po
         .filter_map(|pod| {
             let ns = pod.namespace().unwrap_or_default();
             let namespace = namespaces.iter().find(|n| n.name_any() == ns);
-            // A namespace being deleted takes its pods with it; what they lack no longer matters.
-            if namespace.is_some_and(|n| n.metadata.deletion_timestamp.is_some()) {
+            if namespace.is_some_and(terminating) {
                 return None;
             }
-            let labelled = namespace.is_some_and(enabled);
-            Some(PodSidecar { namespace: ns, name: pod.name_any(), state: state(pod, labelled)? })
+            let state = state(pod, namespace.is_some_and(labelled))?;
+            Some(PodSidecar { namespace: ns, name: pod.name_any(), state })
         })
         .collect();
     out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));

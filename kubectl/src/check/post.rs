@@ -49,11 +49,20 @@ pub async fn post(cluster: &Cluster, args: &CheckArgs) -> CheckReport {
             Vec::new()
         }
     };
-    injection(cluster, &excluded, &mut c).await;
+    // Read once: which namespaces are labelled, and which are being deleted.
+    let namespaces = match status::namespaces(cluster, None).await {
+        Ok(n) => n,
+        Err(e) => {
+            c.part("injection");
+            c.fail(format!("cannot list namespaces: {e}"), read_hint("namespaces"));
+            return c.report("install", cluster.url.clone());
+        }
+    };
+    injection(cluster, &namespaces, &excluded, &mut c).await;
     if crd_version.is_some() {
-        policies(cluster, &mut c).await;
+        policies(cluster, &namespaces, &mut c).await;
     }
-    sidecars(cluster, &mut c).await;
+    sidecars(cluster, &namespaces, &mut c).await;
     c.report("install", cluster.url.clone())
 }
 
@@ -380,28 +389,18 @@ fn expiry(c: &mut Checks, what: &str, pem: &[u8], warn_days: u32, writer: &str) 
 
 /// A server-side dry-run Pod comes back with the sidecar: the API server called the webhook,
 /// over TLS, and the operator answered with the patch.
-async fn injection(cluster: &Cluster, excluded: &[String], c: &mut Checks) {
+async fn injection(cluster: &Cluster, namespaces: &[Namespace], excluded: &[String], c: &mut Checks) {
     c.part("injection");
-    // A labelled namespace the webhook selects: not excluded, not being deleted.
-    let labelled = Api::<Namespace>::all(cluster.client.clone())
-        .list(&ListParams::default().labels(&format!("{}=enabled", pods::INJECT)))
-        .await
-        .map(|l| {
-            l.items
-                .into_iter()
-                .filter(|n| n.metadata.deletion_timestamp.is_none() && !excluded.contains(&n.name_any()))
-                .map(|n| n.name_any())
-                .min()
-        });
-    // A labelled namespace when there is one; otherwise a Pod that opts in on its own, in the
-    // context's namespace.
+    // A labelled namespace the webhook selects (not excluded, not being deleted) when there is
+    // one; otherwise a Pod that opts in on its own, in the context's namespace.
+    let labelled = namespaces
+        .iter()
+        .filter(|n| pods::labelled(n) && !pods::terminating(n) && !excluded.contains(&n.name_any()))
+        .map(ResourceExt::name_any)
+        .min();
     let (ns, pod_label) = match labelled {
-        Ok(Some(ns)) => (ns, false),
-        Ok(None) => (cluster.namespace.clone(), true),
-        Err(e) => {
-            c.fail(format!("cannot list namespaces: {}", chain(&e)), read_hint("namespaces"));
-            return;
-        }
+        Some(ns) => (ns, false),
+        None => (cluster.namespace.clone(), true),
     };
     let mut pod: Pod = serde_json::from_value(serde_json::json!({
         "metadata": {"generateName": "breakwater-check-"},
@@ -448,7 +447,7 @@ async fn injection(cluster: &Cluster, excluded: &[String], c: &mut Checks) {
 }
 
 /// Every policy accepted and programmed: its sidecars run its current generation.
-async fn policies(cluster: &Cluster, c: &mut Checks) {
+async fn policies(cluster: &Cluster, namespaces: &[Namespace], c: &mut Checks) {
     c.part("policies");
     let report = match status::policies(cluster, None).await {
         Ok(p) => p,
@@ -457,18 +456,8 @@ async fn policies(cluster: &Cluster, c: &mut Checks) {
             return;
         }
     };
-    // Policies of namespaces being deleted go with them; what they lack no longer matters.
-    let terminating: Vec<String> =
-        match Api::<Namespace>::all(cluster.client.clone()).list(&ListParams::default()).await {
-            Ok(l) => l
-                .items
-                .into_iter()
-                .filter(|n| n.metadata.deletion_timestamp.is_some())
-                .map(|n| n.name_any())
-                .collect(),
-            Err(_) => Vec::new(),
-        };
-    let report: Vec<_> = report.into_iter().filter(|p| !terminating.contains(&p.namespace)).collect();
+    let terminating = |ns: &str| namespaces.iter().any(|n| n.name_any() == ns && pods::terminating(n));
+    let report: Vec<_> = report.into_iter().filter(|p| !terminating(&p.namespace)).collect();
     let unhealthy: Vec<_> = report.iter().filter(|p| !p.healthy()).collect();
     for p in &unhealthy {
         if p.waiting_for_targets() {
@@ -500,9 +489,9 @@ async fn policies(cluster: &Cluster, c: &mut Checks) {
 }
 
 /// Pods that should have a sidecar have a ready one.
-async fn sidecars(cluster: &Cluster, c: &mut Checks) {
+async fn sidecars(cluster: &Cluster, namespaces: &[Namespace], c: &mut Checks) {
     c.part("sidecars");
-    let pods = match pods::survey(cluster, None).await {
+    let pods = match pods::survey_in(cluster, None, namespaces).await {
         Ok(p) => p,
         Err(e) => {
             c.fail(format!("cannot list pods: {e}"), read_hint("pods"));
