@@ -1,7 +1,10 @@
 //! The admin listener (loopback by default): `/live`, `/ready`, `/metrics`, `/config`,
 //! `/breakers`; and the probes listener (`run --probe-address`, on every address in a pod, for
-//! the kubelet and Prometheus): `/live`, `/ready` and `/metrics` only — what the configuration
-//! holds stays on loopback.
+//! the kubelet and Prometheus): `/live`, `/ready` and `/metrics`, and `/config` and `/breakers`
+//! only with `--probe-diagnostics` (what `kubectl breakwater config` and `breakers` read through
+//! the API server's pod proxy, which cannot reach loopback).
+//!
+//! `/config` and `/breakers` answer the documents of [`breakwater_crds::admin`] (versioned JSON).
 
 use std::{
     convert::Infallible,
@@ -18,7 +21,13 @@ use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
-use crate::{drain::Drain, store::Store};
+use breakwater_crds::admin;
+
+use crate::{
+    drain::Drain,
+    proxy::{Routes, routes::Target},
+    store::Store,
+};
 
 /// What the admin endpoints read.
 #[derive(Debug, Clone)]
@@ -29,8 +38,19 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     /// Draining turns `/ready` to 503.
     pub drain: Drain,
-    /// Only `/live`, `/ready` and `/metrics` (the probes listener).
-    pub probes_only: bool,
+    /// What this listener serves.
+    pub serves: Serves,
+}
+
+/// Which endpoints a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Serves {
+    /// Everything (the admin listener).
+    All,
+    /// `/live`, `/ready` and `/metrics` (the probes listener).
+    Probes,
+    /// Those and `/config` and `/breakers` (the probes listener with `--probe-diagnostics`).
+    ProbesAndDiagnostics,
 }
 
 /// Serves the admin endpoints until `stop` resolves.
@@ -84,11 +104,13 @@ fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
         return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());
     }
     let path = req.uri().path();
-    if state.probes_only && !matches!(path, "/live" | "/ready" | "/metrics") {
+    if state.serves == Serves::Probes && !matches!(path, "/live" | "/ready" | "/metrics") {
         return text(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "this port serves /live /ready /metrics; /config and /breakers are on the admin port (loopback)\n".into(),
+            "this port serves /live /ready /metrics; /config and /breakers are on the admin port (loopback), \
+             or here with --probe-diagnostics\n"
+                .into(),
         );
     }
     match path {
@@ -107,44 +129,92 @@ fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             state.store.metrics().encode(),
         ),
-        "/config" => {
-            let p = state.store.load();
-            let body = serde_json::json!({
-                "version": p.version,
-                "snapshot": {
-                    "version": p.config.snapshot.version,
-                    "source": p.source,
-                    "receivedAtUnix": p.received_at_unix,
-                },
-                "config": &*p.config,
-                "lastReloadError": state.store.last_error(),
-            });
-            text(StatusCode::OK, "application/json", format!("{:#}\n", body))
-        }
-        "/breakers" => {
-            let p = state.store.load();
-            text(StatusCode::OK, "application/json", format!("{:#}\n", breakers(&p.routes)))
-        }
+        "/config" => json(&config(&state.store)),
+        "/breakers" => json(&breakers(&state.store.load().routes)),
         _ => {
             text(StatusCode::NOT_FOUND, "text/plain", "try /live /ready /metrics /config /breakers\n".into())
         }
     }
 }
 
-/// Every circuit breaker with its state and counts.
-fn breakers(routes: &crate::proxy::Routes) -> serde_json::Value {
-    let mut out = Vec::new();
+fn json(value: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    match serde_json::to_string_pretty(value) {
+        Ok(body) => text(StatusCode::OK, "application/json", body + "\n"),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("cannot encode: {e}\n")),
+    }
+}
+
+fn sidecar() -> admin::SidecarInfo {
+    admin::SidecarInfo { version: env!("CARGO_PKG_VERSION").to_owned() }
+}
+
+/// What the sidecar enforces now.
+fn config(store: &Store) -> admin::ConfigView {
+    let p = store.load();
+    let mut settings = match serde_json::to_value(&*p.config) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    // These two have their own fields.
+    settings.remove("snapshot");
+    settings.remove("warnings");
+    admin::ConfigView {
+        api_version: admin::API_VERSION.into(),
+        kind: admin::KIND_CONFIG.into(),
+        sidecar: sidecar(),
+        version: p.version,
+        snapshot: admin::SnapshotOrigin {
+            version: p.config.snapshot.version.clone(),
+            source: p.source.as_str().into(),
+            received_at_unix: p.received_at_unix,
+        },
+        config: admin::EnforcedConfig {
+            snapshot: p.config.snapshot.clone(),
+            warnings: p.config.warnings.clone(),
+            settings,
+        },
+        last_reload_error: store
+            .last_error()
+            .map(|e| admin::ReloadError { at_unix: e.at_unix, problems: e.problems }),
+    }
+}
+
+/// Every governed target's breakers, bulkhead and retry budget.
+fn breakers(routes: &Routes) -> admin::BreakersView {
+    let mut targets = Vec::new();
+    let mut add = |direction: &str, port: Option<u16>, pinned: Option<String>, target: &Target| {
+        let Some(policy) = &target.policy else { return };
+        let (breakers, bulkhead, retry_budget) = target.resilience.report();
+        targets.push(admin::TargetState {
+            direction: direction.into(),
+            service: target.service.to_string(),
+            port,
+            pinned_endpoint: pinned,
+            policy: Some(policy.name.clone()),
+            generation: policy.generation,
+            mode: target.resilience.enforcement.as_str().into(),
+            breakers,
+            bulkhead,
+            retry_budget,
+        });
+    };
     for route in routes.services() {
-        for target in route.targets() {
-            for b in target.resilience.breakers() {
-                let mut v = serde_json::to_value(b).unwrap_or_default();
-                if let Some(o) = v.as_object_mut() {
-                    o.insert("service".into(), route.key.to_string().into());
-                    o.insert("policy".into(), target.policy_name().into());
-                }
-                out.push(v);
+        for (port, target, pinned) in route.ports() {
+            add("outbound", port, None, target);
+            for t in pinned {
+                add("outbound", port, t.endpoints.first().map(|e| e.addr.to_string()), t);
             }
         }
     }
-    serde_json::Value::Array(out)
+    if let Some(inbound) = &routes.inbound {
+        for (port, target) in inbound.ports() {
+            add("inbound", Some(port), None, target);
+        }
+    }
+    admin::BreakersView {
+        api_version: admin::API_VERSION.into(),
+        kind: admin::KIND_BREAKERS.into(),
+        sidecar: sidecar(),
+        targets,
+    }
 }

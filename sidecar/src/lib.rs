@@ -104,7 +104,7 @@ impl Sidecar {
             store: store.clone(),
             ready: ready.clone(),
             drain: drain.clone(),
-            probes_only: false,
+            serves: admin::Serves::All,
         };
         tokio::spawn(admin::serve(admin, state, async {
             let _ = admin_stopped.await;
@@ -162,16 +162,17 @@ impl Sidecar {
         })
     }
 
-    /// Also serves `/live`, `/ready` and `/metrics` (only those) on `addr`, for the kubelet's
-    /// probes and Prometheus from outside the pod; returns the bound address.
-    pub async fn serve_probes(&self, addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+    /// Also serves `/live`, `/ready` and `/metrics` on `addr`, for the kubelet's probes and
+    /// Prometheus from outside the pod, and with `diagnostics` `/config` and `/breakers` too (for
+    /// `kubectl breakwater`, through the API server's pod proxy); returns the bound address.
+    pub async fn serve_probes(&self, addr: SocketAddr, diagnostics: bool) -> anyhow::Result<SocketAddr> {
         let listener = bind(addr, "probes").await?;
         let bound = listener.local_addr()?;
         let state = admin::AdminState {
             store: self.store.clone(),
             ready: self.ready.clone(),
             drain: self.drain.clone(),
-            probes_only: true,
+            serves: if diagnostics { admin::Serves::ProbesAndDiagnostics } else { admin::Serves::Probes },
         };
         tokio::spawn(admin::serve(listener, state, std::future::pending::<()>()));
         Ok(bound)

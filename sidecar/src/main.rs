@@ -53,11 +53,17 @@ enum Cmd {
         /// Do not watch the file (reload on SIGHUP only).
         #[arg(long)]
         no_watch: bool,
-        /// Also serve `/live`, `/ready` and `/metrics` — only those — on this address (the
-        /// injector sets `0.0.0.0:15020`, for the kubelet's probes and Prometheus; `/config` and
-        /// `/breakers` stay on the loopback admin port).
+        /// Also serve `/live`, `/ready` and `/metrics` on this address (the injector sets
+        /// `0.0.0.0:15020`, for the kubelet's probes and Prometheus); `/config` and `/breakers`
+        /// stay on the loopback admin port unless --probe-diagnostics.
         #[arg(long, env = "BREAKWATER_PROBE_ADDRESS")]
         probe_address: Option<std::net::SocketAddr>,
+        /// Serve `/config` and `/breakers` (read-only JSON) on the probe address too, where
+        /// `kubectl breakwater config` and `breakers` read them through the API server's pod
+        /// proxy. They show the pod's policies and the endpoints it calls, to whoever reaches
+        /// the pod's address.
+        #[arg(long, env = "BREAKWATER_PROBE_DIAGNOSTICS", requires = "probe_address")]
+        probe_diagnostics: bool,
         #[command(flatten)]
         cluster: Box<ClusterArgs>,
     },
@@ -206,8 +212,9 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let (log, format) = (args.log.clone(), args.log_format);
     let result = match args.command {
-        Cmd::Run { config, grace_period, no_watch, probe_address, cluster } => {
-            run(config, *cluster, grace_period, no_watch, probe_address, log.as_deref(), format)
+        Cmd::Run { config, grace_period, no_watch, probe_address, probe_diagnostics, cluster } => {
+            let probes = probe_address.map(|a| (a, probe_diagnostics));
+            run(config, *cluster, grace_period, no_watch, probes, log.as_deref(), format)
         }
         Cmd::Wait { url, timeout } => wait(&url, timeout),
         Cmd::Validate { file } => {
@@ -270,7 +277,7 @@ fn run(
     cluster: ClusterArgs,
     grace: Duration,
     no_watch: bool,
-    probe_address: Option<std::net::SocketAddr>,
+    probes: Option<(std::net::SocketAddr, bool)>,
     log: Option<&str>,
     format: LogFormat,
 ) -> anyhow::Result<()> {
@@ -333,9 +340,13 @@ fn run(
             breakwater_sidecar::Observability { metrics, sampling: telemetry.as_ref().map(|t| t.sampling()) };
         let watch = config.clone().filter(|_| !no_watch && control_plane.is_none());
         let sidecar = Sidecar::start_with(&text, watch, control_plane, observability).await?;
-        if let Some(addr) = probe_address {
-            let bound = sidecar.serve_probes(addr).await?;
-            tracing::info!(probes = %bound, "serving /live /ready /metrics for the kubelet");
+        if let Some((addr, diagnostics)) = probes {
+            let bound = sidecar.serve_probes(addr, diagnostics).await?;
+            if diagnostics {
+                tracing::info!(probes = %bound, "serving /live /ready /metrics /config /breakers for the kubelet, Prometheus and kubectl breakwater");
+            } else {
+                tracing::info!(probes = %bound, "serving /live /ready /metrics for the kubelet and Prometheus");
+            }
         }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {

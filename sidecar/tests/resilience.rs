@@ -149,12 +149,13 @@ async fn a_dead_endpoint_trips_its_breaker_and_traffic_moves_to_the_healthy_one(
         2.0,
         "once open, the dead endpoint is no longer tried"
     );
-    let breakers: serde_json::Value =
-        serde_json::from_slice(&admin(&sc, "/breakers").await.body).expect("json");
-    let dead_row =
-        breakers.as_array().expect("list").iter().find(|b| b["endpoint"] == dead.to_string()).expect("row");
-    assert_eq!(dead_row["state"], "Open");
-    assert_eq!(dead_row["trips"], 1);
+    let view =
+        breakwater_crds::admin::read_breakers(&admin(&sc, "/breakers").await.body).expect("a v1 document");
+    let target = view.targets.iter().find(|t| t.service == "payments.shop").expect("the target");
+    assert_eq!(target.direction, "outbound");
+    let dead_row = target.breakers.iter().find(|b| b.endpoint == dead.to_string()).expect("row");
+    assert_eq!(dead_row.state, "Open");
+    assert_eq!(dead_row.trips, 1);
 }
 
 #[tokio::test]

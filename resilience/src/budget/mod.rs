@@ -46,6 +46,32 @@ impl RetryBudget {
     pub fn withdraw(&self) -> bool {
         self.inner.withdraw()
     }
+
+    /// The settings it was built with: window, retries per second always allowed, ratio.
+    pub fn settings(&self) -> (Duration, u32, f64) {
+        (self.settings.0, self.settings.1, f64::from_bits(self.settings.2))
+    }
+
+    /// How many retries it would allow now, taking none (for `/breakers`).
+    ///
+    /// tower's `TpsBudget` keeps its balance private and shows it only in its `Debug` output
+    /// (`balance: N`, in units where a retry costs `1 / ratio`), so that is where it is read; a
+    /// unit test below fails if tower changes that output. Deposits older than the window are
+    /// expired on the next deposit or withdrawal, so an idle budget may show a little more than
+    /// it would give.
+    pub fn available(&self) -> u64 {
+        let debug = format!("{:?}", self.inner);
+        let balance: i64 = debug
+            .split("balance: ")
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !(c.is_ascii_digit() || c == '-')).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        // What one retry costs, as tower computes it.
+        let ratio = f64::from_bits(self.settings.2) as f32;
+        let cost = if ratio == 0.0 { 1 } else { ((1.0 / ratio) as i64).max(1) };
+        (balance.max(0) / cost) as u64
+    }
 }
 
 #[cfg(test)]
@@ -81,6 +107,21 @@ mod tests {
         }
         tokio::time::advance(Duration::from_secs(3)).await;
         assert_eq!(withdrawals(&b), 0, "old requests no longer pay for retries");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn available_counts_the_retries_left_without_taking_any() {
+        let b = RetryBudget::new(Duration::from_secs(10), 1, 0.25);
+        assert_eq!(b.available(), 10, "1/s over 10 s with no traffic");
+        for _ in 0..40 {
+            b.deposit();
+        }
+        assert_eq!(b.available(), 20, "and a quarter of 40 requests");
+        assert_eq!(b.available(), 20, "reading takes nothing");
+        let taken = withdrawals(&b);
+        assert_eq!(taken, 20, "available is what withdraw gives");
+        assert_eq!(b.available(), 0);
+        assert_eq!(b.settings(), (Duration::from_secs(10), 1, 0.25));
     }
 
     #[tokio::test(start_paused = true)]

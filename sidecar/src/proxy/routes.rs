@@ -136,9 +136,15 @@ impl ServiceRoute {
         found.map(|p| &p.target)
     }
 
-    /// Every target (for `/breakers` and tests).
+    /// Every target (for tests).
     pub fn targets(&self) -> impl Iterator<Item = &Arc<Target>> {
         self.ports.iter().flat_map(|p| std::iter::once(&p.target).chain(&p.pinned))
+    }
+
+    /// Every port (`None`: the catch-all) with its target and, for a headless Service, the
+    /// targets pinned to each endpoint (for `/breakers`).
+    pub fn ports(&self) -> impl Iterator<Item = (Option<u16>, &Arc<Target>, &[Arc<Target>])> {
+        self.ports.iter().map(|p| (p.port, &p.target, p.pinned.as_slice()))
     }
 
     fn build(
@@ -225,6 +231,13 @@ impl InboundRoute {
     /// Every inbound target.
     pub fn targets(&self) -> impl Iterator<Item = &Arc<Target>> {
         self.ports.values()
+    }
+
+    /// Every port with its target, by port.
+    pub fn ports(&self) -> Vec<(u16, &Arc<Target>)> {
+        let mut ports: Vec<_> = self.ports.iter().map(|(p, t)| (*p, t)).collect();
+        ports.sort_unstable_by_key(|(p, _)| *p);
+        ports
     }
 }
 

@@ -5,13 +5,9 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
+use breakwater_crds::admin;
 use breakwater_resilience::{
-    Enforcement,
-    breaker::{self, Breaker},
-    budget::RetryBudget,
-    bulkhead::Bulkhead,
-    outcome::Conditions,
-    retry,
+    Enforcement, breaker::Breaker, budget::RetryBudget, bulkhead::Bulkhead, outcome::Conditions, retry,
 };
 use tokio::sync::Semaphore;
 
@@ -52,17 +48,6 @@ pub struct Resilience {
     pub connections: Option<ConnectionLimit>,
     /// Where every decision is reported.
     pub observer: Arc<Observer>,
-}
-
-/// A breaker's report for `/breakers`.
-#[derive(Debug, Clone, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct BreakerReport {
-    /// The endpoint, or `*` for a Service-wide breaker.
-    pub endpoint: String,
-    /// State and counts.
-    #[serde(flatten)]
-    pub published: breaker::Published,
 }
 
 impl Resilience {
@@ -129,18 +114,47 @@ impl Resilience {
         }
     }
 
-    /// Every breaker of this target, for `/breakers`.
-    pub fn breakers(&self) -> Vec<BreakerReport> {
-        match &self.breakers {
-            None => Vec::new(),
-            Some(Breakers::Service(b)) => {
-                vec![BreakerReport { endpoint: "*".into(), published: b.snapshot() }]
+    /// Every breaker, the bulkhead and the retry budget as they are now, for `/breakers`.
+    pub fn report(
+        &self,
+    ) -> (Vec<admin::BreakerState>, Option<admin::BulkheadState>, Option<admin::RetryBudgetState>) {
+        let breaker = |endpoint: String, b: &Breaker| {
+            let p = b.snapshot();
+            admin::BreakerState {
+                endpoint,
+                state: format!("{:?}", p.state),
+                consecutive_failures: p.consecutive_failures,
+                window_calls: p.window_calls,
+                window_failures: p.window_failures,
+                trips: p.trips,
+                open_duration_ms: p.open_duration_ms,
             }
-            Some(Breakers::Endpoint(list)) => list
-                .iter()
-                .map(|(a, b)| BreakerReport { endpoint: a.to_string(), published: b.snapshot() })
-                .collect(),
-        }
+        };
+        let breakers = match &self.breakers {
+            None => Vec::new(),
+            Some(Breakers::Service(b)) => vec![breaker("*".into(), b)],
+            Some(Breakers::Endpoint(list)) => list.iter().map(|(a, b)| breaker(a.to_string(), b)).collect(),
+        };
+        let bulkhead = self.bulkhead.as_ref().map(|b| {
+            let limits = b.limits();
+            admin::BulkheadState {
+                in_flight: b.in_flight(),
+                max_concurrent: limits.max_concurrent,
+                queued: b.queued(),
+                max_queued: limits.max_queued,
+                max_queue_wait_ms: limits.max_queue_wait.as_millis() as u64,
+            }
+        });
+        let retry_budget = self.retry.as_ref().map(|(_, budget)| {
+            let (window, min_per_second, ratio) = budget.settings();
+            admin::RetryBudgetState {
+                ratio,
+                min_per_second,
+                window_seconds: window.as_secs(),
+                available: budget.available(),
+            }
+        });
+        (breakers, bulkhead, retry_budget)
     }
 
     /// The endpoint breaker at `index`, when breakers are per endpoint.

@@ -38,6 +38,17 @@ pub enum Source {
     Disk,
 }
 
+impl Source {
+    /// `file`, `stream` or `disk`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::File => "file",
+            Self::Stream => "stream",
+            Self::Disk => "disk",
+        }
+    }
+}
+
 /// One published configuration.
 #[derive(Debug)]
 pub struct Published {
