@@ -148,6 +148,19 @@ async fn default_values_render_hardened_and_labelled_objects() -> anyhow::Result
         assert!(hook["objectSelector"]["matchExpressions"].is_array(), "scoped by object selector: {hook}");
     }
 
+    // Diagnostics on by default: the operator's snapshot view on the pod's address, a named port
+    // for the pod proxy, and the proxies' /config and /breakers on their probes port.
+    assert_eq!(operator_env(&objects, "BREAKWATER_DEBUG_ADDRESS"), Some(&Value::from("0.0.0.0:9091")));
+    let ports = &one(&objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["ports"];
+    assert!(
+        ports
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["name"] == "debug" && p["containerPort"] == 9091)),
+        "{ports}"
+    );
+    let template = one(&objects, "ConfigMap")["data"]["sidecar.yaml"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(manifests(&template)?[0]["diagnostics"], true, "{template}");
+
     // The operator makes its own certificates: it creates the Secret (create cannot be limited by
     // name), changes only that one, and lists and watches it for renewals; it owns the caBundle.
     assert_eq!(operator_env(&objects, "BREAKWATER_CERTIFICATES"), Some(&Value::from("self-signed")));
@@ -202,6 +215,7 @@ webhook:
   failurePolicy: Fail
   timeoutSeconds: 3
   excludeNamespaces: [legacy]
+diagnostics: {enabled: false}
 sidecar:
   image: {repository: custom/sidecar, tag: 1.2.3}
   logLevel: debug
@@ -244,6 +258,11 @@ async fn custom_values_reach_the_objects_they_configure() -> anyhow::Result<()> 
     assert_eq!(sidecar["ports"]["outbound"], 16001);
     assert_eq!(sidecar["ports"]["inbound"], 15006, "unset keys keep their defaults");
     assert_eq!(sidecar["resources"]["requests"]["memory"], "48Mi");
+    // Diagnostics off: loopback only, no debug port, no --probe-diagnostics.
+    assert_eq!(sidecar["diagnostics"], false);
+    assert_eq!(operator_env(&objects, "BREAKWATER_DEBUG_ADDRESS"), Some(&Value::from("127.0.0.1:9091")));
+    let ports = &deployment["spec"]["template"]["spec"]["containers"][0]["ports"];
+    assert!(ports.as_array().is_some_and(|p| p.iter().all(|p| p["name"] != "debug")), "{ports}");
     Ok(())
 }
 

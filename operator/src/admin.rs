@@ -1,9 +1,12 @@
 //! The operator's HTTP endpoints: `/live` and `/ready` on the health port, `/metrics` on the
 //! metrics port (both where the kubelet and Prometheus reach them), and on loopback only
-//! `/debug/snapshots` (the pods with a snapshot) and `/debug/snapshots/NAMESPACE/POD` (one
-//! pod's snapshot, as its sidecar would receive it).
+//! `/debug/snapshots` (every pod's compiled snapshot version, and what the sidecars streaming
+//! from this replica applied: [`breakwater_crds::admin::DeliveriesView`]) and
+//! `/debug/snapshots/NAMESPACE/POD` (one pod's snapshot, as its sidecar receives it). The chart
+//! binds the debug view on the pod's address when `diagnostics.enabled`, for `kubectl
+//! breakwater` through the API server's pod proxy.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+use std::{convert::Infallible, sync::Arc};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -12,7 +15,7 @@ use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
-use crate::{Error, Result, index::Index, key::ObjKey, metrics::Metrics, snapshots::Hub};
+use crate::{Result, index::Index, key::ObjKey, listen::bind, metrics::Metrics, snapshots::Hub};
 
 /// What the endpoints read.
 #[derive(Debug, Clone)]
@@ -28,6 +31,10 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// Snapshots, for the debug endpoints.
     pub hub: Arc<Hub>,
+    /// What the sidecars streaming from this replica applied, for the debug endpoints.
+    pub acks: Arc<crate::configserver::acks::Registry>,
+    /// This replica's name.
+    pub replica: String,
 }
 
 /// Which endpoints a listener serves.
@@ -77,11 +84,6 @@ impl Admin {
             debug,
         );
     }
-}
-
-/// Binds `addr` for `what`.
-pub async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|source| Error::Listen { what, addr, source })
 }
 
 /// Serves `endpoints` on `listener` until `shutdown` resolves.
@@ -160,15 +162,13 @@ async fn route(endpoints: Endpoints, state: &AdminState, req: Request<Incoming>)
             )
         }
         (Endpoints::Debug, "/debug/snapshots") => {
-            let pods: Vec<String> = state
-                .index
-                .pods
-                .state()
-                .iter()
-                .filter_map(|p| ObjKey::of(p.as_ref()))
-                .map(|k| k.to_string())
-                .collect();
-            text(StatusCode::OK, "application/json", format!("{:#}\n", serde_json::json!({"pods": pods})))
+            let view = deliveries(state).await;
+            match serde_json::to_string_pretty(&view) {
+                Ok(body) => text(StatusCode::OK, "application/json", body + "\n"),
+                Err(e) => {
+                    text(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("cannot encode: {e}\n"))
+                }
+            }
         }
         (Endpoints::Debug, p) if p.starts_with("/debug/snapshots/") => {
             let rest = &p["/debug/snapshots/".len()..];
@@ -193,6 +193,33 @@ async fn route(endpoints: Endpoints, state: &AdminState, req: Request<Incoming>)
         (Endpoints::Health, _) => text(StatusCode::NOT_FOUND, "text/plain", "try /live or /ready\n".into()),
         (Endpoints::Metrics, _) => text(StatusCode::NOT_FOUND, "text/plain", "try /metrics\n".into()),
         (Endpoints::Debug, _) => text(StatusCode::NOT_FOUND, "text/plain", "try /debug/snapshots\n".into()),
+    }
+}
+
+/// Every pod's compiled version, and what the sidecars connected here applied.
+async fn deliveries(state: &AdminState) -> breakwater_crds::admin::DeliveriesView {
+    use breakwater_crds::admin;
+    let mut pods = std::collections::BTreeMap::new();
+    let blank = |key: &ObjKey| admin::PodDelivery {
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+        compiled: None,
+        connected: false,
+        applied: None,
+    };
+    for (key, version) in state.hub.versions().await {
+        pods.entry(key).or_insert_with_key(blank).compiled = Some(version);
+    }
+    for (key, applied) in state.acks.applied_versions().await {
+        let pod = pods.entry(key).or_insert_with_key(blank);
+        pod.connected = true;
+        pod.applied = applied;
+    }
+    admin::DeliveriesView {
+        api_version: admin::API_VERSION.into(),
+        kind: admin::KIND_DELIVERIES.into(),
+        replica: state.replica.clone(),
+        pods: pods.into_values().collect(),
     }
 }
 

@@ -34,6 +34,7 @@ pub mod index;
 pub mod inject;
 pub mod key;
 pub mod leader;
+pub mod listen;
 pub mod metrics;
 pub mod settings;
 pub mod snapshots;
@@ -98,11 +99,14 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
     let (concerned_tx, concerned_rx) = mpsc::channel(1024);
     background.push(spawn(hub.clone().run(index.clone(), queue, concerned_tx, settings.snapshot_debounce)));
     let listening = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acks = Arc::new(configserver::acks::Registry::default());
     let state = AdminState {
         index: index.clone(),
         metrics: metrics.clone(),
         hub: hub.clone(),
         listening: listening.clone(),
+        acks: acks.clone(),
+        replica: identity.clone(),
     };
     parts.push(spawn(admin.run(state, stop.clone())));
 
@@ -119,8 +123,7 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
             &settings,
             addr,
             client.clone(),
-            &hub,
-            &index,
+            (&hub, &index, acks),
             keeper,
             metrics.clone(),
         )

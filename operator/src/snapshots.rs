@@ -111,6 +111,12 @@ impl Hub {
         self.expected.subscribe()
     }
 
+    /// Every pod's current snapshot version.
+    pub async fn versions(&self) -> Vec<(ObjKey, breakwater_crds::snapshot::SnapshotVersion)> {
+        let channels = self.channels.read().await;
+        channels.iter().map(|(pod, tx)| (pod.clone(), tx.borrow().snapshot.version.clone())).collect()
+    }
+
     /// How many pods have a snapshot.
     pub async fn len(&self) -> usize {
         self.channels.read().await.len()

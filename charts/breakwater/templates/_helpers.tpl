@@ -70,3 +70,16 @@ app.kubernetes.io/component: operator
 {{- $list := list "kube-system" "kube-public" "kube-node-lease" .Release.Namespace -}}
 {{- concat $list .Values.webhook.excludeNamespaces | uniq | toJson -}}
 {{- end -}}
+
+{{/*
+Where the operator serves /debug/snapshots: the pod's address for kubectl breakwater with
+diagnostics.enabled, else loopback. IPv6 addresses get brackets.
+*/}}
+{{- define "breakwater.debugAddress" -}}
+{{- $ip := ternary .Values.operator.bindAddresses.debug "127.0.0.1" .Values.diagnostics.enabled -}}
+{{- if contains ":" $ip -}}
+[{{ $ip }}]:{{ .Values.operator.ports.debug }}
+{{- else -}}
+{{ $ip }}:{{ .Values.operator.ports.debug }}
+{{- end -}}
+{{- end }}

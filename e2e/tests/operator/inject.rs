@@ -200,8 +200,14 @@ async fn a_pod_in_a_labelled_namespace_runs_with_the_proxy_and_its_calls_go_thro
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>();
     assert!(counted >= 1.0, "the proxy counted the call:\n{metrics}");
-    let (status, _) = breakwater_e2e::operator::http_get(ip, 15020, "/config").await?;
-    assert_eq!(status, 404, "/config stays on the pod's loopback");
+    // The chart's diagnostics (on by default): /config on the probes port too, as a v1 document
+    // naming the pod its snapshot was compiled for, from the operator's stream.
+    let (status, body) = breakwater_e2e::operator::http_get(ip, 15020, "/config").await?;
+    assert_eq!(status, 200, "/config on the probes port with diagnostics: {body}");
+    let view = breakwater_crds::admin::read_config(body.as_bytes())?;
+    assert_eq!(view.snapshot.source, "stream");
+    assert_eq!(view.config.snapshot.identity.name, "checkout");
+    assert!(!view.snapshot.version.hash.is_empty(), "the operator's version: {:?}", view.snapshot);
     Ok(())
 }
 

@@ -128,6 +128,18 @@ impl Registry {
         }
     }
 
+    /// Every connected sidecar's pod, with the version it applied last on its stream.
+    pub async fn applied_versions(
+        &self,
+    ) -> Vec<(ObjKey, Option<breakwater_crds::snapshot::SnapshotVersion>)> {
+        let state = self.state.lock().await;
+        state
+            .pods
+            .iter()
+            .map(|(pod, c)| (pod.clone(), c.applied.as_ref().map(|s| s.version.clone())))
+            .collect()
+    }
+
     /// How many sidecars are connected.
     pub async fn streams(&self) -> usize {
         self.state.lock().await.pods.len()

@@ -87,13 +87,13 @@ pub struct Reports {
 }
 
 impl ConfigApi {
-    /// Binds the config API on `addr`, not serving yet.
+    /// Binds the config API on `addr`, not serving yet; `acks` is where this replica keeps
+    /// what its sidecars applied (the admin's debug view reads it too).
     pub async fn bind(
         settings: &crate::Settings,
         addr: std::net::SocketAddr,
         client: kube::Client,
-        hub: &Arc<Hub>,
-        index: &Index,
+        (hub, index, acks): (&Arc<Hub>, &Index, Arc<Registry>),
         keeper: &crate::certs::rotation::Keeper,
         metrics: Arc<Metrics>,
     ) -> crate::Result<ConfigApi> {
@@ -101,7 +101,7 @@ impl ConfigApi {
             hub: hub.clone(),
             index: index.clone(),
             auth: Authenticator::new(client.clone()),
-            acks: Arc::default(),
+            acks,
             metrics,
         };
         let reports = Reports {
@@ -110,7 +110,7 @@ impl ConfigApi {
             name: format!("{}-acks-{}", settings.lease_name, settings.identity()),
         };
         Ok(ConfigApi {
-            listener: crate::admin::bind(addr, "the config API").await?,
+            listener: crate::listen::bind(addr, "the config API").await?,
             tls: crate::certs::server_config(keeper.resolver(), &[b"h2"])?,
             server,
             reports,

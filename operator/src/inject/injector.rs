@@ -72,7 +72,7 @@ impl Injector {
             (keeper, scanner)
         });
         let webhook = Webhook { template, options, metrics, recorder: Some(recorder) };
-        let listener = crate::admin::bind(addr, "the injection webhook").await?;
+        let listener = crate::listen::bind(addr, "the injection webhook").await?;
         Ok(Injector { listener, tls, webhook, configuration })
     }
 

@@ -16,8 +16,9 @@
 //!   token for the config API, the CA from `breakwater-root-ca`, the downward-API identity and
 //!   an emptyDir for the last good snapshot;
 //! - no API token in either container ([`NO_API_TOKEN`]);
-//! - probes and metrics on the probes port (every address) for the kubelet and Prometheus,
-//!   while the admin port with `/config` and `/breakers` stays on 127.0.0.1;
+//! - probes and metrics on the probes port (every address) for the kubelet and Prometheus, and
+//!   `/config` and `/breakers` there too with the template's `diagnostics` (for `kubectl
+//!   breakwater`); the admin port stays on 127.0.0.1;
 //! - label `breakwater.dev/injected: "true"` (the operator compiles snapshots for such pods).
 //!
 //! Per-pod annotations override the template ([`annotations`]); a value that cannot be used is
@@ -320,6 +321,11 @@ fn proxy_container(t: &Template, o: &annotations::Overrides, native: bool) -> Va
             {"name": NO_API_TOKEN, "mountPath": API_TOKEN_DIR, "readOnly": true},
         ],
     });
+    if t.diagnostics
+        && let Some(args) = c["args"].as_array_mut()
+    {
+        args.push(json!("--probe-diagnostics"));
+    }
     if !t.tracing.endpoint.is_empty() {
         let tr = &t.tracing;
         if let Some(env) = c["env"].as_array_mut() {

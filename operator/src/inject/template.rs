@@ -46,6 +46,10 @@ pub struct Template {
     /// Where the proxies export their spans (OTLP); no endpoint: tracing off.
     #[serde(default)]
     pub tracing: Tracing,
+    /// Serve `/config` and `/breakers` on the probes port too (`--probe-diagnostics`), for
+    /// `kubectl breakwater config` and `breakers` through the API server's pod proxy.
+    #[serde(default = "default_diagnostics")]
+    pub diagnostics: bool,
 }
 
 /// The proxies' trace export, passed to them as the standard `OTEL_*` variables.
@@ -126,7 +130,7 @@ pub struct Ports {
     #[serde(default = "default_admin")]
     pub admin: u16,
     /// Probes and metrics for the kubelet and Prometheus (on every address: `/live`, `/ready`,
-    /// `/metrics` only).
+    /// `/metrics`, and `/config` and `/breakers` with [`Template::diagnostics`]).
     #[serde(default = "default_probes")]
     pub probes: u16,
 }
@@ -163,6 +167,9 @@ fn default_sampler_arg() -> f64 {
 }
 fn default_grace() -> String {
     "30s".into()
+}
+fn default_diagnostics() -> bool {
+    true
 }
 fn default_outbound() -> u16 {
     Ports::default().outbound

@@ -73,6 +73,25 @@ fn a_pod_gets_the_init_container_the_native_sidecar_the_volumes_and_the_label() 
 }
 
 #[test]
+fn the_probes_port_serves_diagnostics_unless_the_template_turns_them_off() {
+    let args = |t: &Template| {
+        let p = pod(json!({}));
+        let after = patched(&p, &inject(&p, t, NATIVE));
+        let proxy = after["spec"]["initContainers"].as_array().expect("list")[1].clone();
+        proxy["args"]
+            .as_array()
+            .expect("args")
+            .iter()
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect::<Vec<_>>()
+    };
+    assert!(args(&template()).contains(&"--probe-diagnostics".to_owned()), "on by default");
+    let off = Template { diagnostics: false, ..template() };
+    assert!(!args(&off).iter().any(|a| a == "--probe-diagnostics"));
+    assert!(args(&off).contains(&"--probe-address".to_owned()), "the probes stay");
+}
+
+#[test]
 fn the_init_container_has_only_net_admin_and_net_raw_and_the_proxy_nothing() {
     let after = patched(&pod(json!({})), &inject(&pod(json!({})), &template(), NATIVE));
     let init = &after["spec"]["initContainers"][0];
