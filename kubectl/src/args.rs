@@ -29,6 +29,12 @@ pub enum Command {
     /// Each policy with its targets, mode, conditions and how many sidecars enforce it; the
     /// pods that should have a sidecar and do not.
     Status(StatusArgs),
+    /// What a pod's sidecar enforces now, side by side with what the operator compiled for it,
+    /// and whether they match (read through the API server's pod proxy: no port-forward).
+    Config(ConfigArgs),
+    /// The live state of a pod's sidecar: circuit breakers per target and endpoint, bulkhead
+    /// occupancy and queue, retry-budget headroom. Exit 1 when an enforced target refuses calls.
+    Breakers(BreakersArgs),
     /// Validate CommunicationPolicy manifests offline, with the rules the API server and the
     /// sidecar apply (for CI pipelines). Files, directories (their *.yaml, *.yml and *.json) or
     /// `-` for standard input; documents of other kinds are listed as skipped.
@@ -97,12 +103,56 @@ pub struct StatusArgs {
     /// Every namespace.
     #[arg(short = 'A', long)]
     pub all_namespaces: bool,
+    /// The namespace Breakwater is installed in (its operator says which snapshot each sidecar
+    /// applied).
+    #[arg(long, default_value = "breakwater-system", value_name = "NAMESPACE")]
+    pub breakwater_namespace: String,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t)]
     pub output: Output,
     /// Which cluster.
     #[command(flatten)]
     pub cluster: ClusterArgs,
+}
+
+/// A pod, for `config` and `breakers`.
+#[derive(Args, Debug)]
+pub struct PodArgs {
+    /// The pod.
+    #[arg(value_name = "POD")]
+    pub pod: String,
+    /// The pod's namespace (default: the context's namespace, else `default`).
+    #[arg(short, long, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Output format (json and yaml hold the documents read, whole).
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: Output,
+    /// Which cluster.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// `config`.
+#[derive(Args, Debug)]
+pub struct ConfigArgs {
+    /// The pod.
+    #[command(flatten)]
+    pub pod: PodArgs,
+    /// The namespace Breakwater is installed in (its operator's pods are found there by the
+    /// chart's labels).
+    #[arg(long, default_value = "breakwater-system", value_name = "NAMESPACE")]
+    pub breakwater_namespace: String,
+}
+
+/// `breakers`.
+#[derive(Args, Debug)]
+pub struct BreakersArgs {
+    /// The pod.
+    #[command(flatten)]
+    pub pod: PodArgs,
+    /// Only the targets of this Service (`name` or `name.namespace`).
+    #[arg(long, value_name = "SERVICE")]
+    pub to: Option<String>,
 }
 
 /// `lint`.

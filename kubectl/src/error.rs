@@ -41,6 +41,16 @@ pub enum Error {
         /// The error, with its chain.
         cause: String,
     },
+    /// A sidecar's or the operator's diagnostics could not be read.
+    #[error("{what}: {why}\n  hint: {hint}")]
+    Diagnostics {
+        /// What was tried.
+        what: String,
+        /// Why it failed.
+        why: String,
+        /// What to do.
+        hint: String,
+    },
     /// A file could not be read.
     #[error("cannot read {path}: {source}")]
     Read {

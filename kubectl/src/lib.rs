@@ -3,14 +3,22 @@
 //!
 //! - `check [--pre]`: the install part by part, each PASS or FAIL with a hint (`check`).
 //! - `status`: each policy and the sidecars that enforce it (`status`, `pods`).
+//! - `config POD`: what a sidecar enforces, beside what the operator compiled for it (`config`).
+//! - `breakers POD`: breakers, bulkheads and retry budgets as they are now (`breakers`).
 //! - `lint`: CommunicationPolicy manifests validated offline, for CI (`lint`).
+//!
+//! `config`, `breakers` and `status` read the sidecars' and the operator's diagnostics through
+//! the API server's pod proxy (`diagnostics`).
 //!
 //! Every command returns a [`output::Report`]: a table for people, JSON or YAML for scripts, and
 //! whether what it found is healthy, which becomes the exit status.
 
 pub mod args;
+pub mod breakers;
 pub mod check;
 pub mod cluster;
+pub mod config;
+pub mod diagnostics;
 pub mod error;
 pub mod lint;
 pub mod output;
@@ -45,7 +53,24 @@ pub async fn run(cli: Cli) -> Result<Outcome, Error> {
             let cluster = cluster::connect(&a.cluster).await?;
             let namespace =
                 if a.all_namespaces { None } else { Some(a.namespace.unwrap_or(cluster.namespace.clone())) };
-            Ok(Outcome::of(&status::status(&cluster, namespace.as_deref()).await?, a.output))
+            Ok(Outcome::of(
+                &status::status(&cluster, namespace.as_deref(), &a.breakwater_namespace).await?,
+                a.output,
+            ))
+        }
+        Command::Config(a) => {
+            let p = a.pod;
+            let cluster = cluster::connect(&p.cluster).await?;
+            let namespace = p.namespace.unwrap_or(cluster.namespace.clone());
+            let report = config::config(&cluster, &namespace, &p.pod, &a.breakwater_namespace).await?;
+            Ok(Outcome::of(&report, p.output))
+        }
+        Command::Breakers(a) => {
+            let p = a.pod;
+            let cluster = cluster::connect(&p.cluster).await?;
+            let namespace = p.namespace.unwrap_or(cluster.namespace.clone());
+            let report = breakers::breakers(&cluster, &namespace, &p.pod, a.to.as_deref()).await?;
+            Ok(Outcome::of(&report, p.output))
         }
         Command::Check(a) => {
             let cluster = cluster::connect(&a.cluster).await?;

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::{Api, ResourceExt, api::ListParams};
 use serde::Serialize;
 
-use crate::{Error, cluster::Cluster, output::Table};
+use crate::{Error, cluster::Cluster, diagnostics::Convergence, output::Table};
 
 /// The label (namespace or pod) and annotation (pod) that turn injection on or off.
 pub const INJECT: &str = "breakwater.dev/inject";
@@ -55,6 +55,17 @@ pub struct PodSidecar {
     /// Its sidecar.
     #[serde(flatten)]
     pub state: SidecarState,
+    /// Whether its sidecar applied what the operator compiled for it (when the operator's
+    /// diagnostics could be read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<Convergence>,
+}
+
+impl PodSidecar {
+    /// Its sidecar is as it should be, and has applied its snapshot when that is known.
+    pub fn healthy(&self) -> bool {
+        self.state.healthy() && self.snapshot.as_ref().is_none_or(Convergence::healthy)
+    }
 }
 
 /// The pods' table (`all`: with a namespace column), or a line saying there are none.
@@ -62,28 +73,48 @@ pub fn table(pods: &[PodSidecar], all: bool) -> String {
     if pods.is_empty() {
         return "No pods where injection applies (label a namespace breakwater.dev/inject=enabled).\n".into();
     }
+    let with_snapshot = pods.iter().any(|p| p.snapshot.is_some());
     let mut header = vec!["pod", "sidecar"];
+    if with_snapshot {
+        header.push("snapshot");
+    }
     if all {
         header.insert(0, "namespace");
     }
     let mut t = Table::new(&header);
     for p in pods {
-        let (cell, detail) = match &p.state {
-            SidecarState::Ready => ("ready", None),
-            SidecarState::NotReady { detail } => ("not ready", Some(detail.clone())),
+        let (cell, mut details) = match &p.state {
+            SidecarState::Ready => ("ready", vec![]),
+            SidecarState::NotReady { detail } => ("not ready", vec![detail.clone()]),
             SidecarState::Missing => (
                 "MISSING",
-                Some("created before injection applied, or while no operator replica answered the webhook: restart its workload (kubectl rollout restart)".to_owned()),
+                vec!["created before injection applied, or while no operator replica answered the webhook: restart its workload (kubectl rollout restart)".to_owned()],
             ),
-            SidecarState::OptedOut => ("opted out", None),
-            SidecarState::HostNetwork => ("host network", None),
+            SidecarState::OptedOut => ("opted out", vec![]),
+            SidecarState::HostNetwork => ("host network", vec![]),
         };
         let mut row = vec![p.name.clone(), cell.to_owned()];
+        if with_snapshot {
+            row.push(p.snapshot.as_ref().map_or_else(|| "-".to_owned(), Convergence::word));
+            match &p.snapshot {
+                Some(Convergence::Behind { applied, compiled }) => details.push(format!(
+                    "applied {applied}, the operator compiled {compiled}: kubectl breakwater config {} -n {} shows what differs",
+                    p.name, p.namespace
+                )),
+                Some(Convergence::Pending) => details.push(
+                    "connected, nothing applied yet: it refused every snapshot, or one is on its way (kubectl logs … -c breakwater-proxy)".into(),
+                ),
+                Some(Convergence::NotConnected) => details.push(
+                    "no operator replica streams to it: it enforces its last snapshot (kubectl logs … -c breakwater-proxy)".into(),
+                ),
+                _ => {}
+            }
+        }
         if all {
             row.insert(0, p.namespace.clone());
         }
         t.row(row);
-        if let Some(d) = detail {
+        for d in details {
             t.detail(d);
         }
     }
@@ -131,7 +162,7 @@ pub async fn survey_in(
                 return None;
             }
             let state = state(pod, namespace.is_some_and(labelled))?;
-            Some(PodSidecar { namespace: ns, name: pod.name_any(), state })
+            Some(PodSidecar { namespace: ns, name: pod.name_any(), state, snapshot: None })
         })
         .collect();
     out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));

@@ -119,6 +119,10 @@ pub struct StatusReport {
     pub policies: Vec<PolicyStatus>,
     /// The pods where injection applies (and any pod that has the sidecar).
     pub pods: Vec<pods::PodSidecar>,
+    /// Why the sidecars' snapshot convergence is not shown (the operator's diagnostics could
+    /// not be read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshots_unknown: Option<String>,
 }
 
 impl Report for StatusReport {
@@ -179,19 +183,41 @@ impl Report for StatusReport {
         }
         out.push('\n');
         out.push_str(&pods::table(&self.pods, all));
+        if let Some(why) = &self.snapshots_unknown {
+            out.push_str(&format!("(whether each sidecar applied its snapshot is unknown: {why})\n"));
+        }
         out
     }
 
     fn healthy(&self) -> bool {
-        self.policies.iter().all(PolicyStatus::healthy) && self.pods.iter().all(|p| p.state.healthy())
+        self.policies.iter().all(PolicyStatus::healthy) && self.pods.iter().all(pods::PodSidecar::healthy)
     }
 }
 
-/// Reads the policies and pods of `namespace` (none: every namespace).
-pub async fn status(cluster: &Cluster, namespace: Option<&str>) -> Result<StatusReport, Error> {
+/// Reads the policies and pods of `namespace` (none: every namespace), and from the operator
+/// in `breakwater` whether each sidecar applied its current snapshot.
+pub async fn status(
+    cluster: &Cluster,
+    namespace: Option<&str>,
+    breakwater: &str,
+) -> Result<StatusReport, Error> {
     let policies = policies(cluster, namespace).await?;
-    let pods = pods::survey(cluster, namespace).await?;
-    Ok(StatusReport { namespace: namespace.map(str::to_owned), policies, pods })
+    let mut pods = pods::survey(cluster, namespace).await?;
+    let injected = |p: &pods::PodSidecar| {
+        matches!(p.state, pods::SidecarState::Ready | pods::SidecarState::NotReady { .. })
+    };
+    let mut snapshots_unknown = None;
+    if pods.iter().any(injected) {
+        match crate::diagnostics::deliveries(cluster, breakwater).await {
+            Ok(views) => {
+                for p in pods.iter_mut().filter(|p| injected(p)) {
+                    p.snapshot = Some(crate::diagnostics::convergence(&views, &p.namespace, &p.name));
+                }
+            }
+            Err(why) => snapshots_unknown = Some(why),
+        }
+    }
+    Ok(StatusReport { namespace: namespace.map(str::to_owned), policies, pods, snapshots_unknown })
 }
 
 /// The policies of `namespace` (none: every namespace), sorted.

@@ -1,7 +1,8 @@
 //! A circuit breaker per endpoint: one payments pod is dead (answers every call with 503), the
 //! other healthy. Without a policy nothing protects the caller from the dead pod; with the
 //! breaker, the dead pod fails `consecutiveFailures` calls, its breaker opens, and it receives nothing more
-//! (its own sidecar's count stops) while every call succeeds on the healthy pod.
+//! (its own sidecar's count stops) while every call succeeds on the healthy pod. Then what
+//! `kubectl breakwater breakers`, `config` and `status` say of the caller.
 
 use super::*;
 
@@ -88,5 +89,92 @@ async fn a_circuit_breaker_stops_calls_to_the_dead_pod() -> anyhow::Result<()> {
         received,
         "the dead pod receives no call while its breaker is open"
     );
+    diagnosed(story, &ns, &caller, &dead_ip.to_string()).await
+}
+
+/// `kubectl breakwater` on the caller whose breaker for `dead_ip` is open.
+async fn diagnosed(
+    story: &Story,
+    ns: &breakwater_e2e::TestNamespace,
+    caller: &str,
+    dead_ip: &str,
+) -> anyhow::Result<()> {
+    let kubectl = Kubectl::for_cluster(story.cluster)?.with_plugin()?;
+    let n = ns.name();
+    let service = format!("payments.{n}");
+    let dead = format!("{dead_ip}:8080");
+
+    // breakers: the dead endpoint's breaker open, the other closed; exit 1, calls are refused.
+    let out = plugin(&kubectl, &["breakers", caller, "-n", n, "--to", "payments"]).await?;
+    println!("$ kubectl breakwater breakers {caller} -n {n} --to payments\n{}", out.stdout);
+    assert_eq!(out.code, Some(1), "an open breaker is unhealthy:\n{}{}", out.stdout, out.stderr);
+    let row = out.stdout.lines().find(|l| l.contains(&dead)).unwrap_or_default();
+    assert!(row.starts_with("outbound") && row.contains("OPEN (300000ms)"), "{}", out.stdout);
+    assert!(out.stdout.contains(&format!("breaker {dead} open: calls to it are refused")), "{}", out.stdout);
+    let json = plugin(&kubectl, &["breakers", caller, "-n", n, "-o", "json"]).await?;
+    let view: serde_json::Value = serde_json::from_str(&json.stdout)?;
+    assert_eq!(view["apiVersion"], breakwater_crds::admin::API_VERSION, "{view}");
+    let target = view["targets"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["service"] == service.as_str()))
+        .ok_or_else(|| anyhow::anyhow!("no target {service}: {view}"))?;
+    assert_eq!(target["policy"], format!("{n}/payments-breaker"));
+    let states: Vec<(String, String, u64)> = target["breakers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|b| {
+            (
+                b["endpoint"].as_str().unwrap_or_default().to_owned(),
+                b["state"].as_str().unwrap_or_default().to_owned(),
+                b["trips"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(states.len(), 2, "a breaker per endpoint: {states:?}");
+    assert!(states.contains(&(dead.clone(), "Open".to_owned(), 1)), "{states:?}");
+    assert!(states.iter().any(|(e, s, _)| *e != dead && s == "Closed"), "{states:?}");
+    let unknown = plugin(&kubectl, &["breakers", caller, "-n", n, "--to", "inventory"]).await?;
+    assert_eq!(unknown.code, Some(2), "{}{}", unknown.stdout, unknown.stderr);
+    assert!(
+        unknown
+            .stderr
+            .contains(&format!("no policy governs its calls to inventory\n  hint: it governs: {service}")),
+        "{}",
+        unknown.stderr
+    );
+
+    // config: the sidecar's policy beside the operator's, the same.
+    let out = plugin(&kubectl, &["config", caller, "-n", n]).await?;
+    println!("$ kubectl breakwater config {caller} -n {n}\n{}", out.stdout);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("the operator compiled ") && l.ends_with(": MATCH")),
+        "{}",
+        out.stdout
+    );
+    let row =
+        out.stdout.lines().find(|l| l.starts_with("outbound") && l.contains(&service)).unwrap_or_default();
+    for cell in
+        [format!("{n}/payments-breaker@1"), "3 in a row → open 5m0s, per endpoint".into(), "same".into()]
+    {
+        assert!(row.contains(&cell), "{cell:?} in its row:\n{}", out.stdout);
+    }
+
+    // status: the policy programmed on the three sidecars, each on its current snapshot.
+    let out = wait::until_ok("`kubectl breakwater status` to be healthy", TIMEOUT, || async {
+        let out = plugin(&kubectl, &["status", "-n", n]).await.map_err(|e| e.to_string())?;
+        if out.code == Some(0) { Ok(out) } else { Err(format!("{}{}", out.stdout, out.stderr)) }
+    })
+    .await?;
+    println!("$ kubectl breakwater status -n {n}\n{}", out.stdout);
+    let policy = out.stdout.lines().find(|l| l.starts_with("payments-breaker")).unwrap_or_default();
+    let sidecars = policy.split_whitespace().last().and_then(|c| c.split_once('/')).unwrap_or_default();
+    assert!(sidecars.0 == sidecars.1 && sidecars.0 != "0", "every sidecar enforces it:\n{}", out.stdout);
+    let pod = out.stdout.lines().find(|l| l.starts_with(caller)).unwrap_or_default();
+    assert!(pod.contains("ready") && pod.ends_with("current"), "{}", out.stdout);
     Ok(())
 }

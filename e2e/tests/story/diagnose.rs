@@ -6,19 +6,13 @@
 //! the way the hint says, and `check` healthy again; `status`, `check --pre`, and the errors of
 //! an unreachable cluster and a namespace without policies.
 
-use breakwater_e2e::{Kubectl, helm::Output};
+use breakwater_e2e::helm::Output;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use kube::api::{Patch, PatchParams};
 
 use super::*;
 
 const CRD: &str = "communicationpolicies.breakwater.dev";
-
-async fn plugin(kubectl: &Kubectl, args: &[&str]) -> anyhow::Result<Output> {
-    let mut all = vec!["breakwater"];
-    all.extend_from_slice(args);
-    Ok(kubectl.output(&all, None).await?)
-}
 
 /// Waits until `kubectl breakwater check` exits 0 and returns what it printed.
 async fn healthy(kubectl: &Kubectl, why: &str) -> anyhow::Result<String> {
@@ -200,5 +194,21 @@ async fn kubectl_breakwater_check_passes_names_each_break_with_its_fix_and_passe
         out.stderr
     );
     assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    // `config` and `breakers` of a pod without a sidecar (an operator replica): said, exit 2.
+    let operator = story.op.ready_pods(2, TIMEOUT).await?.remove(0);
+    let operator = operator.metadata.name.unwrap_or_default();
+    for command in ["config", "breakers"] {
+        let out = plugin(&kubectl, &[command, &operator, "-n", NAMESPACE]).await?;
+        assert_eq!(out.code, Some(2), "{}{}", out.stdout, out.stderr);
+        assert!(
+            out.stderr.contains(&format!("pod {NAMESPACE}/{operator}: has no Breakwater sidecar")),
+            "{}",
+            out.stderr
+        );
+        assert!(out.stderr.contains("hint: label its namespace"), "{}", out.stderr);
+    }
+    let out = plugin(&kubectl, &["config", "no-such-pod", "-n", NAMESPACE]).await?;
+    assert_eq!(out.code, Some(2), "{}{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains(&format!("pod {NAMESPACE}/no-such-pod: not found")), "{}", out.stderr);
     Ok(())
 }

@@ -32,6 +32,14 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
+/// `kubectl breakwater ARGS…`, found by kubectl's plugin discovery (`kubectl` must come from
+/// [`Kubectl::with_plugin`]).
+async fn plugin(kubectl: &Kubectl, args: &[&str]) -> anyhow::Result<breakwater_e2e::helm::Output> {
+    let mut all = vec!["breakwater"];
+    all.extend_from_slice(args);
+    Ok(kubectl.output(&all, None).await?)
+}
+
 struct Story {
     cluster: &'static TestCluster,
     /// The release (the operator scenarios scale and upgrade it), installed with the proxies'

@@ -26,7 +26,7 @@ use super::{CheckReport, Checks, tls};
 use crate::{args::CheckArgs, cluster::Cluster, error::chain, pods, status};
 
 /// The label every object of the chart carries, and the one that marks the operator's.
-const OPERATOR_SELECTOR: &str = "app.kubernetes.io/part-of=breakwater,app.kubernetes.io/component=operator";
+use crate::diagnostics::{self, OPERATOR_SELECTOR};
 /// The chart's version label.
 const VERSION_LABEL: &str = "app.kubernetes.io/version";
 
@@ -62,7 +62,7 @@ pub async fn post(cluster: &Cluster, args: &CheckArgs) -> CheckReport {
     if crd_version.is_some() {
         policies(cluster, &namespaces, &mut c).await;
     }
-    sidecars(cluster, &namespaces, &mut c).await;
+    sidecars(cluster, &args.breakwater_namespace, &namespaces, &mut c).await;
     c.report("install", cluster.url.clone())
 }
 
@@ -488,8 +488,9 @@ async fn policies(cluster: &Cluster, namespaces: &[Namespace], c: &mut Checks) {
     }
 }
 
-/// Pods that should have a sidecar have a ready one.
-async fn sidecars(cluster: &Cluster, namespaces: &[Namespace], c: &mut Checks) {
+/// Pods that should have a sidecar have a ready one, which applied what the operator compiled
+/// for it.
+async fn sidecars(cluster: &Cluster, breakwater: &str, namespaces: &[Namespace], c: &mut Checks) {
     c.part("sidecars");
     let pods = match pods::survey_in(cluster, None, namespaces).await {
         Ok(p) => p,
@@ -521,6 +522,74 @@ async fn sidecars(cluster: &Cluster, namespaces: &[Namespace], c: &mut Checks) {
         c.pass(format!(
             "{ready} {} a ready sidecar, and no pod that should have one lacks it",
             if ready == 1 { "pod runs" } else { "pods run" }
+        ));
+    }
+    converged(cluster, breakwater, &pods, c).await;
+}
+
+/// Every ready sidecar applied the snapshot the operator compiled for it now.
+async fn converged(cluster: &Cluster, breakwater: &str, pods: &[pods::PodSidecar], c: &mut Checks) {
+    let ready: Vec<_> = pods.iter().filter(|p| p.state == pods::SidecarState::Ready).collect();
+    if ready.is_empty() {
+        return;
+    }
+    let views = match diagnostics::deliveries(cluster, breakwater).await {
+        Ok(v) => v,
+        Err(why) => {
+            c.warn(
+                format!("cannot tell whether the sidecars applied their snapshots: {why}"),
+                "the operator's diagnostics are read through the pod proxy: `get` on pods/proxy in its namespace, \
+                 and the chart's diagnostics.enabled",
+            );
+            return;
+        }
+    };
+    let before = c.items.len();
+    for p in &ready {
+        let (what, hint) = match diagnostics::convergence(&views, &p.namespace, &p.name) {
+            diagnostics::Convergence::Current => continue,
+            diagnostics::Convergence::Behind { applied, compiled } => (
+                format!(
+                    "pod {}/{}: its sidecar runs snapshot {applied}, the operator compiled {compiled}",
+                    p.namespace, p.name
+                ),
+                format!(
+                    "kubectl breakwater config {} -n {} shows what differs; the proxy's log says why it refused",
+                    p.name, p.namespace
+                ),
+            ),
+            diagnostics::Convergence::Pending => (
+                format!(
+                    "pod {}/{}: its sidecar is connected but has applied no snapshot",
+                    p.namespace, p.name
+                ),
+                format!("kubectl logs {} -n {} -c {}", p.name, p.namespace, pods::PROXY),
+            ),
+            diagnostics::Convergence::NotConnected => (
+                format!(
+                    "pod {}/{}: its sidecar streams from no operator replica (it keeps its last snapshot)",
+                    p.namespace, p.name
+                ),
+                format!(
+                    "kubectl logs {} -n {} -c {} (can it reach the config API?)",
+                    p.name,
+                    p.namespace,
+                    pods::PROXY
+                ),
+            ),
+            diagnostics::Convergence::NotCompiled => (
+                format!("pod {}/{}: the operator has compiled no snapshot for it", p.namespace, p.name),
+                "is it labelled breakwater.dev/injected=true? the operator's log says why".to_owned(),
+            ),
+        };
+        c.fail(what, hint);
+    }
+    if c.items.len() == before {
+        c.pass(format!(
+            "{} {} the snapshot the operator compiled for {}",
+            ready.len(),
+            if ready.len() == 1 { "sidecar enforces" } else { "sidecars enforce" },
+            if ready.len() == 1 { "it" } else { "them" }
         ));
     }
 }
