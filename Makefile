@@ -27,7 +27,7 @@ demo-cluster: deps k8s-bins otelcol images ## Breakwater on a real Kubernetes co
 build: ## Build every crate and binary
 	$(CARGO) build --workspace --all-targets
 
-test: deps haproxy k8s-bins otelcol h2spec images image-test-tools fmt-check clippy crds-check unit fuzz-short ## Everything CI runs: format check, clippy, generated-file check, all tests, 20 s of fuzzing per target
+test: deps haproxy k8s-bins otelcol h2spec krew images plugin-archive image-test-tools fmt-check clippy crds-check unit fuzz-short ## Everything CI runs: format check, clippy, generated-file check, all tests, 20 s of fuzzing per target
 
 unit:
 	$(CARGO) build --workspace --bins
@@ -92,13 +92,20 @@ images: image-tools ## Build the operator, sidecar, fault-server and e2e-client 
 	  --bin breakwater-sidecar --bin breakwater-operator --bin breakwater-fault --bin breakwater-e2e-client
 	images/build.sh target/$(MUSL_TARGET)/dist $(IMAGE_DIR)
 
+# The kubectl plugin as krew installs it (.krew.yaml, a krew-release-bot template): a static binary
+# and the LICENSE in a reproducible archive, with its sha256 beside it.
+PLUGIN_ARCHIVE ?= target/plugin/kubectl-breakwater-linux-amd64.tar.gz
+plugin-archive: image-tools ## Build the static kubectl-breakwater (linux/amd64) into target/plugin/kubectl-breakwater-linux-amd64.tar.gz (+ .sha256), the archive .krew.yaml installs
+	$(CARGO) build --locked --profile dist --target $(MUSL_TARGET) -p breakwater-kubectl --bin kubectl-breakwater
+	@kubectl/package.sh target/$(MUSL_TARGET)/dist/kubectl-breakwater $(PLUGIN_ARCHIVE)
+
 push: images ## Copy the operator and sidecar images to a registry: make push REGISTRY=registry.example.com/team [TAG=chart appVersion]
 	$(call apt-ensure,skopeo:skopeo)
 	@images/push.sh "$(REGISTRY)" "$(TAG)" $(IMAGE_DIR) $(PUSH_IMAGES)
 
 # Tests against a real control plane (e2e/): etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler and helm, built from their Go modules once into $BREAKWATER_CACHE (~/.cache/breakwater).
-.PHONY: k8s-bins e2e otelcol h2spec fuzz fuzz-short fuzz-tools
+.PHONY: k8s-bins e2e otelcol h2spec krew plugin-archive fuzz fuzz-short fuzz-tools
 
 # Coverage-guided fuzzing (libFuzzer on stable Rust: fuzz/run.sh says why): the request front
 # (protocol detection, HTTP/1 and HTTP/2 heads, routing, the policy path) and the configuration
@@ -116,6 +123,9 @@ fuzz-short: fuzz-tools
 
 otelcol: ## Build the OpenTelemetry Collector for the trace end-to-end test (cached; needs go)
 	@bash e2e/gobuild/otelcol/build.sh
+
+krew: ## Build krew, kubectl's plugin manager, for the plugin test (cached; needs go)
+	@bash e2e/gobuild/krew/build.sh
 
 h2spec: ## Build h2spec, the HTTP/2 conformance suite run against the sidecar (cached; needs go)
 	@bash e2e/gobuild/h2spec/build.sh
