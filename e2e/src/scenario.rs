@@ -236,5 +236,44 @@ pub async fn ready_endpoints(
             .count();
         if ready == n { Ok(()) } else { Err(format!("{ready} ready")) }
     })
+    .await?;
+    // The harness's kube-proxy applies its DNAT rules after it sees the EndpointSlice, later
+    // still when the machine is busy; a call to the cluster IP before that is refused by the
+    // node (a `connect-failed` in ~5 ms that looked like a data-plane defect).
+    let svc = Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), namespace)
+        .get(service)
+        .await
+        .map_err(|e| Error::Environment(format!("reading Service {namespace}/{service}: {e}")))?;
+    let spec = svc.spec.unwrap_or_default();
+    let Some(ip) = spec.cluster_ip.filter(|ip| !ip.is_empty() && ip != "None") else { return Ok(()) };
+    let ports: Vec<i32> = spec.ports.iter().flatten().map(|p| p.port).collect();
+    wait::until_ok(
+        format!("the node to DNAT {ip} ({namespace}/{service}) to {n} endpoints"),
+        timeout,
+        || async {
+            let out = tokio::process::Command::new("iptables-save")
+                .args(["-t", "nat"])
+                .output()
+                .await
+                .map_err(|e| format!("iptables-save: {e}"))?;
+            let rules = String::from_utf8_lossy(&out.stdout);
+            let dnat = |port: i32| {
+                rules
+                    .lines()
+                    .filter(|l| {
+                        l.contains(&format!("-d {ip}/32 "))
+                            && l.contains(&format!("--dport {port} "))
+                            && l.contains("DNAT")
+                    })
+                    .count()
+            };
+            let counts: Vec<usize> = ports.iter().map(|p| dnat(*p)).collect();
+            if counts.iter().all(|c| *c == n) {
+                Ok(())
+            } else {
+                Err(format!("DNAT rules per port: {counts:?}"))
+            }
+        },
+    )
     .await
 }

@@ -60,9 +60,9 @@ async fn a_circuit_breaker_stops_calls_to_the_dead_pod() -> anyhow::Result<()> {
     // every call that reaches it.
     let dead_url = format!("http://{dead_ip}:8080/");
     let before = calls(runner, &ns, &caller, &dead_url, 5).await?;
-    // Every call fails. Under a full `make test` one of the five came back 502 from a sidecar in
-    // 2 of 4 runs this stop (never when run alone); its cause is not yet found (see issue 15),
-    // so the precondition asks for failures, most of them the pod's own 503.
+    // Every call fails, most of them with the pod's own 503. A 502 `connect-failed` seen under
+    // a full `make test` was the harness's kube-proxy lagging behind the EndpointSlice (the
+    // node refused the cluster IP); `ready_endpoints` now waits for its DNAT rules too.
     assert_eq!(before.ok, 0, "without a policy the dead pod fails every call: {before:?}");
     assert!(before.codes.get(&503).is_some_and(|n| *n >= 4), "answered by the dead pod: {before:?}");
 

@@ -39,6 +39,7 @@ async fn an_inbound_bulkhead_sheds_at_the_servers_sidecar() -> anyhow::Result<()
     let server = server.metadata.name.clone().unwrap_or_default();
     let caller = ready_pods(&client, &ns, "app=dashboard", 1).await?.remove(0);
     let caller = caller.metadata.name.clone().unwrap_or_default();
+    scenario::ready_endpoints(&client, &ns, "reporting", 1, TIMEOUT).await?;
 
     let together = |n: usize| {
         let (ns, caller, url) = (ns.name().to_owned(), caller.clone(), url.clone());

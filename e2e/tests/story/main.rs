@@ -103,6 +103,7 @@ async fn shop(story: &Story, prefix: &str) -> anyhow::Result<Shop> {
     let url = expose(story, &ns, "payments").await?;
     ready_pods(&client, &ns, "app=payments", 2).await?;
     let caller = ready_pods(&client, &ns, "app=checkout", 1).await?.remove(0);
+    scenario::ready_endpoints(&client, &ns, "payments", 2, TIMEOUT).await?;
     let init: Vec<String> =
         caller.spec.iter().flat_map(|s| s.init_containers.iter().flatten()).map(|c| c.name.clone()).collect();
     assert_eq!(init, ["breakwater-init", "breakwater-proxy"], "the caller was injected");
