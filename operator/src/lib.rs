@@ -119,15 +119,8 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
     };
     let (mut deliveries, mut root_ca, mut injector) = (None, None, None);
     if let (Some(addr), Some(keeper)) = (settings.config_address(), &keeper) {
-        let api = configserver::ConfigApi::bind(
-            &settings,
-            addr,
-            client.clone(),
-            (&hub, &index, acks),
-            keeper,
-            metrics.clone(),
-        )
-        .await?;
+        let server = configserver::ConfigServer::new(client.clone(), &hub, &index, acks, metrics.clone());
+        let api = configserver::ConfigApi::bind(&settings, addr, client.clone(), server, keeper).await?;
         deliveries = Some(Deliveries::new(hub.expected(), api.totals()));
         root_ca = settings.config_api.publish_root_ca.then(|| certs::RootCaPublisher {
             client: client.clone(),

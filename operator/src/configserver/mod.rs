@@ -52,6 +52,26 @@ pub struct ConfigServer {
     pub metrics: Arc<Metrics>,
 }
 
+impl ConfigServer {
+    /// What the streams share; `acks` is where this replica keeps what its sidecars applied
+    /// (the admin's debug view reads it too).
+    pub fn new(
+        client: kube::Client,
+        hub: &Arc<Hub>,
+        index: &Index,
+        acks: Arc<Registry>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        ConfigServer {
+            hub: hub.clone(),
+            index: index.clone(),
+            auth: Authenticator::new(client),
+            acks,
+            metrics,
+        }
+    }
+}
+
 impl std::fmt::Debug for ConfigServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConfigServer").finish_non_exhaustive()
@@ -87,23 +107,14 @@ pub struct Reports {
 }
 
 impl ConfigApi {
-    /// Binds the config API on `addr`, not serving yet; `acks` is where this replica keeps
-    /// what its sidecars applied (the admin's debug view reads it too).
+    /// Binds the config API on `addr` for `server`, not serving yet.
     pub async fn bind(
         settings: &crate::Settings,
         addr: std::net::SocketAddr,
         client: kube::Client,
-        (hub, index, acks): (&Arc<Hub>, &Index, Arc<Registry>),
+        server: ConfigServer,
         keeper: &crate::certs::rotation::Keeper,
-        metrics: Arc<Metrics>,
     ) -> crate::Result<ConfigApi> {
-        let server = ConfigServer {
-            hub: hub.clone(),
-            index: index.clone(),
-            auth: Authenticator::new(client.clone()),
-            acks,
-            metrics,
-        };
         let reports = Reports {
             client,
             namespace: settings.namespace.clone(),
