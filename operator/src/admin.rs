@@ -155,6 +155,7 @@ async fn route(endpoints: Endpoints, state: &AdminState, req: Request<Incoming>)
             for (kind, n) in state.index.counts() {
                 state.metrics.indexed(kind, n);
             }
+            state.metrics.unapplied(state.acks.oldest_unapplied().await);
             text(
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",

@@ -19,6 +19,7 @@
 //! | `stream_refusals_total{code}` | streams refused (401 no or bad token, 403 another pod's, 404 no snapshot) |
 //! | `snapshot_pushes_total` | snapshots sent on streams |
 //! | `acknowledgements_total{result}` | sidecars' answers: `applied` or `refused` |
+//! | `unapplied_change_age_seconds` | how long the oldest change pushed to a sidecar on this replica has waited for that sidecar to apply it (0: all current) |
 //! | `convergence_seconds` | from a change the operator observed to a sidecar's acknowledgement of it |
 //! | `admissions_total{result}` / `admission_seconds` | AdmissionReviews answered, time per answer |
 //! | `injection_skips_total{reason}` | pods the webhook left without a sidecar, by reason |
@@ -81,6 +82,7 @@ pub struct Metrics {
     pushes: Counter,
     acks: Family<ResultLabel, Counter>,
     convergence: Histogram,
+    unapplied_age: prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>,
     admissions: Family<ResultLabel, Counter>,
     admission_seconds: Histogram,
     injection_skips: Family<ReasonLabel, Counter>,
@@ -129,6 +131,7 @@ impl Metrics {
             pushes: Counter::default(),
             acks: Family::default(),
             convergence: Histogram::new(SECONDS),
+            unapplied_age: Default::default(),
             admissions: Family::default(),
             admission_seconds: Histogram::new(SECONDS),
             injection_skips: Family::default(),
@@ -183,6 +186,11 @@ impl Metrics {
             m.convergence.clone(),
         );
         r.register(
+            "unapplied_change_age_seconds",
+            "How long the oldest change pushed to a sidecar streaming from this replica has waited for the sidecar to apply it (0: every connected sidecar runs its latest snapshot; a refused snapshot keeps aging)",
+            m.unapplied_age.clone(),
+        );
+        r.register(
             "admissions",
             "AdmissionReviews answered by the injection webhook, by result (injected, skipped, refused, not-concerned, invalid)",
             m.admissions.clone(),
@@ -214,6 +222,11 @@ impl Metrics {
             m.certificate_renewals.clone(),
         );
         m
+    }
+
+    /// The age of the oldest change a connected sidecar has not applied (set at scrape).
+    pub fn unapplied(&self, age: Option<std::time::Duration>) {
+        self.unapplied_age.set(age.map_or(0.0, |a| a.as_secs_f64()));
     }
 
     /// The webhook answered an AdmissionReview with `result` in `seconds`.

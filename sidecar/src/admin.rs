@@ -25,6 +25,7 @@ use breakwater_crds::admin;
 
 use crate::{
     drain::Drain,
+    metrics::Direction,
     proxy::{Routes, routes::Target},
     store::Store,
 };
@@ -124,11 +125,15 @@ fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
                 text(StatusCode::OK, "text/plain", "ready\n".into())
             }
         }
-        "/metrics" => text(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            state.store.metrics().encode(),
-        ),
+        "/metrics" => {
+            let metrics = state.store.metrics();
+            metrics.bulkheads(bulkheads(&breakers(&state.store.load().routes)));
+            text(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                metrics.encode(),
+            )
+        }
         "/config" => json(&config(&state.store)),
         "/breakers" => json(&breakers(&state.store.load().routes)),
         _ => {
@@ -177,6 +182,18 @@ fn config(store: &Store) -> admin::ConfigView {
             .last_error()
             .map(|e| admin::ReloadError { at_unix: e.at_unix, problems: e.problems }),
     }
+}
+
+/// The bulkheads of `view`'s targets, for the occupancy gauges.
+fn bulkheads(view: &admin::BreakersView) -> Vec<(String, Direction, usize, usize, usize)> {
+    view.targets
+        .iter()
+        .filter_map(|t| {
+            let b = t.bulkhead.as_ref()?;
+            let direction = if t.direction == "inbound" { Direction::Inbound } else { Direction::Outbound };
+            Some((t.service.clone(), direction, b.in_flight, b.queued, b.max_concurrent))
+        })
+        .collect()
 }
 
 /// Every governed target's breakers, bulkhead and retry budget.

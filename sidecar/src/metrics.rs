@@ -102,7 +102,7 @@ struct ServiceKind {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ClientErrorLabels {
+struct ServiceDirectionReason {
     service: String,
     direction: Direction,
     reason: &'static str,
@@ -139,7 +139,11 @@ pub struct Metrics {
     bulkhead_queue_wait: Family<ServiceDirection, Histogram, fn() -> Histogram>,
     timeouts: Family<ServiceKind, Counter>,
     dryrun_decisions: Family<ServiceDecision, Counter>,
-    client_errors: Family<ClientErrorLabels, Counter>,
+    refusals: Family<ServiceDirectionReason, Counter>,
+    bulkhead_in_flight: Family<ServiceDirection, Gauge>,
+    bulkhead_queued: Family<ServiceDirection, Gauge>,
+    bulkhead_capacity: Family<ServiceDirection, Gauge>,
+    client_errors: Family<ServiceDirectionReason, Counter>,
     spans: SpanCounters,
 }
 
@@ -183,6 +187,10 @@ impl Metrics {
             bulkhead_queue_wait: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             timeouts: Family::default(),
             dryrun_decisions: Family::default(),
+            refusals: Family::default(),
+            bulkhead_in_flight: Family::default(),
+            bulkhead_queued: Family::default(),
+            bulkhead_capacity: Family::default(),
             client_errors: Family::default(),
             spans: SpanCounters::default(),
             registry: Registry::default(),
@@ -232,6 +240,26 @@ impl Metrics {
             "open_connections",
             "Client connections open, by direction",
             m.open_connections.clone(),
+        );
+        registry.register(
+            "refusals",
+            "Requests Breakwater answered itself instead of the upstream (the breakwater-error header), by service, direction and reason",
+            m.refusals.clone(),
+        );
+        registry.register(
+            "bulkhead_in_flight",
+            "Calls holding a bulkhead permit now, by service and direction (read at scrape)",
+            m.bulkhead_in_flight.clone(),
+        );
+        registry.register(
+            "bulkhead_queued",
+            "Calls waiting in a bulkhead queue now, by service and direction (read at scrape)",
+            m.bulkhead_queued.clone(),
+        );
+        registry.register(
+            "bulkhead_max_concurrent",
+            "The bulkhead's limit of concurrent calls, by service and direction",
+            m.bulkhead_capacity.clone(),
         );
         registry.register(
             "retries",
@@ -311,6 +339,21 @@ impl Metrics {
         out
     }
 
+    /// Replaces the bulkhead gauges with `now`: (service, direction, in flight, queued, limit)
+    /// for every governed target with a bulkhead. Called at scrape, so the gauges cost the
+    /// request path nothing; targets that lost their bulkhead drop out.
+    pub fn bulkheads(&self, now: impl IntoIterator<Item = (String, Direction, usize, usize, usize)>) {
+        self.bulkhead_in_flight.clear();
+        self.bulkhead_queued.clear();
+        self.bulkhead_capacity.clear();
+        for (service, direction, in_flight, queued, limit) in now {
+            let key = ServiceDirection { service, direction };
+            self.bulkhead_in_flight.get_or_create(&key).inc_by(in_flight as i64);
+            self.bulkhead_queued.get_or_create(&key).inc_by(queued as i64);
+            self.bulkhead_capacity.get_or_create(&key).inc_by(limit as i64);
+        }
+    }
+
     /// Counts a configuration reload.
     pub fn config_reload(&self, ok: bool) {
         self.config_reloads
@@ -338,7 +381,7 @@ impl Metrics {
     /// before routing, `service` is then `-`), `body-malformed` or `body-incomplete`.
     pub fn client_error(&self, service: &str, direction: Direction, reason: &'static str) {
         self.client_errors
-            .get_or_create(&ClientErrorLabels { service: service.to_owned(), direction, reason })
+            .get_or_create(&ServiceDirectionReason { service: service.to_owned(), direction, reason })
             .inc();
     }
 
@@ -391,11 +434,22 @@ impl std::fmt::Debug for ServiceMetrics {
 }
 
 impl ServiceMetrics {
-    /// Counts a response with `status` that took `seconds` to its headers.
-    pub fn response(&self, status: u16, seconds: f64) {
+    /// Counts a response with `status` that took `seconds` to its headers; `refusal` names why
+    /// when Breakwater answered itself.
+    pub fn response(&self, status: u16, refusal: Option<&'static str>, seconds: f64) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.by_class[class].inc();
         self.duration.observe(seconds);
+        if let Some(reason) = refusal {
+            self.all
+                .refusals
+                .get_or_create(&ServiceDirectionReason {
+                    service: self.service.clone(),
+                    direction: self.direction,
+                    reason,
+                })
+                .inc();
+        }
     }
 
     /// Counts a failed connection attempt.

@@ -172,6 +172,13 @@ async fn an_open_breaker_fails_fast_with_its_header() {
     assert_eq!(got.header("breakwater-error"), Some("circuit-open"));
     let got = grpc(sc.outbound, "http://payments/svc/Call").await;
     assert_eq!(got.header("grpc-status"), Some("14"), "gRPC callers get UNAVAILABLE");
+    let refusals = |reason: &str| {
+        format!(
+            "breakwater_refusals_total{{service=\"payments.shop\",direction=\"outbound\",reason=\"{reason}\"}}"
+        )
+    };
+    assert_eq!(metric(&sc, &refusals("connect-failed")).await, 1.0);
+    assert_eq!(metric(&sc, &refusals("circuit-open")).await, 2.0, "the HTTP and the gRPC call");
 }
 
 #[tokio::test]
@@ -180,6 +187,10 @@ async fn a_saturated_service_sheds_with_bulkhead_full_while_the_queue_bound_hold
     let spec = "  bulkhead:\n    outbound: {maxConcurrentRequests: 2, maxQueued: 2, maxQueueWait: 200ms}\n";
     let sc = sidecar_with(&[up.addr()], spec).await;
     let outbound = sc.outbound;
+    let gauge = |name: &str| {
+        format!("breakwater_bulkhead_{name}{{service=\"payments.shop\",direction=\"outbound\"}}")
+    };
+    assert_eq!(metric(&sc, &gauge("max_concurrent")).await, 2.0, "the limit is exported before any call");
     let calls: Vec<_> = (0..6)
         .map(|_| {
             tokio::spawn(async move {
@@ -189,10 +200,18 @@ async fn a_saturated_service_sheds_with_bulkhead_full_while_the_queue_bound_hold
             })
         })
         .collect();
+    // While the upstream holds two calls for 800 ms: two in flight, and two queued until their
+    // 200 ms wait expires (the other two were refused at once).
+    eventually("2 calls in flight and 2 queued", || async {
+        let now = (metric(&sc, &gauge("in_flight")).await, metric(&sc, &gauge("queued")).await);
+        (now == (2.0, 2.0)).then_some(())
+    })
+    .await;
     let mut results = Vec::new();
     for c in calls {
         results.push(c.await.expect("task"));
     }
+    assert_eq!(metric(&sc, &gauge("in_flight")).await, 0.0, "every permit returned");
     let ok = results.iter().filter(|r| r.0 == 200).count();
     let shed: Vec<_> = results.iter().filter(|r| r.1.as_deref() == Some("bulkhead-full")).collect();
     assert_eq!(ok, 2, "{results:?}");
@@ -206,6 +225,11 @@ async fn a_saturated_service_sheds_with_bulkhead_full_while_the_queue_bound_hold
     assert!(up.stats().max_in_flight() <= 2, "the upstream never saw more than 2");
     assert_eq!(
         metric(&sc, "breakwater_bulkhead_rejected_total{service=\"payments.shop\",direction=\"outbound\"}")
+            .await,
+        4.0
+    );
+    assert_eq!(
+        metric(&sc, "breakwater_refusals_total{service=\"payments.shop\",direction=\"outbound\",reason=\"bulkhead-full\"}")
             .await,
         4.0
     );

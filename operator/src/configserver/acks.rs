@@ -10,7 +10,7 @@
 //! reconnected elsewhere, and counting it would count them twice.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, VecDeque},
     sync::Arc,
     time::Duration,
 };
@@ -24,7 +24,10 @@ use kube::{
     runtime::{WatchStreamExt, watcher},
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Mutex, Notify, watch};
+use tokio::{
+    sync::{Mutex, Notify, watch},
+    time::Instant,
+};
 
 use crate::{
     delivery::{PolicyAcks, Refusal, Totals},
@@ -41,6 +44,8 @@ const REFRESH: Duration = Duration::from_secs(10);
 const STALE: Duration = Duration::from_secs(30);
 /// A report older than this is deleted (a replica killed without a chance to delete its own).
 const GONE: Duration = Duration::from_secs(300);
+/// Unapplied pushes remembered per sidecar.
+const UNAPPLIED: usize = 8;
 /// Refusals kept per policy.
 const REFUSALS: usize = 5;
 
@@ -59,6 +64,10 @@ struct Connected {
     stream: u64,
     /// The snapshot it last applied.
     applied: Option<Arc<Snapshot>>,
+    /// When the operator observed each change pushed to it and not applied yet, oldest first.
+    /// A snapshot carries every change observed before it, so applying the one of a change
+    /// applies the older ones too.
+    waiting: VecDeque<Instant>,
 }
 
 /// The acknowledgements of this replica's streams.
@@ -81,18 +90,46 @@ impl Registry {
         let mut state = self.state.lock().await;
         state.next_stream += 1;
         let stream = state.next_stream;
-        if let Some(old) = state.pods.insert(pod.clone(), Connected { stream, applied: None }) {
+        if let Some(old) =
+            state.pods.insert(pod.clone(), Connected { stream, applied: None, waiting: VecDeque::new() })
+        {
             subtract(&mut state.report, old.applied.as_deref());
         }
         self.changed.notify_one();
         stream
     }
 
-    /// `pod` applied `snapshot` on stream `stream`.
-    pub async fn applied(&self, pod: &ObjKey, stream: u64, snapshot: Arc<Snapshot>) {
+    /// `snapshot`, carrying a change observed at `observed`, was pushed to `pod` on stream
+    /// `stream`.
+    pub async fn pushed(&self, pod: &ObjKey, stream: u64, snapshot: &Snapshot, observed: Instant) {
+        let mut state = self.state.lock().await;
+        let Some(c) = state.pods.get_mut(pod).filter(|c| c.stream == stream) else { return };
+        // What it runs already (the first push of a reconnect): nothing to wait for.
+        if c.applied.as_ref().is_some_and(|a| a.version.hash == snapshot.version.hash) {
+            return;
+        }
+        c.waiting.push_back(observed);
+        if c.waiting.len() > UNAPPLIED {
+            // Keep the oldest: its age is what is reported.
+            c.waiting.remove(1);
+        }
+    }
+
+    /// How long the oldest change pushed to a connected sidecar has waited for it to be applied
+    /// (`None`: every connected sidecar applied what it was sent).
+    pub async fn oldest_unapplied(&self) -> Option<Duration> {
+        let state = self.state.lock().await;
+        state.pods.values().filter_map(|c| c.waiting.front()).map(|since| since.elapsed()).max()
+    }
+
+    /// `pod` applied `snapshot`, carrying a change observed at `observed`, on stream `stream`.
+    pub async fn applied(&self, pod: &ObjKey, stream: u64, snapshot: Arc<Snapshot>, observed: Instant) {
         let mut state = self.state.lock().await;
         let State { pods, report, .. } = &mut *state;
         let Some(c) = pods.get_mut(pod).filter(|c| c.stream == stream) else { return };
+        while c.waiting.front().is_some_and(|since| *since <= observed) {
+            c.waiting.pop_front();
+        }
         subtract(report, c.applied.as_deref());
         for (policy, generation) in policies(&snapshot) {
             let acks = report.policies.entry(policy).or_default();
@@ -318,6 +355,52 @@ mod tests {
         )
     }
 
+    /// A snapshot with content `hash`.
+    fn version(hash: &str) -> Arc<Snapshot> {
+        let mut s = (*snapshot(&[("shop/p", 1)])).clone();
+        s.version.hash = hash.to_owned();
+        Arc::new(s)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_oldest_unapplied_change_ages_until_its_snapshot_or_a_newer_one_is_applied() {
+        let registry = Registry::default();
+        let (a, b) = (ObjKey::new("shop", "a"), ObjKey::new("shop", "b"));
+        let (sa, sb) = (registry.connected(&a).await, registry.connected(&b).await);
+        assert_eq!(registry.oldest_unapplied().await, None, "nothing pushed yet");
+
+        let t0 = Instant::now();
+        registry.pushed(&a, sa, &version("v1"), t0).await;
+        registry.pushed(&b, sb, &version("v1"), t0).await;
+        registry.applied(&b, sb, version("v1"), t0).await;
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(registry.oldest_unapplied().await, Some(Duration::from_secs(5)), "a has not applied v1");
+
+        // A newer change pushed before a applied v1: still waiting since v1's change.
+        let t1 = Instant::now();
+        registry.pushed(&a, sa, &version("v2"), t1).await;
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(registry.oldest_unapplied().await, Some(Duration::from_secs(10)));
+        // v1 applied: v2's change is the oldest now.
+        registry.applied(&a, sa, version("v1"), t0).await;
+        registry.refused(&a, &version("v2"), "refused").await;
+        assert_eq!(
+            registry.oldest_unapplied().await,
+            Some(Duration::from_secs(5)),
+            "a refusal is not applying"
+        );
+        registry.applied(&a, sa, version("v2"), t1).await;
+        assert_eq!(registry.oldest_unapplied().await, None);
+
+        // Pushing what a sidecar already runs (a reconnect's first push) is nothing to wait for.
+        registry.pushed(&a, sa, &version("v2"), Instant::now()).await;
+        assert_eq!(registry.oldest_unapplied().await, None);
+        // A disconnected sidecar is not waited for here (it reconnects, maybe elsewhere).
+        registry.pushed(&b, sb, &version("v3"), Instant::now()).await;
+        registry.disconnected(&b, sb).await;
+        assert_eq!(registry.oldest_unapplied().await, None);
+    }
+
     fn generations(report: &Report, policy: &str) -> Vec<(i64, usize)> {
         let policy: ObjKey = policy.parse().expect("a key");
         report.policies.get(&policy).map(|p| p.generations.clone().into_iter().collect()).unwrap_or_default()
@@ -329,20 +412,20 @@ mod tests {
         let (a, b) = (ObjKey::new("shop", "a"), ObjKey::new("shop", "b"));
         let sa = registry.connected(&a).await;
         let sb = registry.connected(&b).await;
-        registry.applied(&a, sa, snapshot(&[("shop/p", 1)])).await;
-        registry.applied(&b, sb, snapshot(&[("shop/p", 1)])).await;
+        registry.applied(&a, sa, snapshot(&[("shop/p", 1)]), Instant::now()).await;
+        registry.applied(&b, sb, snapshot(&[("shop/p", 1)]), Instant::now()).await;
         assert_eq!(generations(&registry.report().await, "shop/p"), vec![(1, 2)]);
 
         // A moves to generation 2: counted there, not twice.
-        registry.applied(&a, sa, snapshot(&[("shop/p", 2)])).await;
-        registry.applied(&a, sa, snapshot(&[("shop/p", 2)])).await;
+        registry.applied(&a, sa, snapshot(&[("shop/p", 2)]), Instant::now()).await;
+        registry.applied(&a, sa, snapshot(&[("shop/p", 2)]), Instant::now()).await;
         assert_eq!(generations(&registry.report().await, "shop/p"), vec![(1, 1), (2, 1)]);
 
         // B reconnects (a new stream replaces the old one); the old stream's late news is ignored.
         let sb2 = registry.connected(&b).await;
-        registry.applied(&b, sb, snapshot(&[("shop/p", 2)])).await;
+        registry.applied(&b, sb, snapshot(&[("shop/p", 2)]), Instant::now()).await;
         assert_eq!(generations(&registry.report().await, "shop/p"), vec![(2, 1)]);
-        registry.applied(&b, sb2, snapshot(&[("shop/p", 2)])).await;
+        registry.applied(&b, sb2, snapshot(&[("shop/p", 2)]), Instant::now()).await;
         registry.disconnected(&b, sb).await;
         assert_eq!(
             generations(&registry.report().await, "shop/p"),
@@ -361,7 +444,7 @@ mod tests {
         let registry = Registry::default();
         let a = ObjKey::new("shop", "a");
         let s = registry.connected(&a).await;
-        registry.applied(&a, s, snapshot(&[("shop/p", 1)])).await;
+        registry.applied(&a, s, snapshot(&[("shop/p", 1)]), Instant::now()).await;
         registry.refused(&a, &snapshot(&[("shop/p", 2)]), "inbound port 15000 is the admin listener").await;
         registry.refused(&a, &snapshot(&[("shop/p", 3)]), "still").await;
         let report = registry.report().await;
@@ -372,7 +455,7 @@ mod tests {
             vec![Refusal { pod: a.clone(), why: "still".to_owned() }],
             "one per sidecar"
         );
-        registry.applied(&a, s, snapshot(&[("shop/p", 3)])).await;
+        registry.applied(&a, s, snapshot(&[("shop/p", 3)]), Instant::now()).await;
         assert!(registry.report().await.policies[&p].refused.is_empty());
     }
 }

@@ -34,7 +34,8 @@ pub(super) async fn start(
     let sent: Arc<Mutex<VecDeque<Current>>> = Arc::default();
 
     let writer = {
-        let (sent, metrics, pod) = (sent.clone(), server.metrics.clone(), pod.clone());
+        let (sent, metrics, registry, pod) =
+            (sent.clone(), server.metrics.clone(), server.acks.clone(), pod.clone());
         async move {
             loop {
                 let current = rx.borrow_and_update().clone();
@@ -51,6 +52,7 @@ pub(super) async fn start(
                     return "the sidecar went away";
                 }
                 metrics.snapshot_pushed();
+                registry.pushed(&pod, stream, &current.snapshot, current.observed).await;
                 tracing::debug!(pod = %pod, version = %current.snapshot.version, "snapshot pushed");
                 // A closed channel: the pod is gone.
                 if rx.changed().await.is_err() {
@@ -101,7 +103,10 @@ pub(super) async fn start(
                         None => {
                             tracing::debug!(pod = %pod, stream, version = %ack.version, "snapshot acknowledged");
                             server.metrics.acknowledged(true, answered.observed.elapsed().as_secs_f64());
-                            server.acks.applied(&pod, stream, answered.snapshot.clone()).await;
+                            server
+                                .acks
+                                .applied(&pod, stream, answered.snapshot.clone(), answered.observed)
+                                .await;
                         }
                         Some(why) => {
                             server.metrics.acknowledged(false, answered.observed.elapsed().as_secs_f64());

@@ -87,7 +87,9 @@ impl Refusal {
 
     /// The answer for a request; `grpc` selects the trailers-only gRPC form.
     pub fn response(self, grpc: bool, detail: &str) -> Response<ProxyBody> {
-        let mut builder = Response::builder().header(ERROR_HEADER, self.as_str());
+        // The extension marks the answer as this sidecar's own (for `breakwater_refusals_total`);
+        // a `breakwater-error` header from an upstream's sidecar is not one.
+        let mut builder = Response::builder().header(ERROR_HEADER, self.as_str()).extension(self);
         let body = if grpc {
             // Trailers-only: status 200, grpc-status in the headers, END_STREAM on the HEADERS frame.
             builder = builder
@@ -104,6 +106,11 @@ impl Refusal {
             .body(Full::new(body).map_err(|never| match never {}).boxed_unsync())
             .expect("a response built from constants is valid")
     }
+}
+
+/// Why Breakwater answered `resp` itself, or `None` when the upstream answered it.
+pub fn refused<B>(resp: &Response<B>) -> Option<&'static str> {
+    resp.extensions().get::<Refusal>().map(|r| r.as_str())
 }
 
 impl std::fmt::Display for Refusal {
@@ -128,4 +135,19 @@ pub fn is_grpc<B>(req: &http::Request<B>) -> bool {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_this_sidecars_own_answers_count_as_its_refusals() {
+        let own = Refusal::CircuitOpen.response(false, "open");
+        assert_eq!(refused(&own), Some("circuit-open"));
+        assert_eq!(refused(&Refusal::Timeout.response(true, "late")), Some("timeout"), "gRPC form too");
+        // An upstream's sidecar refused: the header arrives, the refusal is not ours.
+        let relayed = Response::builder().status(503).header(ERROR_HEADER, "bulkhead-full").body(()).unwrap();
+        assert_eq!(refused(&relayed), None);
+    }
 }

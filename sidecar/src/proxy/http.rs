@@ -16,7 +16,7 @@ use tokio::{io::AsyncRead, io::AsyncWrite, time::Instant};
 
 use super::{
     body::{ClientBody, ProxyBody},
-    error::{Refusal, is_grpc},
+    error::{Refusal, is_grpc, refused},
     routes::{Routes, Target},
     upstream::{absolute_uri, forward_once},
 };
@@ -260,13 +260,17 @@ async fn route_and_forward(mut req: Request<Incoming>, ctx: &ConnContext) -> Res
                         None => e.refusal().response(grpc, &e.to_string()),
                     },
                 };
-                metrics.response(resp.status().as_u16(), start.elapsed().as_secs_f64());
+                metrics.response(resp.status().as_u16(), refused(&resp), start.elapsed().as_secs_f64());
                 resp
             }
             Err(why) => {
                 tracing::debug!(uri = %req.uri(), why, "no route");
                 let resp = Refusal::NoRoute.response(grpc, &why);
-                routes.passthrough.metrics(ctx.direction).response(404, start.elapsed().as_secs_f64());
+                routes.passthrough.metrics(ctx.direction).response(
+                    404,
+                    Some(Refusal::NoRoute.as_str()),
+                    start.elapsed().as_secs_f64(),
+                );
                 resp
             }
         }
@@ -367,6 +371,6 @@ async fn forward_to_target(
         let (body, fault) = ClientBody::wrap(body, activity);
         target.stack.call(Request::from_parts(parts, body), grpc, fault, start).await
     };
-    target.metrics.response(resp.status().as_u16(), start.elapsed().as_secs_f64());
+    target.metrics.response(resp.status().as_u16(), refused(&resp), start.elapsed().as_secs_f64());
     resp
 }
