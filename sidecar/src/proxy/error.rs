@@ -147,7 +147,11 @@ mod tests {
         assert_eq!(refused(&own), Some("circuit-open"));
         assert_eq!(refused(&Refusal::Timeout.response(true, "late")), Some("timeout"), "gRPC form too");
         // An upstream's sidecar refused: the header arrives, the refusal is not ours.
-        let relayed = Response::builder().status(503).header(ERROR_HEADER, "bulkhead-full").body(()).unwrap();
+        let relayed = Response::builder()
+            .status(503)
+            .header(ERROR_HEADER, "bulkhead-full")
+            .body(())
+            .expect("a valid response");
         assert_eq!(refused(&relayed), None);
     }
 }
