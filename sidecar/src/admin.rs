@@ -127,7 +127,7 @@ fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
         }
         "/metrics" => {
             let metrics = state.store.metrics();
-            metrics.bulkheads(bulkheads(&breakers(&state.store.load().routes)));
+            scrape_gauges(&state.store.load().routes, &metrics);
             text(
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -184,26 +184,51 @@ fn config(store: &Store) -> admin::ConfigView {
     }
 }
 
-/// The bulkheads of `view`'s targets, for the occupancy gauges.
-fn bulkheads(view: &admin::BreakersView) -> Vec<(String, Direction, usize, usize, usize)> {
-    view.targets
-        .iter()
-        .filter_map(|t| {
-            let b = t.bulkhead.as_ref()?;
-            let direction = if t.direction == "inbound" { Direction::Inbound } else { Direction::Outbound };
-            Some((t.service.clone(), direction, b.in_flight, b.queued, b.max_concurrent))
-        })
-        .collect()
+/// Calls `f` with every governed target: its direction, port and pinned endpoint (a headless
+/// Service's per-endpoint target), for `/breakers` and the gauges read at scrape.
+fn governed(routes: &Routes, mut f: impl FnMut(Direction, Option<u16>, Option<String>, &Target)) {
+    for route in routes.services() {
+        for (port, target, pinned) in route.ports() {
+            f(Direction::Outbound, port, None, target);
+            for t in pinned {
+                f(Direction::Outbound, port, t.endpoints.first().map(|e| e.addr.to_string()), t);
+            }
+        }
+    }
+    if let Some(inbound) = &routes.inbound {
+        for (port, target) in inbound.ports() {
+            f(Direction::Inbound, Some(port), None, target);
+        }
+    }
+}
+
+/// Sets the gauges read at scrape: breaker states and bulkhead occupancy.
+fn scrape_gauges(routes: &Routes, metrics: &crate::metrics::Metrics) {
+    let (mut breakers, mut bulkheads) = (Vec::new(), Vec::new());
+    governed(routes, |direction, _, _, target| {
+        if target.policy.is_none() {
+            return;
+        }
+        let service = target.service.to_string();
+        for (endpoint, state) in target.resilience.breaker_gauges() {
+            breakers.push((service.clone(), endpoint, state));
+        }
+        if let Some(b) = &target.resilience.bulkhead {
+            bulkheads.push((service, direction, b.in_flight(), b.queued(), b.limits().max_concurrent));
+        }
+    });
+    metrics.breakers(breakers);
+    metrics.bulkheads(bulkheads);
 }
 
 /// Every governed target's breakers, bulkhead and retry budget.
 fn breakers(routes: &Routes) -> admin::BreakersView {
     let mut targets = Vec::new();
-    let mut add = |direction: &str, port: Option<u16>, pinned: Option<String>, target: &Target| {
+    governed(routes, |direction, port, pinned, target| {
         let Some(policy) = &target.policy else { return };
         let (breakers, bulkhead, retry_budget) = target.resilience.report();
         targets.push(admin::TargetState {
-            direction: direction.into(),
+            direction: direction.as_str().into(),
             service: target.service.to_string(),
             port,
             pinned_endpoint: pinned,
@@ -214,20 +239,7 @@ fn breakers(routes: &Routes) -> admin::BreakersView {
             bulkhead,
             retry_budget,
         });
-    };
-    for route in routes.services() {
-        for (port, target, pinned) in route.ports() {
-            add("outbound", port, None, target);
-            for t in pinned {
-                add("outbound", port, t.endpoints.first().map(|e| e.addr.to_string()), t);
-            }
-        }
-    }
-    if let Some(inbound) = &routes.inbound {
-        for (port, target) in inbound.ports() {
-            add("inbound", Some(port), None, target);
-        }
-    }
+    });
     admin::BreakersView {
         api_version: admin::API_VERSION.into(),
         kind: admin::KIND_BREAKERS.into(),

@@ -354,6 +354,20 @@ impl Metrics {
         }
     }
 
+    /// Replaces the breaker state gauges with `now`: (service, endpoint or `*`, state) for
+    /// every breaker in force. Called at scrape, so a breaker that is gone (its endpoint left
+    /// the Service, its policy was removed) leaves no series behind that would look open.
+    pub fn breakers(&self, now: impl IntoIterator<Item = (String, String, i64)>) {
+        self.breaker_state.clear();
+        for (service, endpoint, state) in now {
+            let gauge = self.breaker_state.get_or_create(&ServiceEndpoint { service, endpoint });
+            // Two breakers behind one label set (two ports of a Service): the worse one.
+            if state > gauge.get() {
+                gauge.set(state);
+            }
+        }
+    }
+
     /// Counts a configuration reload.
     pub fn config_reload(&self, ok: bool) {
         self.config_reloads
@@ -478,14 +492,6 @@ impl ServiceMetrics {
     /// Counts a retry refused by the budget.
     pub fn budget_exhausted(&self) {
         self.all.retry_budget_exhausted.get_or_create(&ServiceLabel { service: self.service.clone() }).inc();
-    }
-
-    /// Sets the breaker state gauge of `endpoint` (`*` for a service-wide breaker).
-    pub fn breaker_state(&self, endpoint: &str, state: i64) {
-        self.all
-            .breaker_state
-            .get_or_create(&ServiceEndpoint { service: self.service.clone(), endpoint: endpoint.to_owned() })
-            .set(state);
     }
 
     /// Counts a breaker transition into `to`.

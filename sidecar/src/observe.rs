@@ -21,10 +21,9 @@ impl Observer {
         Self { metrics, breaker: None }
     }
 
-    /// The observer of the breaker that guards `endpoint` (`*`: the whole Service); its state
-    /// gauge starts Closed.
+    /// The observer of the breaker that guards `endpoint` (`*`: the whole Service). Its state
+    /// gauge is read at scrape (`Metrics::breakers`).
     pub fn for_breaker(metrics: ServiceMetrics, endpoint: String) -> Self {
-        metrics.breaker_state(&endpoint, 0);
         Self { metrics, breaker: Some(endpoint) }
     }
 }
@@ -73,7 +72,6 @@ impl breakwater_resilience::Observer for Observer {
             }
             Decision::BreakerMoved(state) => {
                 let endpoint = self.breaker.as_deref().unwrap_or("*");
-                m.breaker_state(endpoint, state.gauge());
                 m.breaker_transition(state.as_str());
                 tracing::info!(service, endpoint, to = state.as_str(), "circuit breaker changed state");
             }

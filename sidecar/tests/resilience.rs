@@ -385,7 +385,7 @@ async fn breaker_state_survives_a_reload_that_keeps_its_settings() {
     assert_eq!(get(sc.outbound, "http://payments/").await.header("breakwater-error"), Some("circuit-open"));
 
     // The breaker's settings change: a fresh, closed breaker.
-    let changed = base
+    let changed = base.clone()
         + &policy(
             "p",
             "payments",
@@ -393,6 +393,13 @@ async fn breaker_state_survives_a_reload_that_keeps_its_settings() {
         );
     assert!(sc.store.reload(&changed).expect("valid"));
     assert_eq!(get(sc.outbound, "http://payments/").await.header("breakwater-error"), Some("connect-failed"));
+    let text = admin(&sc, "/metrics").await.text();
+    assert!(text.contains("breakwater_breaker_state{service=\"payments.shop\",endpoint=\"*\"} 0"), "{text}");
+
+    // The policy goes, and its breaker's gauge with it: a stale "open" series would page someone.
+    assert!(sc.store.reload(&base).expect("valid"));
+    let text = admin(&sc, "/metrics").await.text();
+    assert!(!text.contains("breakwater_breaker_state{"), "{text}");
 }
 
 /// Sends a request whose body the caller breaks: a malformed chunk size, or half of its

@@ -157,6 +157,18 @@ impl Resilience {
         (breakers, bulkhead, retry_budget)
     }
 
+    /// Each breaker's endpoint (`*`: the whole Service) and state gauge (0 closed, 1 half-open,
+    /// 2 open).
+    pub fn breaker_gauges(&self) -> Vec<(String, i64)> {
+        match &self.breakers {
+            None => Vec::new(),
+            Some(Breakers::Service(b)) => vec![("*".to_owned(), b.snapshot().state.gauge())],
+            Some(Breakers::Endpoint(list)) => {
+                list.iter().map(|(a, b)| (a.to_string(), b.snapshot().state.gauge())).collect()
+            }
+        }
+    }
+
     /// The endpoint breaker at `index`, when breakers are per endpoint.
     pub fn endpoint_breaker(&self, index: usize) -> Option<&Breaker> {
         match &self.breakers {
