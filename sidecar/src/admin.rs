@@ -127,7 +127,7 @@ fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
         }
         "/metrics" => {
             let metrics = state.store.metrics();
-            scrape_gauges(&state.store.load().routes, &metrics);
+            scrape_gauges(&state.store.load().routes, metrics);
             text(
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
