@@ -27,7 +27,7 @@ demo-cluster: deps k8s-bins otelcol images ## Breakwater on a real Kubernetes co
 build: ## Build every crate and binary
 	$(CARGO) build --workspace --all-targets
 
-test: deps haproxy k8s-bins otelcol h2spec krew images plugin-archive image-test-tools fmt-check clippy crds-check unit fuzz-short ## Everything CI runs: format check, clippy, generated-file check, all tests, 20 s of fuzzing per target
+test: deps haproxy k8s-bins otelcol h2spec krew promtool prometheus-operator-crds images plugin-archive image-test-tools fmt-check clippy crds-check unit fuzz-short ## Everything CI runs: format check, clippy, generated-file check, all tests, 20 s of fuzzing per target
 
 unit:
 	$(CARGO) build --workspace --bins
@@ -105,7 +105,7 @@ push: images ## Copy the operator and sidecar images to a registry: make push RE
 
 # Tests against a real control plane (e2e/): etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler and helm, built from their Go modules once into $BREAKWATER_CACHE (~/.cache/breakwater).
-.PHONY: k8s-bins e2e otelcol h2spec krew plugin-archive fuzz fuzz-short fuzz-tools
+.PHONY: k8s-bins e2e otelcol h2spec krew promtool prometheus-operator-crds plugin-archive fuzz fuzz-short fuzz-tools
 
 # Coverage-guided fuzzing (libFuzzer on stable Rust: fuzz/run.sh says why): the request front
 # (protocol detection, HTTP/1 and HTTP/2 heads, routing, the policy path) and the configuration
@@ -127,13 +127,19 @@ otelcol: ## Build the OpenTelemetry Collector for the trace end-to-end test (cac
 krew: ## Build krew, kubectl's plugin manager, for the plugin test (cached; needs go)
 	@bash e2e/gobuild/krew/build.sh
 
+promtool: ## Build Prometheus's promtool, which checks and unit-tests the chart's alert rules (cached; needs go)
+	@bash e2e/gobuild/promtool/build.sh
+
+prometheus-operator-crds: ## Fetch the Prometheus Operator's CRDs the chart's monitoring objects are checked against (cached; needs go)
+	@bash e2e/gobuild/prometheus-operator/fetch.sh
+
 h2spec: ## Build h2spec, the HTTP/2 conformance suite run against the sidecar (cached; needs go)
 	@bash e2e/gobuild/h2spec/build.sh
 
 k8s-bins: ## Build etcd, kube-apiserver, controller-manager, scheduler, kubectl and helm from Go modules (cached; needs go)
 	@bash e2e/gobuild/build.sh
 
-e2e: deps k8s-bins otelcol images image-test-tools ## Only the tests against a real control plane (e2e/)
+e2e: deps k8s-bins otelcol promtool prometheus-operator-crds images image-test-tools ## Only the tests against a real control plane (e2e/)
 	$(CARGO) build --workspace --bins
 	$(CARGO) test -p breakwater-e2e
 

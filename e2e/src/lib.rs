@@ -31,6 +31,7 @@ mod error;
 pub mod helm;
 pub mod kubectl;
 pub mod kubelet;
+pub mod monitoring;
 pub mod network;
 pub mod objects;
 pub mod oci;

@@ -3,6 +3,8 @@
 //! checked by SubjectAccessReview and impersonation. With `certManager.enabled` the chart renders
 //! cert-manager objects; cert-manager is not installed here, so they are checked as rendered and
 //! the read-only Secret access they imply is checked on the API server from the rendered RBAC alone.
+//! The monitoring objects are created against the Prometheus Operator's own CRDs (from its Go
+//! module, `make prometheus-operator-crds`) with strict field validation.
 
 use std::{path::Path, time::Duration};
 
@@ -23,7 +25,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client,
-    api::{DeleteParams, ListParams, PostParams},
+    api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams},
 };
 use serde_json::{Value, json};
 
@@ -518,6 +520,54 @@ async fn chart_installs_upgrades_and_uninstalls_on_a_real_api_server() -> anyhow
 /// on its own (cert-manager's kinds are unknown to this cluster), lets the operator read and watch
 /// that one Secret and write none.
 #[tokio::test]
+async fn monitoring_objects_are_accepted_by_the_prometheus_operator_crds_with_strict_validation()
+-> anyhow::Result<()> {
+    const NAMESPACE: &str = "breakwater-monitoring";
+    let cluster = TestCluster::shared().await?;
+    let client = cluster.client()?;
+    install_prometheus_operator_crds(&client).await?;
+    let objects = breakwater_e2e::monitoring::render_all(&Helm::offline()?).await?;
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": NAMESPACE}}))?)
+        .await?;
+    let apply = PatchParams::apply("breakwater-e2e").validation_strict();
+    let mut created = Vec::new();
+    for object in objects.iter().filter(|o| {
+        o["apiVersion"] == "monitoring.coreos.com/v1"
+            || (o["kind"] == "ConfigMap"
+                && o["metadata"]["name"].as_str().is_some_and(|n| n.ends_with("-dashboards")))
+    }) {
+        let gvk = objects::gvk(object)?;
+        let (resource, _) = kube::discovery::pinned_kind(&client, &gvk).await?;
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), NAMESPACE, &resource);
+        let name = object["metadata"]["name"].as_str().expect("a name");
+        let mut object = object.clone();
+        object["metadata"]["namespace"] = json!(NAMESPACE);
+        // Strict: a field the CRD's schema does not know is an error, not silently pruned.
+        api.patch(name, &apply, &Patch::Apply(&object))
+            .await
+            .map_err(|e| anyhow::anyhow!("{} refused: {e}", describe(&object)))?;
+        let back = serde_json::to_value(api.get(name).await?)?;
+        let field = if object["kind"] == "ConfigMap" { "data" } else { "spec" };
+        assert_eq!(back[field], object[field], "{} kept as rendered", describe(&object));
+        created.push(object["kind"].as_str().unwrap_or_default().to_owned());
+    }
+    created.sort();
+    assert_eq!(created, ["ConfigMap", "PodMonitor", "PrometheusRule", "ServiceMonitor"]);
+
+    // The check has teeth: the same PodMonitor with a misspelt field is refused, naming it.
+    let mut wrong = objects.iter().find(|o| o["kind"] == "PodMonitor").expect("a PodMonitor").clone();
+    wrong["metadata"]["namespace"] = json!(NAMESPACE);
+    wrong["metadata"]["name"] = json!("misspelt");
+    wrong["spec"]["podMetricEndpoints"] = wrong["spec"]["podMetricsEndpoints"].take();
+    let (resource, _) = kube::discovery::pinned_kind(&client, &objects::gvk(&wrong)?).await?;
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), NAMESPACE, &resource);
+    let refused = api.patch("misspelt", &apply, &Patch::Apply(&wrong)).await.expect_err("refused");
+    assert!(refused.to_string().contains("podMetricEndpoints"), "{refused}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn cert_manager_rbac_lets_the_operator_only_read_its_secret() -> anyhow::Result<()> {
     const RELEASE: &str = "bwcm";
     const NAMESPACE: &str = "breakwater-cm";
@@ -600,16 +650,43 @@ async fn cert_manager_rbac_lets_the_operator_only_read_its_secret() -> anyhow::R
 }
 
 async fn wait_established(crds: &Api<CustomResourceDefinition>) -> anyhow::Result<()> {
-    wait::until_ok("the CRD to be Established", TIMEOUT, || {
+    wait_crd_established(crds, "communicationpolicies.breakwater.dev").await
+}
+
+async fn wait_crd_established(crds: &Api<CustomResourceDefinition>, name: &str) -> anyhow::Result<()> {
+    wait::until_ok(&format!("CRD {name} to be Established"), TIMEOUT, || {
         let crds = crds.clone();
         async move {
-            let crd = crds.get("communicationpolicies.breakwater.dev").await.map_err(|e| e.to_string())?;
+            let crd = crds.get(name).await.map_err(|e| e.to_string())?;
             let conditions = crd.status.and_then(|s| s.conditions).unwrap_or_default();
             let established = conditions.iter().any(|c| c.type_ == "Established" && c.status == "True");
             if established { Ok(()) } else { Err(format!("{conditions:?}")) }
         }
     })
     .await?;
+    Ok(())
+}
+
+/// The Prometheus Operator's CRDs (`make prometheus-operator-crds`), installed once.
+async fn install_prometheus_operator_crds(client: &Client) -> anyhow::Result<()> {
+    let out = std::process::Command::new("bash")
+        .arg(breakwater_e2e::bins::workspace_root().join("e2e/gobuild/prometheus-operator/fetch.sh"))
+        .arg("path")
+        .output()?;
+    let dir = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for plural in ["podmonitors", "servicemonitors", "prometheusrules"] {
+        let file = dir.join(format!("monitoring.coreos.com_{plural}.yaml"));
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| anyhow::anyhow!("{}: {e}; run `make prometheus-operator-crds`", file.display()))?;
+        let crd: CustomResourceDefinition = serde_json::from_value(manifests(&text)?.remove(0))?;
+        match crds.create(&PostParams::default(), &crd).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+        wait_crd_established(&crds, &format!("{plural}.monitoring.coreos.com")).await?;
+    }
     Ok(())
 }
 
