@@ -429,6 +429,25 @@ impl Metrics {
     }
 }
 
+/// What a governed target's policy turns on. The series that mechanism can produce start at
+/// zero when the target is built (Prometheus's advice: a counter born at its first event loses
+/// that event to `rate()`, and dashboards and alerts would not see it before).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Mechanisms {
+    /// DryRun: only the "would have" decisions are counted.
+    pub dry_run: bool,
+    /// Retries (and their budget).
+    pub retries: bool,
+    /// A circuit breaker.
+    pub breaker: bool,
+    /// A bulkhead for this direction.
+    pub bulkhead: bool,
+    /// A request timeout.
+    pub request_timeout: bool,
+    /// A per-try timeout.
+    pub per_try_timeout: bool,
+}
+
 /// Pre-resolved metric handles for one service and direction.
 #[derive(Clone)]
 pub struct ServiceMetrics {
@@ -463,6 +482,61 @@ impl ServiceMetrics {
                     reason,
                 })
                 .inc();
+        }
+    }
+
+    /// Creates, at zero, the series `m` can produce for this service (see [`Mechanisms`]).
+    pub fn start_at_zero(&self, m: Mechanisms) {
+        let all = &self.all;
+        let service = || self.service.clone();
+        let direction = self.direction;
+        if m.dry_run {
+            let decisions = [
+                (m.retries, "retry"),
+                (m.retries, "retry-budget-exhausted"),
+                (m.breaker, "circuit-open"),
+                (m.bulkhead, "bulkhead-full"),
+                (m.request_timeout, "timeout"),
+                (m.per_try_timeout, "per-try-timeout"),
+            ];
+            for (_, decision) in decisions.into_iter().filter(|(on, _)| *on) {
+                let _ = all.dryrun_decisions.get_or_create(&ServiceDecision { service: service(), decision });
+            }
+            return;
+        }
+        let refusal = |reason| {
+            let _ =
+                all.refusals.get_or_create(&ServiceDirectionReason { service: service(), direction, reason });
+        };
+        refusal("connect-failed");
+        if m.retries {
+            // Connect failures are always retried, non-idempotent methods never: the two
+            // reasons every retrying target can see.
+            let _ =
+                all.retries.get_or_create(&ServiceReason { service: service(), reason: "connect-failure" });
+            let _ =
+                all.retries_skipped.get_or_create(&ServiceReason { service: service(), reason: "method" });
+            let _ = all.retry_budget_exhausted.get_or_create(&ServiceLabel { service: service() });
+        }
+        if m.breaker {
+            refusal("circuit-open");
+            for to in ["open", "half-open", "closed"] {
+                let _ = all.breaker_transitions.get_or_create(&ServiceTo { service: service(), to });
+            }
+        }
+        if m.bulkhead {
+            refusal("bulkhead-full");
+            let _ = all.bulkhead_rejected.get_or_create(&ServiceDirection { service: service(), direction });
+            let _ =
+                all.bulkhead_queue_wait.get_or_create(&ServiceDirection { service: service(), direction });
+        }
+        if m.request_timeout || m.per_try_timeout {
+            refusal("timeout");
+        }
+        for (on, kind) in [(m.request_timeout, "request"), (m.per_try_timeout, "per_try")] {
+            if on {
+                let _ = all.timeouts.get_or_create(&ServiceKind { service: service(), kind });
+            }
         }
     }
 

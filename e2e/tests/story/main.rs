@@ -23,6 +23,7 @@ mod conflict;
 mod diagnose;
 mod dryrun;
 mod kubectl;
+mod monitoring;
 mod offline;
 mod retries;
 mod upgrade;

@@ -17,7 +17,7 @@ use breakwater_crds::snapshot::{AppliedPolicy, PortSnapshot, ServiceSnapshot};
 use super::{client::PoolSettings, detect::Declared, endpoint::Endpoint, stack::Stack, state::Resilience};
 use crate::{
     config::{Config, ProxyLimits, ServiceKey, policy::Policy},
-    metrics::{Direction, Metrics, ServiceMetrics},
+    metrics::{Direction, Mechanisms, Metrics, ServiceMetrics},
 };
 
 /// A Service under one policy (or none): where calls go and how they are governed.
@@ -55,6 +55,16 @@ impl Target {
         let pool =
             PoolSettings { connect_timeout: settings.connect_timeout, idle_timeout: settings.idle_timeout };
         let service_metrics = metrics.service(&service.to_string(), direction);
+        if policy.is_some() {
+            service_metrics.start_at_zero(Mechanisms {
+                dry_run: !settings.enforcement.enforced(),
+                retries: settings.retry.is_some(),
+                breaker: settings.breaker.is_some(),
+                bulkhead: settings.bulkhead.is_some() || settings.max_connections.is_some(),
+                request_timeout: settings.request_timeout.is_some(),
+                per_try_timeout: settings.per_try_timeout.is_some(),
+            });
+        }
         let resilience = Arc::new(Resilience::build(
             &settings,
             endpoints,
