@@ -323,4 +323,17 @@ mod tests {
         assert_eq!(convergence(&views, "shop", "checkout"), Convergence::NotConnected);
         assert_eq!(convergence(&views, "shop", "other"), Convergence::NotCompiled);
     }
+
+    #[test]
+    fn a_sidecar_of_another_version_is_named_with_what_to_do() {
+        let s = Sidecar { namespace: "shop".into(), pod: "checkout".into(), port: 15020 };
+        let newer = br#"{"apiVersion": "breakwater.dev/admin/v2", "kind": "SidecarConfig"}"#;
+        let why = admin::read_config(newer).expect_err("a v2 document is refused").to_string();
+        let Error::Diagnostics { what, why, hint } = sidecar_error(&s, "/config", why) else {
+            panic!("a diagnostics error")
+        };
+        assert_eq!(what, "reading /config of the sidecar of pod shop/checkout");
+        assert!(why.contains("breakwater.dev/admin/v2") && why.contains(admin::API_VERSION), "{why}");
+        assert!(hint.starts_with("use the plugin of the same release as the sidecar"), "{hint}");
+    }
 }
