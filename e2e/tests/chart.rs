@@ -88,6 +88,14 @@ async fn chart_passes_helm_lint_strict_with_default_and_custom_values() -> anyho
     assert!(out.contains("0 chart(s) failed"), "{out}");
     let out = helm.run(["lint", "--strict", &chart(), "--set", "certManager.enabled=true"]).await?;
     assert!(out.contains("0 chart(s) failed"), "{out}");
+    let mut all_on = vec!["lint", "--strict"];
+    let chart = chart();
+    all_on.push(&chart);
+    for part in breakwater_e2e::monitoring::ALL_ON {
+        all_on.extend(["--set", part]);
+    }
+    let out = helm.run(all_on).await?;
+    assert!(out.contains("0 chart(s) failed"), "{out}");
     Ok(())
 }
 
