@@ -43,6 +43,23 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("e2e/ lives inside the workspace").to_path_buf()
 }
 
+/// What a one-tool script under `e2e/gobuild/` (`SCRIPT path`) says it builds or fetches: a
+/// binary or a directory, cached by `make MAKE`; an error naming that target when it is missing
+/// (tests fail, never skip).
+pub fn gobuild_path(script: &str, make: &str) -> Result<PathBuf> {
+    let script = workspace_root().join("e2e/gobuild").join(script);
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg("path")
+        .output()
+        .map_err(Error::io(format!("running {} path", script.display())))?;
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    if !path.exists() {
+        return Err(Error::Environment(format!("{} is missing: run `make {make}`", path.display())));
+    }
+    Ok(path)
+}
+
 /// Paths of the binaries the harness runs.
 #[derive(Debug, Clone)]
 pub struct Binaries {

@@ -12,22 +12,12 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{Error, Result, TestCluster, bins::workspace_root, process::Process, wait};
+use crate::{Error, Result, TestCluster, process::Process, wait};
 
 /// The collector's binary, built and cached by `make otelcol`; an error naming the target when
 /// it is missing (never a skip).
 pub fn binary() -> Result<PathBuf> {
-    let script = workspace_root().join("e2e/gobuild/otelcol/build.sh");
-    let out =
-        Command::new("bash").arg(&script).arg("path").output().map_err(Error::io("running build.sh path"))?;
-    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    if !path.is_file() {
-        return Err(Error::Environment(format!(
-            "{} is missing: run `make otelcol` (builds the OpenTelemetry Collector from its Go modules)",
-            path.display()
-        )));
-    }
-    Ok(path)
+    crate::bins::gobuild_path("otelcol/build.sh", "otelcol")
 }
 
 /// A running collector; stopped when dropped (and by the cluster's reaper if the test dies).

@@ -677,11 +677,7 @@ async fn wait_crd_established(crds: &Api<CustomResourceDefinition>, name: &str) 
 
 /// The Prometheus Operator's CRDs (`make prometheus-operator-crds`), installed once.
 async fn install_prometheus_operator_crds(client: &Client) -> anyhow::Result<()> {
-    let out = std::process::Command::new("bash")
-        .arg(breakwater_e2e::bins::workspace_root().join("e2e/gobuild/prometheus-operator/fetch.sh"))
-        .arg("path")
-        .output()?;
-    let dir = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let dir = breakwater_e2e::bins::gobuild_path("prometheus-operator/fetch.sh", "prometheus-operator-crds")?;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for plural in ["podmonitors", "servicemonitors", "prometheusrules"] {
         let file = dir.join(format!("monitoring.coreos.com_{plural}.yaml"));

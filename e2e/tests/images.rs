@@ -459,9 +459,8 @@ struct Registry {
 
 impl Registry {
     fn start() -> Self {
-        let crane =
-            run(Command::new("bash").arg(workspace_root().join("e2e/gobuild/crane/build.sh")).arg("path"));
-        let mut child = Command::new(crane.trim())
+        let crane = breakwater_e2e::bins::gobuild_path("crane/build.sh", "image-test-tools").expect("crane");
+        let mut child = Command::new(crane)
             .args(["registry", "serve", "--address", "127.0.0.1:0"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

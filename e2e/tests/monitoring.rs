@@ -10,7 +10,7 @@ use std::{path::PathBuf, process::Command};
 
 use breakwater_e2e::{
     Helm,
-    bins::workspace_root,
+    bins::{gobuild_path, workspace_root},
     helm::chart_dir,
     monitoring::{self, ALL_ON},
     objects::manifests,
@@ -18,14 +18,7 @@ use breakwater_e2e::{
 use serde_json::{Value, json};
 
 fn promtool() -> PathBuf {
-    let out = Command::new("bash")
-        .arg(workspace_root().join("e2e/gobuild/promtool/build.sh"))
-        .arg("path")
-        .output()
-        .expect("run build.sh path");
-    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    assert!(path.is_file(), "{} is missing: run `make promtool`", path.display());
-    path
+    gobuild_path("promtool/build.sh", "promtool").expect("promtool")
 }
 
 /// Runs promtool in `dir`; (succeeded, what it printed).

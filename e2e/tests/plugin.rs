@@ -7,7 +7,7 @@
 
 use std::{path::Path, process::Command};
 
-use breakwater_e2e::bins::{Binaries, workspace_root};
+use breakwater_e2e::bins::{Binaries, gobuild_path, workspace_root};
 use sha2::Digest;
 
 const ARCHIVE: &str = "target/plugin/kubectl-breakwater-linux-amd64.tar.gz";
@@ -39,10 +39,7 @@ fn run(command: &mut Command) -> (bool, String) {
 }
 
 fn tool(script: &str, make: &str) -> std::path::PathBuf {
-    let (_, path) = run(Command::new("bash").arg(workspace_root().join(script)).arg("path"));
-    let path = std::path::PathBuf::from(path.trim());
-    assert!(path.is_file(), "{} is missing: run `make {make}`", path.display());
-    path
+    gobuild_path(script.trim_start_matches("e2e/gobuild/"), make).expect("a tool the test runs")
 }
 
 #[test]
