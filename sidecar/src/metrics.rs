@@ -343,14 +343,22 @@ impl Metrics {
     /// for every governed target with a bulkhead. Called at scrape, so the gauges cost the
     /// request path nothing; targets that lost their bulkhead drop out.
     pub fn bulkheads(&self, now: impl IntoIterator<Item = (String, Direction, usize, usize, usize)>) {
+        // Summed first (two ports of a Service each have a bulkhead), then set: two scrapes at
+        // once each write the same totals.
+        let mut totals: std::collections::HashMap<ServiceDirection, [i64; 3]> = Default::default();
+        for (service, direction, in_flight, queued, limit) in now {
+            let t = totals.entry(ServiceDirection { service, direction }).or_default();
+            t[0] += in_flight as i64;
+            t[1] += queued as i64;
+            t[2] += limit as i64;
+        }
         self.bulkhead_in_flight.clear();
         self.bulkhead_queued.clear();
         self.bulkhead_capacity.clear();
-        for (service, direction, in_flight, queued, limit) in now {
-            let key = ServiceDirection { service, direction };
-            self.bulkhead_in_flight.get_or_create(&key).inc_by(in_flight as i64);
-            self.bulkhead_queued.get_or_create(&key).inc_by(queued as i64);
-            self.bulkhead_capacity.get_or_create(&key).inc_by(limit as i64);
+        for (key, [in_flight, queued, limit]) in totals {
+            self.bulkhead_in_flight.get_or_create(&key).set(in_flight);
+            self.bulkhead_queued.get_or_create(&key).set(queued);
+            self.bulkhead_capacity.get_or_create(&key).set(limit);
         }
     }
 
