@@ -9,6 +9,7 @@
 //! - [`load`]: strict reading of YAML documents, as `kubectl apply` would;
 //! - [`snapshot`]: what one pod's sidecar enforces, as the operator and local mode compile it,
 //!   and the selection and per-port precedence both use;
+//! - [`gateway`]: the Gateway API's `HTTPRoute`, as mesh routing reads it;
 //! - [`crd()`]: the CustomResourceDefinition, written into the Helm chart by `crdgen`.
 //!
 //! This crate never depends on tokio or hyper: it is plain data and pure functions.
@@ -20,6 +21,7 @@ pub mod admin;
 pub mod crdgen;
 pub mod duration;
 mod effective;
+pub mod gateway;
 pub mod load;
 pub mod policy;
 pub mod precedence;

@@ -28,6 +28,7 @@
 
 mod wire;
 
+pub mod routes;
 pub mod select;
 pub mod stream;
 
@@ -171,6 +172,12 @@ pub struct PortSnapshot {
     /// The policy in force for calls to this port, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<AppliedPolicy>,
+    /// HTTP routes (`HTTPRoute`s attached to this port): when present, an HTTP request goes
+    /// where the first matching route sends it, with that rule's policy, and one that matches
+    /// none is answered 404. Opaque TCP connections still go to this port's endpoints. (A
+    /// sidecar older than routes ignores this field and sends every call to the port.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes: Option<routes::HttpRoutes>,
 }
 
 /// One endpoint.

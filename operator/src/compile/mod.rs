@@ -441,6 +441,8 @@ impl World {
                     addresses: p.addresses.clone(),
                     endpoints: p.endpoints.clone(),
                     policy: policy.and_then(|p| self.applied(p)),
+                    // HTTPRoutes are not watched by the operator yet.
+                    routes: None,
                 })
                 .collect(),
             shadowed,
