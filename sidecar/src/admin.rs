@@ -188,10 +188,13 @@ fn config(store: &Store) -> admin::ConfigView {
 /// Service's per-endpoint target), for `/breakers` and the gauges read at scrape.
 fn governed(routes: &Routes, mut f: impl FnMut(Direction, Option<u16>, Option<String>, &Target)) {
     for route in routes.services() {
-        for (port, target, pinned) in route.ports() {
-            f(Direction::Outbound, port, None, target);
-            for t in pinned {
-                f(Direction::Outbound, port, t.endpoints.first().map(|e| e.addr.to_string()), t);
+        for p in route.ports() {
+            f(Direction::Outbound, p.port, None, p.target);
+            for t in p.pinned {
+                f(Direction::Outbound, p.port, t.endpoints.first().map(|e| e.addr.to_string()), t);
+            }
+            for t in p.routed {
+                f(Direction::Outbound, p.port, None, t);
             }
         }
     }

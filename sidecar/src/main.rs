@@ -246,7 +246,12 @@ fn validate(file: &std::path::Path) -> ExitCode {
     match breakwater_sidecar::config::check(&text) {
         Ok(Checked::Sidecar(c)) => {
             let (services, attachments) = c.counts();
-            println!("{}: valid ({services} services, {attachments} policy attachments)", file.display());
+            let rules = c.route_rules();
+            let routes = if rules == 0 { String::new() } else { format!(", {rules} route rules") };
+            println!(
+                "{}: valid ({services} services, {attachments} policy attachments{routes})",
+                file.display()
+            );
             print_warnings(file, &c.warnings);
             ExitCode::SUCCESS
         }

@@ -9,9 +9,12 @@ use std::{
 };
 
 use breakwater_crds::{
-    CommunicationPolicy, load,
+    CommunicationPolicy,
+    gateway::{self, HTTPRoute},
+    load,
     snapshot::{
         AppliedPolicy, EndpointSnapshot, Identity, InboundPort, PortSnapshot, ServiceSnapshot, Snapshot,
+        routes,
         select::{self, ServiceRef},
     },
 };
@@ -140,6 +143,13 @@ impl Config {
         out
     }
 
+    /// How many `HTTPRoute` rules the snapshot's ports carry (a rule attached to several
+    /// ports counts once per port).
+    pub fn route_rules(&self) -> usize {
+        let ports = self.snapshot.services.iter().flat_map(|s| &s.ports);
+        ports.filter_map(|p| p.routes.as_ref()).map(|r| r.rules.len()).sum()
+    }
+
     /// How many Services and policy attachments (ports with a policy) the snapshot holds.
     pub fn counts(&self) -> (usize, usize) {
         let services = self.snapshot.services.len();
@@ -182,9 +192,15 @@ pub fn check(text: &str) -> Result<Checked, ConfigError> {
                 Ok(policy) => warnings.extend(policy_warnings(doc, &policy)),
                 Err(errors) => problems.extend(errors.iter().map(|e| format!("{}: {e}", doc.describe()))),
             }
+        } else if is_http_route(doc) {
+            if let Err(errors) =
+                load::from_value_strict::<HTTPRoute>(&doc.value).and_then(|r| gateway::validate(&r))
+            {
+                problems.extend(errors.iter().map(|e| format!("{}: {e}", doc.describe())));
+            }
         } else {
             problems.push(format!(
-                "{}: not a CommunicationPolicy or SidecarConfig (apiVersion {:?}, kind {:?})",
+                "{}: not a CommunicationPolicy, HTTPRoute or SidecarConfig (apiVersion {:?}, kind {:?})",
                 doc.describe(),
                 doc.api_version,
                 doc.kind
@@ -213,9 +229,17 @@ pub fn compile(text: &str) -> Result<Config, ConfigError> {
 
     let mut sidecar: Option<SidecarConfig> = None;
     let mut policies: Vec<CommunicationPolicy> = Vec::new();
+    let mut http_routes: Vec<(String, HTTPRoute)> = Vec::new();
     let mut warnings = Vec::new();
     for doc in &docs {
-        if doc.is(model::KIND) {
+        if is_http_route(doc) {
+            match load::from_value_strict::<HTTPRoute>(&doc.value)
+                .and_then(|r| gateway::validate(&r).map(|()| r))
+            {
+                Ok(r) => http_routes.push((doc.describe(), r)),
+                Err(errors) => problems.extend(errors.iter().map(|e| format!("{}: {e}", doc.describe()))),
+            }
+        } else if doc.is(model::KIND) {
             match load::from_value_strict::<SidecarConfig>(&doc.value) {
                 Ok(c) if sidecar.is_none() => sidecar = Some(c),
                 Ok(_) => {
@@ -234,7 +258,8 @@ pub fn compile(text: &str) -> Result<Config, ConfigError> {
         } else {
             problems.push(format!(
                 "{}: unknown document: expected apiVersion breakwater.dev/v1alpha1 and kind \
-                 CommunicationPolicy or SidecarConfig, got {:?} {:?}",
+                 CommunicationPolicy or SidecarConfig, or gateway.networking.k8s.io/v1 HTTPRoute, got {:?} \
+                 {:?}",
                 doc.describe(),
                 doc.api_version,
                 doc.kind
@@ -316,6 +341,7 @@ pub fn compile(text: &str) -> Result<Config, ConfigError> {
         )));
     }
     snapshot.services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    attach_routes(&mut snapshot, &sidecar.services, &http_routes, &mut p);
 
     let mut inbound_app = None;
     if let Some(i) = &sidecar.inbound {
@@ -394,6 +420,68 @@ fn local_service(
         headless: false,
         ports,
         shadowed,
+    }
+}
+
+fn is_http_route(doc: &load::Document) -> bool {
+    doc.api_version == format!("{}/{}", gateway::GROUP, gateway::VERSION) && doc.kind == "HTTPRoute"
+}
+
+/// Compiles the file's `HTTPRoute`s onto the ports of the Services they attach to. A route
+/// whose parent is not in the file is a problem (it would govern nothing); a backend that is
+/// not is reported in the route table (its calls are answered 500), as in a cluster.
+fn attach_routes(
+    snapshot: &mut Snapshot,
+    services: &[model::ServiceEntry],
+    http_routes: &[(String, HTTPRoute)],
+    p: &mut Problems<'_>,
+) {
+    for (doc, route) in http_routes {
+        for (i, parent) in route.spec.parent_refs.iter().enumerate() {
+            let ns = parent.namespace.as_deref().unwrap_or(route.namespace_or_default());
+            if !parent.is_service() {
+                p.list.push(format!(
+                    "{doc}: spec.parentRefs[{i}]: a route attaches to a Service here (group \"\", kind Service)"
+                ));
+            } else {
+                match services.iter().find(|s| s.name == parent.name && s.namespace == ns) {
+                    None => p
+                        .list
+                        .push(format!("{doc}: spec.parentRefs[{i}]: no Service {}.{ns} in this file", parent.name)),
+                    Some(s) => match parent.port.and_then(|port| u16::try_from(port).ok()) {
+                        Some(port) if !s.ports.contains(&port) => p.list.push(format!(
+                            "{doc}: spec.parentRefs[{i}].port: Service {}.{ns} has no port {port} in this file \
+                             (list it in its ports)",
+                            parent.name
+                        )),
+                        _ => {}
+                    },
+                }
+            }
+        }
+    }
+    let backend = |ns: &str, name: &str, port: u16| {
+        let Some(s) = services.iter().find(|s| s.name == name && s.namespace == ns) else {
+            return Some(format!("no Service {name}.{ns} in this file"));
+        };
+        (!s.ports.is_empty() && !s.ports.contains(&port))
+            .then(|| format!("Service {name}.{ns} has no port {port}"))
+    };
+    let caller = snapshot.identity.namespace.clone();
+    for service in &mut snapshot.services {
+        let service = std::sync::Arc::make_mut(service);
+        for port in &mut service.ports {
+            let found = routes::attached(
+                http_routes.iter().map(|(_, r)| r),
+                &service.namespace,
+                &service.name,
+                port.port,
+                Some(&caller),
+            );
+            if !found.is_empty() {
+                port.routes = Some(routes::compile(&found, port.policy.as_ref(), backend));
+            }
+        }
     }
 }
 

@@ -38,6 +38,9 @@ pub enum Refusal {
     /// The Service exists but none of its endpoints is ready (a cluster: every pod is starting,
     /// failing its readiness probe or terminating).
     NoHealthyEndpoints,
+    /// An `HTTPRoute` rule took the request but has no backend to send it to (none listed,
+    /// every weight 0, or the one chosen does not exist): 500, as the Gateway API asks.
+    NoBackend,
     /// The request itself is malformed (RFC 9112's Host rules, a broken body): the caller's
     /// fault, never retried, never counted against the upstream.
     BadRequest,
@@ -57,6 +60,7 @@ impl Refusal {
             Self::Draining => "draining",
             Self::NoHealthyEndpoints => "no-healthy-endpoints",
             Self::BadRequest => "bad-request",
+            Self::NoBackend => "no-backend",
         }
     }
 
@@ -65,6 +69,7 @@ impl Refusal {
         match self {
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::BadRequest => StatusCode::BAD_REQUEST,
+            Self::NoBackend => StatusCode::INTERNAL_SERVER_ERROR,
             Self::ConnectFailed | Self::UpstreamProtocol | Self::UpstreamReset => StatusCode::BAD_GATEWAY,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::CircuitOpen | Self::BulkheadFull | Self::Draining | Self::NoHealthyEndpoints => {
@@ -74,13 +79,13 @@ impl Refusal {
     }
 
     /// The gRPC status that fits: DEADLINE_EXCEEDED for timeouts, UNIMPLEMENTED for no route,
-    /// INTERNAL for a malformed request (gRPC's mapping of HTTP 400), UNAVAILABLE (safe to
+    /// INTERNAL for a malformed request (gRPC's mapping of HTTP 400) and a route without a backend, UNAVAILABLE (safe to
     /// retry) for the rest.
     pub fn grpc_status(self) -> u8 {
         match self {
             Self::Timeout => 4,
             Self::NoRoute => 12,
-            Self::BadRequest => 13,
+            Self::BadRequest | Self::NoBackend => 13,
             _ => 14,
         }
     }

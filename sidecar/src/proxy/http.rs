@@ -17,7 +17,8 @@ use tokio::{io::AsyncRead, io::AsyncWrite, time::Instant};
 use super::{
     body::{ClientBody, ProxyBody},
     error::{Refusal, is_grpc, refused},
-    routes::{Routes, Target},
+    http_route::Routed,
+    routes::{Destination, Routes, Routing, Target},
     upstream::{absolute_uri, forward_once},
 };
 use crate::{
@@ -240,6 +241,9 @@ async fn route_and_forward(mut req: Request<Incoming>, ctx: &ConnContext) -> Res
             Ok(Dest::Target(target, _port)) => {
                 forward_to_target(target, req, grpc, start, &ctx.activity).await
             }
+            Ok(Dest::Routed(dest, table)) => {
+                forward_routed(dest, table, req, grpc, start, &ctx.activity).await
+            }
             Ok(Dest::Passthrough(addr)) => {
                 let endpoint = routes.passthrough.endpoint(addr);
                 let metrics = routes.passthrough.metrics(ctx.direction);
@@ -295,14 +299,19 @@ fn request_span(
     grpc: bool,
 ) -> tracing::Span {
     let authority = req.uri().authority();
-    let (service, policy, mode) = match dest {
-        Ok(Dest::Target(t, _)) => (
+    let target = match dest {
+        Ok(Dest::Target(t, _)) => Some(*t),
+        Ok(Dest::Routed(d, _)) => Some(&d.target),
+        _ => None,
+    };
+    let (service, policy, mode) = match (target, dest) {
+        (Some(t), _) => (
             t.service.to_string(),
             t.policy_name().to_owned(),
             t.policy.as_ref().map_or("-", |_| t.settings.enforcement.as_str()),
         ),
-        Ok(Dest::Passthrough(addr)) => (addr.to_string(), "-".to_owned(), "-"),
-        Err(_) => ("-".to_owned(), "-".to_owned(), "-"),
+        (None, Ok(Dest::Passthrough(addr))) => (addr.to_string(), "-".to_owned(), "-"),
+        (None, _) => ("-".to_owned(), "-".to_owned(), "-"),
     };
     let info = spans::RequestInfo {
         method: req.method(),
@@ -326,6 +335,8 @@ fn request_span(
 enum Dest<'a> {
     /// A known Service (and the port called, when known).
     Target(&'a Arc<Target>, Option<u16>),
+    /// A Service port with HTTP routes: the route decides.
+    Routed(&'a Destination, &'a Routing),
     /// An unknown original destination: forwarded as it is.
     Passthrough(SocketAddr),
 }
@@ -337,7 +348,8 @@ fn route_outbound<'a>(
 ) -> Result<Dest<'a>, String> {
     if let Some(dst) = orig_dst {
         return Ok(match routes.by_addr(&dst) {
-            Some(target) => Dest::Target(target, Some(dst.port())),
+            Some(dest @ Destination { http: Some(table), .. }) => Dest::Routed(dest, table),
+            Some(dest) => Dest::Target(&dest.target, Some(dst.port())),
             None => Dest::Passthrough(dst),
         });
     }
@@ -349,8 +361,9 @@ fn route_outbound<'a>(
     let route = routes
         .by_host(authority.host())
         .ok_or_else(|| format!("no Service is configured for host {:?}", authority.host()))?;
-    match route.target(port) {
-        Some(target) => Ok(Dest::Target(target, port)),
+    match route.destination(port) {
+        Some(dest @ Destination { http: Some(table), .. }) => Ok(Dest::Routed(dest, table)),
+        Some(dest) => Ok(Dest::Target(&dest.target, port)),
         None => Err(format!("Service {} has no port {}", route.key, port.unwrap_or_default())),
     }
 }
@@ -372,5 +385,47 @@ async fn forward_to_target(
         target.stack.call(Request::from_parts(parts, body), grpc, fault, start).await
     };
     target.metrics.response(resp.status().as_u16(), refused(&resp), start.elapsed().as_secs_f64());
+    resp
+}
+
+/// A request to a Service port with HTTP routes: to the backend its rule picks, with the
+/// rule's header changes; 404 when no rule matches, 500 when the rule has no backend for it.
+async fn forward_routed(
+    dest: &Destination,
+    table: &Routing,
+    mut req: Request<Incoming>,
+    grpc: bool,
+    start: Instant,
+    activity: &super::idle::Activity,
+) -> Response<ProxyBody> {
+    let (refusal, why) = match table.route(&req) {
+        Routed::Backend(rule, backend) => match &backend.target {
+            Ok(target) => {
+                rule.request_headers(backend, req.headers_mut());
+                let mut resp = forward_to_target(target, req, grpc, start, activity).await;
+                rule.response_headers(backend, resp.headers_mut());
+                return resp;
+            }
+            Err(why) => {
+                (Refusal::NoBackend, format!("rule {} of HTTPRoute {}: {why}", rule.name, rule.route))
+            }
+        },
+        Routed::NoBackend(rule) => (
+            Refusal::NoBackend,
+            format!("rule {} of HTTPRoute {} has no backend with a weight", rule.name, rule.route),
+        ),
+        Routed::NoMatch => (
+            Refusal::NoRoute,
+            format!(
+                "no HTTPRoute rule for {} matches {} {}",
+                dest.target.service,
+                req.method(),
+                req.uri().path()
+            ),
+        ),
+    };
+    tracing::debug!(service = %dest.target.service, why, "refused by the routes");
+    let resp = refusal.response(grpc, &why);
+    dest.target.metrics.response(resp.status().as_u16(), refused(&resp), start.elapsed().as_secs_f64());
     resp
 }

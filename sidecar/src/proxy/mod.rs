@@ -9,6 +9,7 @@ pub mod endpoint;
 pub mod error;
 pub mod health;
 pub mod http;
+pub mod http_route;
 pub mod idle;
 pub mod listener;
 pub mod orig_dst;

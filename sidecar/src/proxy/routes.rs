@@ -12,9 +12,15 @@ use std::{
     sync::Arc,
 };
 
-use breakwater_crds::snapshot::{AppliedPolicy, PortSnapshot, ServiceSnapshot};
+use breakwater_crds::snapshot::{
+    AppliedPolicy, PortSnapshot, ServiceSnapshot,
+    routes::{HttpRoutes, RouteBackend},
+};
 
-use super::{client::PoolSettings, detect::Declared, endpoint::Endpoint, stack::Stack, state::Resilience};
+use super::{
+    client::PoolSettings, detect::Declared, endpoint::Endpoint, http_route::RouteTable, stack::Stack,
+    state::Resilience,
+};
 use crate::{
     config::{Config, ProxyLimits, ServiceKey, policy::Policy},
     metrics::{Direction, Mechanisms, Metrics, ServiceMetrics},
@@ -42,7 +48,7 @@ pub struct Target {
 }
 
 impl Target {
-    fn build(
+    pub(super) fn build(
         service: &ServiceKey,
         endpoints: &[SocketAddr],
         app_protocol: Option<&str>,
@@ -114,6 +120,31 @@ impl Target {
     }
 }
 
+/// Where calls to one Service port go: its target and, when `HTTPRoute`s are attached to it,
+/// the routes HTTP requests take instead (opaque TCP still goes to the target).
+#[derive(Debug, Clone)]
+pub struct Destination {
+    /// The port's own target.
+    pub target: Arc<Target>,
+    /// Its HTTP routes, if any.
+    pub http: Option<Arc<Routing>>,
+}
+
+/// HTTP routes leading to targets.
+pub type Routing = RouteTable<Arc<Target>>;
+
+/// One port of a Service as `/breakers` walks it.
+pub struct PortTargets<'a> {
+    /// The port (`None`: the catch-all).
+    pub port: Option<u16>,
+    /// Its own target.
+    pub target: &'a Arc<Target>,
+    /// A headless Service's targets pinned to each endpoint.
+    pub pinned: &'a [Arc<Target>],
+    /// The targets of its HTTP routes' backends.
+    pub routed: Vec<&'a Arc<Target>>,
+}
+
 /// A Service with a target per port.
 #[derive(Debug)]
 pub struct ServiceRoute {
@@ -127,7 +158,7 @@ pub struct ServiceRoute {
 #[derive(Debug)]
 struct PortRoute {
     port: Option<u16>,
-    target: Arc<Target>,
+    dest: Destination,
     /// Headless Services: a call to an endpoint's own address goes to that endpoint only.
     pinned: Vec<Arc<Target>>,
 }
@@ -137,30 +168,41 @@ impl ServiceRoute {
     /// (`None`: a `Host` without one) means the Service's only port, else the catch-all, else
     /// its first port. `None` when the Service has no such port.
     pub fn target(&self, port: Option<u16>) -> Option<&Arc<Target>> {
+        self.destination(port).map(|d| &d.target)
+    }
+
+    /// [`ServiceRoute::target`] with the port's HTTP routes.
+    pub fn destination(&self, port: Option<u16>) -> Option<&Destination> {
         let catch_all = || self.ports.iter().find(|p| p.port.is_none());
         let found = match port {
             Some(port) => self.ports.iter().find(|p| p.port == Some(port)).or_else(catch_all),
             None if self.ports.len() == 1 => self.ports.first(),
             None => catch_all().or_else(|| self.ports.first()),
         };
-        found.map(|p| &p.target)
+        found.map(|p| &p.dest)
     }
 
     /// Every target (for tests).
     pub fn targets(&self) -> impl Iterator<Item = &Arc<Target>> {
-        self.ports.iter().flat_map(|p| std::iter::once(&p.target).chain(&p.pinned))
+        self.ports.iter().flat_map(|p| std::iter::once(&p.dest.target).chain(&p.pinned))
     }
 
-    /// Every port (`None`: the catch-all) with its target and, for a headless Service, the
-    /// targets pinned to each endpoint (for `/breakers`).
-    pub fn ports(&self) -> impl Iterator<Item = (Option<u16>, &Arc<Target>, &[Arc<Target>])> {
-        self.ports.iter().map(|p| (p.port, &p.target, p.pinned.as_slice()))
+    /// Every port (`None`: the catch-all) with its target, the targets pinned to each endpoint
+    /// of a headless Service, and the targets of its HTTP routes' backends (for `/breakers`).
+    pub fn ports(&self) -> impl Iterator<Item = PortTargets<'_>> {
+        self.ports.iter().map(|p| PortTargets {
+            port: p.port,
+            target: &p.dest.target,
+            pinned: p.pinned.as_slice(),
+            routed: p.dest.http.iter().flat_map(|h| h.targets().map(|(_, t)| t)).collect(),
+        })
     }
 
     fn build(
         s: &ServiceSnapshot,
         key: &ServiceKey,
         prev: Option<&ServiceRoute>,
+        services: &[Arc<ServiceSnapshot>],
         metrics: &Arc<Metrics>,
     ) -> Self {
         let ports = s
@@ -177,15 +219,60 @@ impl ServiceRoute {
                     p.app_protocol.as_deref(),
                     p.policy.as_ref(),
                     Direction::Outbound,
-                    prev_port.map(|q| &q.target).filter(same_policy),
+                    prev_port.map(|q| &q.dest.target).filter(same_policy),
                     metrics,
                 );
                 let pinned = if s.headless { pinned_targets(key, p, prev_port, metrics) } else { Vec::new() };
-                PortRoute { port: p.port, target, pinned }
+                let prev_http = prev_port.and_then(|q| q.dest.http.as_deref());
+                let http = p.routes.as_ref().map(|r| Arc::new(route_table(r, prev_http, services, metrics)));
+                PortRoute { port: p.port, dest: Destination { target, http }, pinned }
             })
             .collect();
         Self { key: key.clone(), ports }
     }
+}
+
+/// The route table of a port: each backend of each rule a target of its own (its own breaker,
+/// budget and bulkhead, under the rule's policy), with the endpoints of the backend's Service
+/// port from the snapshot, reusing the previous table's state for the same rule and backend.
+fn route_table(
+    routes: &HttpRoutes,
+    prev: Option<&Routing>,
+    services: &[Arc<ServiceSnapshot>],
+    metrics: &Arc<Metrics>,
+) -> Routing {
+    let build = |rule: usize, b: &RouteBackend| {
+        let r = &routes.rules[rule];
+        let service =
+            services.iter().find(|s| s.name == b.name && s.namespace == b.namespace).ok_or_else(|| {
+                format!("Service {}.{} is not in this sidecar's configuration", b.name, b.namespace)
+            })?;
+        let port = service
+            .ports
+            .iter()
+            .find(|p| p.port == Some(b.port))
+            .or_else(|| service.ports.iter().find(|p| p.port.is_none()))
+            .ok_or_else(|| format!("Service {}.{} has no port {}", b.name, b.namespace, b.port))?;
+        let key = ServiceKey { name: b.name.clone(), namespace: b.namespace.clone() };
+        let endpoints: Vec<SocketAddr> = port.endpoints.iter().map(|e| e.address).collect();
+        let policy_name = r.policy.as_ref().map_or("-", |a| a.name.as_str());
+        let prev =
+            prev.and_then(|t| t.target_of(&r.route, &r.rule, b)).filter(|t| t.policy_name() == policy_name);
+        Ok(Target::build(
+            &key,
+            &endpoints,
+            port.app_protocol.as_deref(),
+            r.policy.as_ref(),
+            Direction::Outbound,
+            prev,
+            metrics,
+        ))
+    };
+    RouteTable::build(routes, build).unwrap_or_else(|e| {
+        // `Config::conflicts` refuses such a snapshot before it gets here.
+        tracing::error!(error = %e, "routes could not be compiled; every request to this port is answered 404");
+        RouteTable::empty()
+    })
 }
 
 /// One target per endpoint of a headless Service's port, reusing the previous ones' state.
@@ -255,7 +342,7 @@ impl InboundRoute {
 #[derive(Debug)]
 pub struct Routes {
     by_name: HashMap<String, Arc<ServiceRoute>>,
-    by_addr: HashMap<SocketAddr, Arc<Target>>,
+    by_addr: HashMap<SocketAddr, Destination>,
     /// Protocols declared by Service ports, by virtual address.
     declared: HashMap<SocketAddr, Declared>,
     services: Vec<Arc<ServiceRoute>>,
@@ -327,7 +414,7 @@ impl Routes {
         for s in &snapshot.services {
             let key = ServiceKey { name: s.name.clone(), namespace: s.namespace.clone() };
             let prev_route = prev.and_then(|p| p.services.iter().find(|r| r.key == key)).map(Arc::as_ref);
-            let route = Arc::new(ServiceRoute::build(s, &key, prev_route, metrics));
+            let route = Arc::new(ServiceRoute::build(s, &key, prev_route, &snapshot.services, metrics));
             let (name, ns) = (s.name.to_ascii_lowercase(), s.namespace.to_ascii_lowercase());
             for host in
                 [format!("{name}.{ns}"), format!("{name}.{ns}.svc"), format!("{name}.{ns}.svc.cluster.local")]
@@ -341,14 +428,14 @@ impl Routes {
             for (p, r) in s.ports.iter().zip(&route.ports) {
                 let protocol = p.app_protocol.as_deref().and_then(Declared::from_app_protocol);
                 for a in &p.addresses {
-                    by_addr.insert(*a, r.target.clone());
+                    by_addr.insert(*a, r.dest.clone());
                     if let Some(protocol) = protocol {
                         declared.insert(*a, protocol);
                     }
                 }
                 for t in &r.pinned {
                     if let Some(e) = t.endpoints.first() {
-                        by_addr.insert(e.addr, t.clone());
+                        by_addr.insert(e.addr, Destination { target: t.clone(), http: None });
                     }
                 }
             }
@@ -410,8 +497,8 @@ impl Routes {
         self.by_name.get(host)
     }
 
-    /// The target of a virtual address (a cluster IP:port, or a headless Service's endpoint).
-    pub fn by_addr(&self, addr: &SocketAddr) -> Option<&Arc<Target>> {
+    /// Where a virtual address (a cluster IP:port, or a headless Service's endpoint) leads.
+    pub fn by_addr(&self, addr: &SocketAddr) -> Option<&Destination> {
         self.by_addr.get(addr)
     }
 
@@ -526,7 +613,7 @@ mod tests {
         let routes = Routes::build(&config(s), None, &Arc::new(Metrics::new()));
         for e in eps {
             let addr: SocketAddr = e.parse().expect("an address");
-            let target = routes.by_addr(&addr).expect("each endpoint address is routed");
+            let target = &routes.by_addr(&addr).expect("each endpoint address is routed").target;
             assert_eq!(target.endpoints.len(), 1);
             assert_eq!(target.endpoints[0].addr, addr, "to that endpoint only");
         }

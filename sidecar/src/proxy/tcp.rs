@@ -27,7 +27,7 @@ where
     let routes = &published.routes;
     let upstream = match (ctx.direction, ctx.orig_dst) {
         (Direction::Outbound, Some(dst)) => match routes.by_addr(&dst) {
-            Some(target) => connect_target(target, None).await,
+            Some(dest) => connect_target(&dest.target, None).await,
             None => connect(dst, DEFAULT_CONNECT_TIMEOUT)
                 .await
                 .map(|s| (s, None))

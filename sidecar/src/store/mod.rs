@@ -214,7 +214,8 @@ impl Store {
             return Ok((version, false));
         }
         let config = Config { snapshot, ..Config::clone(&current.config) };
-        let conflicts = config.conflicts();
+        let mut conflicts = config.conflicts();
+        conflicts.extend(crate::proxy::http_route::check(&config.snapshot));
         if !conflicts.is_empty() {
             return Err((Some(version), self.reject(ConfigError { problems: conflicts })));
         }
