@@ -160,6 +160,12 @@ pub async fn run(settings: Settings, shutdown: impl std::future::Future<Output =
     )
     .await?;
     background.push(spawn(report_leadership(leader.subscribe(), metrics.clone())));
+    parts.push(spawn(controller::routes::run(
+        client.clone(),
+        index.clone(),
+        leader.subscribe(),
+        stop.clone().cancelled_owned(),
+    )));
     parts.extend(root_ca.map(|p| spawn(p.run(leader.subscribe(), stop.clone()))));
     parts.extend(injector.map(|i| spawn(i.run(leader.subscribe(), stop.clone()))));
 

@@ -178,6 +178,7 @@ impl Hub {
             services: readable(&index.services),
             slices: readable(&index.slices),
             namespaces: readable(&index.namespaces),
+            routes: readable(&index.routes),
             pods: readable(&index.pods)
                 .into_iter()
                 .filter_map(|p| Some((ObjKey::of(p.as_ref())?, p)))
@@ -288,6 +289,7 @@ struct Inputs {
     services: Vec<Arc<k8s_openapi::api::core::v1::Service>>,
     slices: Vec<Arc<k8s_openapi::api::discovery::v1::EndpointSlice>>,
     namespaces: Vec<Arc<k8s_openapi::api::core::v1::Namespace>>,
+    routes: Vec<Arc<breakwater_crds::gateway::HTTPRoute>>,
     pods: HashMap<ObjKey, Arc<Pod>>,
     /// The World of the last batch.
     previous: Option<World>,
@@ -311,9 +313,20 @@ struct Compiled {
 impl Inputs {
     /// Indexes the World, finds the affected pods and compiles them (on a blocking thread).
     fn compile(self) -> Compiled {
-        let Inputs { stored, policies, services, slices, namespaces, pods, previous, mut shared, batch } =
-            self;
-        let world = World::after(previous.as_ref(), &policies, &services, &slices, &namespaces);
+        let Inputs {
+            stored,
+            policies,
+            services,
+            slices,
+            namespaces,
+            routes,
+            pods,
+            previous,
+            mut shared,
+            batch,
+        } = self;
+        let world =
+            World::after(previous.as_ref(), &policies, &services, &slices, &namespaces).with_routes(&routes);
         let concerned = concerned_policies(&world, &stored, &batch);
         let snapshots = affected(previous.as_ref(), &world, &pods, &batch)
             .into_iter()

@@ -158,12 +158,12 @@ pub fn attached<'r>(
 }
 
 /// Compiles `routes` (attached to one port, see [`attached`]) into the table a sidecar
-/// matches with. `policy` is the port's policy in force; `backend` says why a backend
-/// (`namespace`, `name`, `port`) cannot be used, or `None` when it can.
+/// matches with. `policy` is the port's policy in force; `backend` says why a backend of a
+/// route (`namespace`, `name`, `port`) cannot be used, or `None` when it can.
 pub fn compile(
     routes: &[&HTTPRoute],
     policy: Option<&AppliedPolicy>,
-    backend: impl Fn(&str, &str, u16) -> Option<String>,
+    backend: impl Fn(&HTTPRoute, &str, &str, u16) -> Option<String>,
 ) -> HttpRoutes {
     let mut sorted: Vec<&HTTPRoute> = routes.to_vec();
     sorted.sort_by(|a, b| route_order(a, b));
@@ -183,7 +183,7 @@ pub fn compile(
                         let namespace = b.namespace.clone().unwrap_or_else(|| ns.to_owned());
                         let port = b.port.and_then(|p| u16::try_from(p).ok()).unwrap_or_default();
                         RouteBackend {
-                            invalid: backend(&namespace, &b.name, port),
+                            invalid: backend(route, &namespace, &b.name, port),
                             name: b.name.clone(),
                             namespace,
                             port,

@@ -16,6 +16,8 @@
 //! - per Service port: its cluster IPs, its **ready** endpoints from the EndpointSlices (the
 //!   slice controller resolved `targetPort`, by name or number, on each pod; terminating
 //!   endpoints are left out, so they drain), and the policy in force there after precedence;
+//! - **the Services `HTTPRoute`s govern for this pod** (see [`routes`]), each port with its
+//!   route table, and the routes' backends, so the sidecar has their endpoints;
 //! - **inbound**: each port of this pod that a Service routes to, with every such Service and
 //!   the one policy whose `bulkhead.inbound` applies there;
 //! - the pod's **identity** and a content hash (the counter is the snapshot
@@ -25,8 +27,9 @@
 //! sidecar's local mode runs — so operator and sidecar can never disagree.
 
 mod endpoints;
+pub mod routes;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use self::endpoints::SERVICE_NAME_LABEL;
 
@@ -40,7 +43,7 @@ use breakwater_crds::{
     CommunicationPolicy, precedence,
     snapshot::{
         AppliedPolicy, EndpointSnapshot, Identity, InboundPort, PortSnapshot, ServiceSnapshot, Snapshot,
-        select,
+        routes as route_table, select,
     },
 };
 use k8s_openapi::api::{
@@ -117,7 +120,9 @@ pub struct Backing {
 #[derive(Debug, Default)]
 pub struct Shared {
     world: u64,
-    built: HashMap<(ObjKey, Vec<usize>), Built>,
+    /// Keyed by the Service, the caller's policies selecting it and, for a Service with
+    /// routes, the caller's namespace (consumer routes depend on it).
+    built: HashMap<(ObjKey, Vec<usize>, String), Built>,
     outbound: HashMap<(String, BTreeMap<String, String>), Arc<Outbound>>,
     interned: HashMap<[u8; 32], Weak<ServiceSnapshot>>,
     /// Interned entries when the dead ones were last swept.
@@ -174,6 +179,8 @@ pub struct World {
     backing: HashMap<ObjKey, Vec<Backing>>,
     /// Service → the pods backing it.
     backers: HashMap<ObjKey, BTreeSet<ObjKey>>,
+    /// `HTTPRoute`s.
+    routes: routes::Routes,
 }
 
 impl World {
@@ -274,7 +281,26 @@ impl World {
             s.policies.sort_by(|a, b| precedence::compare(&valid[*a].policy, &valid[*b].policy));
         }
         let id = WORLDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        World { id, namespaces, policies: valid, services: entries, backing, backers }
+        World {
+            id,
+            namespaces,
+            policies: valid,
+            services: entries,
+            backing,
+            backers,
+            routes: Default::default(),
+        }
+    }
+
+    /// This World with `routes` (`HTTPRoute`s; none when the Gateway API is not installed).
+    pub fn with_routes(mut self, routes: &[Arc<breakwater_crds::gateway::HTTPRoute>]) -> Self {
+        self.routes = routes::Routes::new(routes);
+        self
+    }
+
+    /// The routes indexed.
+    pub fn routes(&self) -> &routes::Routes {
+        &self.routes
     }
 
     /// The valid policies, sorted by `namespace/name`.
@@ -397,19 +423,28 @@ impl World {
 
     fn outbound(&self, identity: &Identity, shared: &mut Shared) -> Outbound {
         let mine: Vec<bool> = self.policies.iter().map(|e| Self::applies_to(&e.policy, identity)).collect();
-        let governed: BTreeSet<&ObjKey> =
-            self.policies.iter().zip(&mine).filter(|(_, m)| **m).flat_map(|(e, _)| &e.targets).collect();
+        let routed = self.routed_services(&identity.namespace);
+        let governed: BTreeSet<&ObjKey> = self
+            .policies
+            .iter()
+            .zip(&mine)
+            .filter(|(_, m)| **m)
+            .flat_map(|(e, _)| &e.targets)
+            .chain(&routed)
+            .collect();
         let mut out = Outbound {
             services: Vec::with_capacity(governed.len()),
             hashes: Vec::with_capacity(governed.len()),
         };
         for service in governed.into_iter().filter_map(|k| self.services.get(k)) {
             let policies: Vec<usize> = service.policies.iter().copied().filter(|i| mine[*i]).collect();
-            let key = (service.key.clone(), policies);
+            let caller =
+                if self.routes.has(&service.key) { identity.namespace.clone() } else { String::new() };
+            let key = (service.key.clone(), policies, caller);
             let (built, hash) = match shared.built.get(&key) {
                 Some(b) => b.clone(),
                 None => {
-                    let s = self.service_snapshot(service, &key.1);
+                    let s = self.service_snapshot(service, &key.1, &key.2);
                     let hash = s.content_hash();
                     let built = (shared.intern(s, hash), hash);
                     shared.built.insert(key, built.clone());
@@ -422,8 +457,16 @@ impl World {
         out
     }
 
-    fn service_snapshot(&self, service: &ServiceEntry, policies: &[usize]) -> ServiceSnapshot {
+    /// One Service for a caller with `policies` (of the Service's) in `caller_namespace`
+    /// (empty when no route is attached to the Service).
+    fn service_snapshot(
+        &self,
+        service: &ServiceEntry,
+        policies: &[usize],
+        caller_namespace: &str,
+    ) -> ServiceSnapshot {
         let sorted = self.sorted(policies);
+        let routes = self.routes_for(&service.key, caller_namespace);
         let ports: Vec<Option<u16>> = service.ports.iter().map(|p| Some(p.port)).collect();
         let (chosen, shadowed) = select::resolve_ports(&sorted, &ports);
         ServiceSnapshot {
@@ -434,15 +477,30 @@ impl World {
                 .ports
                 .iter()
                 .zip(chosen)
-                .map(|(p, policy)| PortSnapshot {
-                    port: Some(p.port),
-                    name: p.name.clone(),
-                    app_protocol: p.app_protocol.clone(),
-                    addresses: p.addresses.clone(),
-                    endpoints: p.endpoints.clone(),
-                    policy: policy.and_then(|p| self.applied(p)),
-                    // HTTPRoutes are not watched by the operator yet.
-                    routes: None,
+                .map(|(p, policy)| {
+                    let policy = policy.and_then(|p| self.applied(p));
+                    let attached = route_table::attached(
+                        routes.iter().copied(),
+                        &service.key.namespace,
+                        &service.key.name,
+                        Some(p.port),
+                        Some(caller_namespace),
+                    );
+                    let table = (!attached.is_empty()).then(|| {
+                        route_table::compile(&attached, policy.as_ref(), |route, ns, name, port| {
+                            self.backend_problem(route.namespace_or_default(), ns, name, port)
+                                .map(|p| p.message)
+                        })
+                    });
+                    PortSnapshot {
+                        port: Some(p.port),
+                        name: p.name.clone(),
+                        app_protocol: p.app_protocol.clone(),
+                        addresses: p.addresses.clone(),
+                        endpoints: p.endpoints.clone(),
+                        policy,
+                        routes: table,
+                    }
                 })
                 .collect(),
             shadowed,

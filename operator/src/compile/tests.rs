@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::World;
 
-fn obj<T: serde::de::DeserializeOwned>(v: Value) -> Arc<T> {
+pub(super) fn obj<T: serde::de::DeserializeOwned>(v: Value) -> Arc<T> {
     Arc::new(serde_json::from_value(v).expect("a valid object"))
 }
 
@@ -21,7 +21,7 @@ fn namespace(name: &str, labels: Value) -> Arc<Namespace> {
     obj(json!({"metadata": {"name": name, "labels": labels}}))
 }
 
-fn pod(ns: &str, name: &str, labels: Value) -> Pod {
+pub(super) fn pod(ns: &str, name: &str, labels: Value) -> Pod {
     serde_json::from_value(json!({
         "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{name}"), "labels": labels},
         "spec": {"serviceAccountName": "caller", "containers": []},
@@ -30,7 +30,7 @@ fn pod(ns: &str, name: &str, labels: Value) -> Pod {
 }
 
 /// A Service with `ports` as `(name, port, targetPort)`.
-fn service(ns: &str, name: &str, cluster_ip: &str, ports: &[(&str, u16, Value)]) -> Arc<Service> {
+pub(super) fn service(ns: &str, name: &str, cluster_ip: &str, ports: &[(&str, u16, Value)]) -> Arc<Service> {
     let ports: Vec<Value> = ports
         .iter()
         .map(|(n, p, t)| json!({"name": n, "port": p, "targetPort": t, "protocol": "TCP"}))
@@ -45,7 +45,7 @@ fn service(ns: &str, name: &str, cluster_ip: &str, ports: &[(&str, u16, Value)])
 type Ep<'a> = (&'a str, &'a str, Option<bool>, bool);
 
 /// A slice of `service` with `ports` as `(name, number)` and `endpoints`.
-fn slice(
+pub(super) fn slice(
     ns: &str,
     name: &str,
     service: &str,

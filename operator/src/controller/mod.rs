@@ -12,6 +12,7 @@
 //! one field manager for every replica, sent only when the status differs from the one stored,
 //! and followed by an Event per condition whose status or reason changed.
 
+pub mod routes;
 pub mod status;
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,12 @@
 //! The in-memory index: one watch per kind (CommunicationPolicy, Service, EndpointSlice, Pod,
-//! Namespace), each kept in a kube-runtime reflector store, and every change turned into a
-//! [`Trigger`] naming what changed.
+//! Namespace, and the Gateway API's HTTPRoute when it is installed), each kept in a
+//! kube-runtime reflector store, and every change turned into a [`Trigger`] naming what changed.
+//!
+//! The Gateway API is optional: the HTTPRoute watch starts once a list of HTTPRoutes succeeds,
+//! asked again every [`ROUTE_API_POLL`] until then (so installing the CRDs later needs no
+//! restart); until it does, HTTPRoutes count as listed, and there are none. A route change
+//! recompiles every pod (routes govern every caller of a Service, and are rare) and wakes the
+//! route status writer ([`Index::route_changes`]).
 //!
 //! Every replica keeps the whole index warm — only the lease holder writes status, but any
 //! replica must be able to take over, and every replica serves snapshots. Objects are stripped
@@ -26,7 +32,7 @@ use std::{
     },
 };
 
-use breakwater_crds::CommunicationPolicy;
+use breakwater_crds::{CommunicationPolicy, gateway::HTTPRoute};
 use futures_util::StreamExt;
 use k8s_openapi::api::{
     core::v1::{Namespace, Pod, PodSpec, Service},
@@ -157,10 +163,16 @@ pub struct Index {
     pub pods: Store<Lenient<Pod>>,
     /// Every Namespace.
     pub namespaces: Store<Lenient<Namespace>>,
+    /// Every HTTPRoute (none while the Gateway API is not installed).
+    pub routes: Store<Lenient<HTTPRoute>>,
     ready: Arc<Readiness>,
     policy_changes: broadcast::Sender<PolicyChange>,
     namespace_changes: watch::Sender<()>,
+    route_changes: watch::Sender<()>,
 }
+
+/// How often the operator asks whether the Gateway API's HTTPRoute is installed, until it is.
+pub const ROUTE_API_POLL: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Which stores have had their first list. Tracked from the watch events rather than with
 /// `Store::wait_until_ready`, which wakes only one of several tasks waiting on it (its oneshot
@@ -171,7 +183,7 @@ struct Readiness {
 }
 
 /// The watched kinds, in the order [`Readiness`] tracks them.
-const KINDS: [&str; 5] = ["CommunicationPolicy", "Service", "EndpointSlice", "Pod", "Namespace"];
+const KINDS: [&str; 6] = ["CommunicationPolicy", "Service", "EndpointSlice", "Pod", "Namespace", "HTTPRoute"];
 
 impl Readiness {
     fn new() -> Self {
@@ -210,18 +222,22 @@ impl Index {
         let (slices, slice_writer) = reflector::store();
         let (pods, pod_writer) = reflector::store();
         let (namespaces, namespace_writer) = reflector::store();
+        let (routes, route_writer) = reflector::store();
         let ready = Arc::new(Readiness::new());
         let (policy_changes, _) = broadcast::channel(POLICY_CHANGES);
         let namespace_changes = watch::Sender::new(());
+        let route_changes = watch::Sender::new(());
         let index = Index {
             policies,
             services,
             slices,
             pods,
             namespaces,
+            routes,
             ready: ready.clone(),
             policy_changes: policy_changes.clone(),
             namespace_changes: namespace_changes.clone(),
+            route_changes: route_changes.clone(),
         };
         let on = |kind: &'static str| Watched { kind, metrics: metrics.clone(), ready: ready.clone() };
 
@@ -258,8 +274,20 @@ impl Index {
                 watcher::Config::default(),
                 service_writer,
                 triggers.clone(),
-                on("Service").keyed(|s| ObjKey::of(s).map(Trigger::Service)),
+                {
+                    // Services decide what routes' references resolve to.
+                    let watched = on("Service");
+                    let route_changes = route_changes.clone();
+                    move |event| {
+                        let found = watched.triggers(event, |s| ObjKey::of(s).map(Trigger::Service));
+                        if !found.is_empty() {
+                            route_changes.send_replace(());
+                        }
+                        found
+                    }
+                },
             ),
+            spawn_route_watch(client.clone(), route_writer, triggers.clone(), on("HTTPRoute"), route_changes),
             spawn_watch(
                 Api::<Lenient<EndpointSlice>>::all(client.clone()),
                 watcher::Config::default(),
@@ -300,6 +328,12 @@ impl Index {
         self.namespace_changes.subscribe()
     }
 
+    /// Marked changed whenever an HTTPRoute or a Service changes (what a route's status is made
+    /// of), or they are listed again.
+    pub fn route_changes(&self) -> watch::Receiver<()> {
+        self.route_changes.subscribe()
+    }
+
     /// Policy changes from now on, for the status controller; see the module docs.
     pub fn policy_changes(&self) -> broadcast::Receiver<PolicyChange> {
         self.policy_changes.subscribe()
@@ -331,16 +365,18 @@ impl Index {
             &readable(&self.slices),
             &readable(&self.namespaces),
         )
+        .with_routes(&readable(&self.routes))
     }
 
     /// How many objects of each kind are indexed.
-    pub fn counts(&self) -> [(&'static str, usize); 5] {
+    pub fn counts(&self) -> [(&'static str, usize); 6] {
         [
             ("CommunicationPolicy", self.policies.len()),
             ("Service", self.services.len()),
             ("EndpointSlice", self.slices.len()),
             ("Pod", self.pods.len()),
             ("Namespace", self.namespaces.len()),
+            ("HTTPRoute", self.routes.len()),
         ]
     }
 }
@@ -371,9 +407,11 @@ impl Index {
             slices: store(&[]),
             pods: store(&[]),
             namespaces: store(&[]),
+            routes: store(&[]),
             ready: Arc::new(ready),
             policy_changes: broadcast::channel(POLICY_CHANGES).0,
             namespace_changes: watch::Sender::new(()),
+            route_changes: watch::Sender::new(()),
         }
     }
 
@@ -413,6 +451,47 @@ fn policy_trigger(
     // A relist (InitApply) yields no trigger anyway; an unreadable object has no generation of
     // note: always pass it on.
     (seen != Some(generation) || p.get().is_none()).then_some(Trigger::Policy(key, None))
+}
+
+/// The HTTPRoute watch, once the Gateway API is installed; see the module docs. A route event
+/// recompiles every pod.
+fn spawn_route_watch(
+    client: Client,
+    writer: reflector::store::Writer<Lenient<HTTPRoute>>,
+    triggers: Triggers,
+    watched: Watched,
+    route_changes: watch::Sender<()>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let api = Api::<Lenient<HTTPRoute>>::all(client);
+        let mut told = false;
+        loop {
+            match api.list_metadata(&kube::api::ListParams::default().limit(1)).await {
+                Ok(_) => break,
+                Err(error) => {
+                    if !told {
+                        tracing::info!(%error, "HTTPRoutes cannot be listed (is the Gateway API installed?); routes are off until they can");
+                        told = true;
+                    }
+                    // No routes to wait for: the kind counts as listed.
+                    watched.ready.synced(watched.kind);
+                }
+            }
+            tokio::time::sleep(ROUTE_API_POLL).await;
+        }
+        tracing::info!("HTTPRoutes can be listed; watching them");
+        let stream = watcher(api, watcher::Config::default()).default_backoff().modify(strip).reflect(writer);
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            let found = watched.triggers(&event, |_| Some(Trigger::All));
+            if !found.is_empty() || matches!(event, Ok(watcher::Event::InitDone)) {
+                route_changes.send_replace(());
+            }
+            for t in found {
+                triggers.send(t).await;
+            }
+        }
+    })
 }
 
 /// One watch event.
@@ -502,6 +581,7 @@ impl Strip for CommunicationPolicy {}
 impl Strip for Service {}
 impl Strip for EndpointSlice {}
 impl Strip for Namespace {}
+impl Strip for HTTPRoute {}
 impl Strip for Pod {
     fn strip(&mut self) {
         let service_account_name = self.spec.as_ref().and_then(|s| s.service_account_name.clone());

@@ -65,7 +65,7 @@ fn matches_follow_the_gateway_api_precedence_across_routes() {
              "backendRefs": [{"name": "orders", "port": 80}]},
         ]}),
     );
-    let table = compile(&[&newer, &older], None, |_, _, _| None);
+    let table = compile(&[&newer, &older], None, |_, _, _, _| None);
     assert_eq!(
         rules_in_order(&table),
         [
@@ -127,7 +127,7 @@ fn a_rule_lays_its_timeouts_and_retry_over_the_policy() {
     base.timeouts.request = Some(Duration::from_secs(5));
     base.retries = Some(EffectiveRetries::plain());
     let policy = AppliedPolicy { name: "shop/orders".into(), generation: Some(3), effective: base };
-    let table = compile(&[&r], Some(&policy), |_, name, _| {
+    let table = compile(&[&r], Some(&policy), |_, _, name, _| {
         (name == "gone").then(|| "no Service shop/gone".to_owned())
     });
     let get = table.rules[0].policy.as_ref().expect("a policy").effective.clone();
@@ -145,7 +145,7 @@ fn a_rule_lays_its_timeouts_and_retry_over_the_policy() {
     assert!(post.retries.is_none());
     assert_eq!(table.rules[2].policy.as_ref(), Some(&policy), "a plain rule runs the port's policy");
 
-    let alone = compile(&[&r], None, |_, _, _| None);
+    let alone = compile(&[&r], None, |_, _, _, _| None);
     let named = alone.rules[0].policy.as_ref().expect("the route's own settings");
     assert_eq!(named.name, "HTTPRoute shop/r");
     assert!(alone.rules[2].policy.is_none());
@@ -192,7 +192,7 @@ fn routes_round_trip_through_the_wire_format() {
             "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x", "value": "1"}]}}],
             "backendRefs": [{"name": "orders", "port": 80}]}]}),
     );
-    let table = compile(&[&r], None, |_, _, _| None);
+    let table = compile(&[&r], None, |_, _, _, _| None);
     let text = serde_json::to_value(&table).expect("serializes");
     assert_eq!(text["matches"][0]["path"], json!({"type": "Exact", "value": "/a"}));
     assert_eq!(serde_json::from_value::<HttpRoutes>(text).expect("reads back"), table);
