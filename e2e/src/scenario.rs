@@ -138,6 +138,8 @@ pub struct Answer {
     pub error: Option<String>,
     /// How long the call took, as curl measured it (connect to last byte).
     pub time: Duration,
+    /// The response's `x-served-by` header: which fault-server pod answered.
+    pub served_by: Option<String>,
 }
 
 /// One `curl` of `url` from inside pod `namespace/pod`, as its app would make it: through the
@@ -166,13 +168,16 @@ pub async fn call(
     let text = String::from_utf8_lossy(&out.stdout);
     let last = text.lines().last().unwrap_or_default();
     let (code, time) = last.split_once(' ').unwrap_or((last, ""));
-    let error = text.lines().find_map(|l| {
-        let (name, value) = l.split_once(':')?;
-        name.eq_ignore_ascii_case("breakwater-error").then(|| value.trim().to_owned())
-    });
+    let header = |wanted: &str| {
+        text.lines().find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case(wanted).then(|| value.trim().to_owned())
+        })
+    };
     Ok(Answer {
         code: code.trim().parse().unwrap_or(0),
-        error,
+        error: header("breakwater-error"),
+        served_by: header("x-served-by"),
         time: time.trim().parse::<f64>().ok().map_or(max_time, Duration::from_secs_f64),
     })
 }

@@ -202,7 +202,7 @@ async fn default_values_render_hardened_and_labelled_objects() -> anyhow::Result
         if writes {
             let named = !list("resourceNames").is_empty();
             let allowed = resources.iter().all(|r| {
-                matches!(r.as_str(), "communicationpolicies/status" | "events")
+                matches!(r.as_str(), "communicationpolicies/status" | "httproutes/status" | "events")
                     || (r == "tokenreviews" && verbs == ["create"])
                     // The root CA: create (cannot be limited by name), and change it only by name.
                     || (r == "configmaps" && (verbs == ["create"] || named))
@@ -273,6 +273,74 @@ async fn custom_values_reach_the_objects_they_configure() -> anyhow::Result<()> 
     assert_eq!(operator_env(&objects, "BREAKWATER_DEBUG_ADDRESS"), Some(&Value::from("127.0.0.1:9091")));
     let ports = &deployment["spec"]["template"]["spec"]["containers"][0]["ports"];
     assert!(ports.as_array().is_some_and(|p| p.iter().all(|p| p["name"] != "debug")), "{ports}");
+    Ok(())
+}
+
+/// The Gateway API CRDs are vendored whole (the checksum beside them matches, the version is
+/// the one `versions.env` names), off by default, and rendered on request, each kept on
+/// uninstall unless told otherwise.
+#[tokio::test]
+async fn the_vendored_gateway_api_crds_match_their_checksum_and_render_only_on_request() -> anyhow::Result<()>
+{
+    use sha2::Digest;
+    let files = chart_dir().join("files");
+    let text = std::fs::read_to_string(files.join("gateway-api-standard.yaml"))?;
+    let recorded = std::fs::read_to_string(files.join("gateway-api-standard.yaml.sha256"))?;
+    let actual: String = sha2::Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        recorded.split_whitespace().next(),
+        Some(actual.as_str()),
+        "re-run e2e/gobuild/gateway-api/vendor.sh"
+    );
+    let versions = std::fs::read_to_string(chart_dir().join("../../e2e/gobuild/versions.env"))?;
+    let version = versions.lines().find_map(|l| l.strip_prefix("GATEWAY_API_VERSION=")).expect("a version");
+    assert!(text.lines().next().is_some_and(|l| l.contains(version)), "vendored for {version}");
+
+    let helm = Helm::offline()?;
+    let render = |set: &'static [&'static str]| {
+        let helm = &helm;
+        async move {
+            let chart = chart();
+            let mut args = vec!["template", RELEASE, chart.as_str(), "--namespace", NAMESPACE];
+            for s in set {
+                args.extend(["--set", s]);
+            }
+            let out = helm.run(args).await?;
+            anyhow::Ok(manifests(&out)?)
+        }
+    };
+    let gateway = |objects: &[Value]| -> Vec<Value> {
+        find(objects, "CustomResourceDefinition")
+            .into_iter()
+            .filter(|c| c["spec"]["group"] == "gateway.networking.k8s.io")
+            .cloned()
+            .collect()
+    };
+    assert!(gateway(&render(&[]).await?).is_empty(), "off by default");
+    let on = gateway(&render(&["gatewayAPI.installCRDs=true"]).await?);
+    let mut names: Vec<&str> = on.iter().filter_map(|c| c["spec"]["names"]["kind"].as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "BackendTLSPolicy",
+            "GRPCRoute",
+            "Gateway",
+            "GatewayClass",
+            "HTTPRoute",
+            "ListenerSet",
+            "ReferenceGrant",
+            "TCPRoute",
+            "TLSRoute",
+            "UDPRoute",
+        ]
+    );
+    for crd in &on {
+        assert_eq!(crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep", "{}", describe(crd));
+        assert_eq!(crd["metadata"]["annotations"]["gateway.networking.k8s.io/channel"], "standard");
+    }
+    let released = gateway(&render(&["gatewayAPI.installCRDs=true", "gatewayAPI.keepCRDs=false"]).await?);
+    assert!(released.iter().all(|c| c["metadata"]["annotations"].get("helm.sh/resource-policy").is_none()));
     Ok(())
 }
 
@@ -702,6 +770,9 @@ async fn check_operator_rbac(cluster: &TestCluster, client: &Client) -> anyhow::
         ("list", "breakwater.dev", "communicationpolicies", "", "", true),
         ("watch", "breakwater.dev", "communicationpolicies", "", "", true),
         ("patch", "breakwater.dev", "communicationpolicies/status", "shop", "p", true),
+        ("watch", "gateway.networking.k8s.io", "httproutes", "", "", true),
+        ("patch", "gateway.networking.k8s.io", "httproutes/status", "shop", "r", true),
+        ("update", "gateway.networking.k8s.io", "httproutes", "shop", "r", false),
         ("list", "", "services", "", "", true),
         ("watch", "discovery.k8s.io", "endpointslices", "", "", true),
         ("list", "", "pods", "", "", true),

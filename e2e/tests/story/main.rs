@@ -26,6 +26,7 @@ mod kubectl;
 mod monitoring;
 mod offline;
 mod retries;
+mod routes;
 mod upgrade;
 
 const NAMESPACE: &str = "breakwater-system";
@@ -59,8 +60,9 @@ async fn story() -> anyhow::Result<&'static Story> {
         .get_or_init(|| async {
             let collector = Collector::start(cluster).await.map_err(|e| e.to_string())?;
             let tracing = format!("sidecar.tracing.endpoint={}", collector.endpoint());
-            let op =
-                Operator::install(cluster, "bw", NAMESPACE, &[&tracing]).await.map_err(|e| e.to_string())?;
+            // The Gateway API's CRDs, from the chart, for the routes scenario.
+            let set = [tracing.as_str(), "gatewayAPI.installCRDs=true"];
+            let op = Operator::install(cluster, "bw", NAMESPACE, &set).await.map_err(|e| e.to_string())?;
             op.ready_pods(2, TIMEOUT).await.map_err(|e| e.to_string())?;
             let kubectl = Kubectl::for_cluster(cluster).map_err(|e| e.to_string())?;
             Ok(Story { cluster, op, kubectl, collector })

@@ -460,7 +460,7 @@ fn attach_routes(
             }
         }
     }
-    let backend = |ns: &str, name: &str, port: u16| {
+    let backend = |_: &HTTPRoute, ns: &str, name: &str, port: u16| {
         let Some(s) = services.iter().find(|s| s.name == name && s.namespace == ns) else {
             return Some(format!("no Service {name}.{ns} in this file"));
         };

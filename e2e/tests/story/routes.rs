@@ -1,0 +1,135 @@
+//! Routes and canaries: the Gateway API's standard-channel CRDs installed by the chart
+//! (`gatewayAPI.installCRDs=true`), two Deployments of `orders` behind their own Services and
+//! one Service for both, and an `HTTPRoute` applied with kubectl that splits calls to `orders`
+//! 90/10 and cuts a slow path at its own deadline. The operator writes the route's status as
+//! the Gateway API defines it; the caller's own calls, counted by the pod that answered, show
+//! the split; a route naming a Service that does not exist is reported, not applied half.
+
+use breakwater_e2e::scenario::call;
+
+use super::*;
+
+fn services(ns: &str) -> String {
+    let service = |name: &str, selector: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+             spec:\n  selector: {selector}\n  ports: [{{name: http, port: 80, targetPort: http}}]\n"
+        )
+    };
+    [
+        service("orders", "{app: orders}"),
+        service("orders-v1", "{variant: orders-v1}"),
+        service("orders-v2", "{variant: orders-v2}"),
+    ]
+    .concat()
+}
+
+fn route(ns: &str) -> String {
+    format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: orders, namespace: {ns}}}
+spec:
+  parentRefs: [{{group: "", kind: Service, name: orders, port: 80}}]
+  rules:
+    - name: slow
+      matches: [{{path: {{type: PathPrefix, value: /reports}}}}]
+      timeouts: {{request: 300ms}}
+      backendRefs: [{{name: orders-v1, port: 80}}]
+    - name: canary
+      backendRefs:
+        - {{name: orders-v1, port: 80, weight: 90}}
+        - {{name: orders-v2, port: 80, weight: 10}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: broken, namespace: {ns}}}
+spec:
+  parentRefs: [{{group: "", kind: Service, name: orders, port: 80}}]
+  rules:
+    - matches: [{{path: {{type: PathPrefix, value: /gone}}}}]
+      backendRefs: [{{name: orders-v3, port: 80}}]
+"#
+    )
+}
+
+/// `kubectl get httproute NAME -o jsonpath=…` of Breakwater's parent entry: each condition as
+/// `Type=Status/Reason`.
+async fn route_conditions(story: &Story, ns: &str, name: &str) -> anyhow::Result<String> {
+    let path = "jsonpath={range .status.parents[?(@.controllerName==\"breakwater.dev/mesh\")].conditions[*]}{.type}={.status}/{.reason} {end}";
+    Ok(story.kubectl.run(["get", "httproute", name, "-n", ns, "-o", path]).await?)
+}
+
+#[tokio::test]
+async fn an_httproute_splits_calls_90_10_and_cuts_a_slow_path() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let story = story().await?;
+    let runner = story.cluster.pod_runner().await?;
+    let client = story.cluster.client()?;
+    let ns = injected_namespace(story, "routes").await?;
+    for (name, replicas) in [("orders-v1", 2), ("orders-v2", 1)] {
+        create_deployment(&client, &ns, &fault_deployment(name, "orders", replicas, &[])?).await?;
+    }
+    create_deployment(&client, &ns, &fault_deployment("checkout", "checkout", 1, &[])?).await?;
+    let applied = story.kubectl.output(["apply", "-f", "-"], Some(&services(&ns))).await?;
+    anyhow::ensure!(applied.success, "{}", applied.stderr);
+    ready_pods(&client, &ns, "app=orders", 3).await?;
+    let caller =
+        ready_pods(&client, &ns, "app=checkout", 1).await?.remove(0).metadata.name.unwrap_or_default();
+    scenario::ready_endpoints(&client, &ns, "orders", 3, TIMEOUT).await?;
+    let ip = Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), &ns)
+        .get("orders")
+        .await?
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .unwrap_or_default();
+
+    let applied = story.kubectl.output(["apply", "-f", "-"], Some(&route(&ns))).await?;
+    anyhow::ensure!(applied.success, "kubectl apply of the routes: {}", applied.stderr);
+
+    // Status, as the Gateway API defines it, from the operator.
+    let status = wait::until_ok("the route's status", TIMEOUT, || async {
+        let c = route_conditions(story, &ns, "orders").await.map_err(|e| e.to_string())?;
+        if c.contains("Accepted=") { Ok(c) } else { Err(c) }
+    })
+    .await?;
+    assert_eq!(status.trim(), "Accepted=True/Accepted ResolvedRefs=True/ResolvedRefs");
+    let broken = wait::until_ok("the broken route's status", TIMEOUT, || async {
+        let c = route_conditions(story, &ns, "broken").await.map_err(|e| e.to_string())?;
+        if c.contains("ResolvedRefs=") { Ok(c) } else { Err(c) }
+    })
+    .await?;
+    assert_eq!(broken.trim(), "Accepted=True/Accepted ResolvedRefs=False/BackendNotFound");
+
+    // The slow path is cut at the rule's 300ms, once the caller's sidecar has the route.
+    let slow = format!("http://{ip}/reports/q3?delay=2s");
+    let cut = wait::until_ok("the caller's sidecar to enforce the route", TIMEOUT, || async {
+        let a = call(runner, &ns, &caller, &slow, Duration::from_secs(3), &[])
+            .await
+            .map_err(|e| e.to_string())?;
+        if a.code == 504 { Ok(a) } else { Err(format!("{a:?}")) }
+    })
+    .await?;
+    assert_eq!(cut.error.as_deref(), Some("timeout"));
+    assert!(cut.time < Duration::from_millis(1500), "cut near 300ms, not at the app's 2s: {cut:?}");
+    // The broken route's rule answers 500 for its missing backend, and nothing else changed.
+    let gone = call(runner, &ns, &caller, &format!("http://{ip}/gone"), Duration::from_secs(2), &[]).await?;
+    assert_eq!((gone.code, gone.error.as_deref()), (500, Some("no-backend")));
+
+    // The split, counted by the pods that answered.
+    const CALLS: usize = 200;
+    let (mut v1, mut v2) = (0, 0);
+    for _ in 0..CALLS {
+        let a = call(runner, &ns, &caller, &format!("http://{ip}/"), Duration::from_secs(2), &[]).await?;
+        assert_eq!(a.code, 200, "{a:?}");
+        match a.served_by.as_deref() {
+            Some(p) if p.starts_with("orders-v1-") => v1 += 1,
+            Some(p) if p.starts_with("orders-v2-") => v2 += 1,
+            other => anyhow::bail!("answered by {other:?}"),
+        }
+    }
+    // 10 % of 200 is 20, with a standard deviation of about 4.2: 3.5 of them either way.
+    assert_eq!(v1 + v2, CALLS);
+    assert!((6..=35).contains(&v2), "orders-v2 took {v2} of {CALLS} calls, expected about 20");
+    Ok(())
+}
