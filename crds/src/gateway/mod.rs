@@ -20,7 +20,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub use self::validate::{REGEX_SIZE_LIMIT, RouteError, compile_regex, http_header_name, validate};
+pub use self::validate::{REGEX_SIZE_LIMIT, RouteError, compile_regex, is_header_name, validate};
 
 /// The Gateway API group.
 pub const GROUP: &str = "gateway.networking.k8s.io";

@@ -48,7 +48,7 @@ pub fn validate(route: &HTTPRoute) -> Result<(), ValidationErrors> {
             for (k, h) in m.headers.iter().enumerate() {
                 let at = format!("{at}.headers[{k}]");
                 e.value_match(&at, h);
-                if http_header_name(&h.name).is_none() {
+                if !is_header_name(&h.name) {
                     e.push(&format!("{at}.name"), format!("not a valid header name: {:?}", h.name));
                 }
             }
@@ -121,10 +121,10 @@ pub fn validate(route: &HTTPRoute) -> Result<(), ValidationErrors> {
     e.0.into_result()
 }
 
-/// `name` as an HTTP header name, if it is one.
-pub fn http_header_name(name: &str) -> Option<String> {
+/// Whether `name` is an HTTP header name (an RFC 9110 token).
+pub fn is_header_name(name: &str) -> bool {
     let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
-    (!name.is_empty() && name.chars().all(token)).then(|| name.to_ascii_lowercase())
+    !name.is_empty() && name.chars().all(token)
 }
 
 /// `pattern` compiled the way the sidecar compiles it: anchored at both ends.
@@ -192,7 +192,7 @@ impl Errors {
     fn modifier(&mut self, at: &str, m: &HeaderModifier) {
         let names = m.set.iter().map(|h| ("set", &h.name)).chain(m.add.iter().map(|h| ("add", &h.name)));
         for (i, (list, name)) in names.chain(m.remove.iter().map(|n| ("remove", n))).enumerate() {
-            if http_header_name(name).is_none() {
+            if !is_header_name(name) {
                 self.push(&format!("{at}.{list}"), format!("not a valid header name: {name:?} (entry {i})"));
             }
         }

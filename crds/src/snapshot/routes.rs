@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::AppliedPolicy;
 use crate::{
-    DEFAULT_BACKOFF_MAX, EffectivePolicy, EffectiveRetries, EffectiveTimeouts, RetryCondition,
+    EffectivePolicy, EffectiveRetries, RetryCondition,
     gateway::{HTTPRoute, HeaderModifier, HttpRouteFilter, HttpRouteRule, ValueMatch, parse_duration},
 };
 
@@ -210,8 +210,9 @@ pub fn compile(
     table
 }
 
-/// Older first, then by `namespace/name` (Gateway API tie-breaks between routes).
-fn route_order(a: &HTTPRoute, b: &HTTPRoute) -> Ordering {
+/// Older first, then by `namespace/name` (Gateway API tie-breaks between routes): `Less` means
+/// `a`'s matches win ties with `b`'s.
+pub fn route_order(a: &HTTPRoute, b: &HTTPRoute) -> Ordering {
     let created =
         |r: &HTTPRoute| (r.metadata.creation_timestamp.is_none(), r.metadata.creation_timestamp.clone());
     created(a).cmp(&created(b)).then_with(|| a.full_name().cmp(&b.full_name()))
@@ -341,43 +342,28 @@ pub fn overlay(policy: Option<&AppliedPolicy>, rule: &HttpRouteRule, route: &str
 impl EffectivePolicy {
     /// A policy that sets nothing: enforced, default connection timeouts, no deadline, no
     /// retries, breaker or bulkhead. What a route's own `timeouts` or `retry` start from when
-    /// no policy governs the Service.
+    /// no policy governs the Service. Resolved from `timeouts: {}`, so the defaults stay in
+    /// [`EffectivePolicy::resolve`] alone.
     pub fn plain() -> Self {
-        EffectivePolicy {
-            mode: crate::Mode::Enforce,
-            timeouts: EffectiveTimeouts {
-                connect: crate::DEFAULT_CONNECT_TIMEOUT,
-                request: None,
-                per_try: None,
-                idle: crate::DEFAULT_IDLE_TIMEOUT,
-            },
-            retries: None,
-            circuit_breaker: None,
-            bulkhead: Default::default(),
-        }
+        let spec = crate::CommunicationPolicySpec {
+            target_ref: crate::TargetRef::service("plain"),
+            timeouts: Some(crate::Timeouts::default()),
+            ..Default::default()
+        };
+        EffectivePolicy::resolve(&spec).expect("`timeouts: {}` is a valid policy")
     }
 }
 
 impl EffectiveRetries {
-    /// Retries with every default of `spec.retries: {}`.
+    /// Retries with every default of `retries: {}`, resolved like any policy's.
     pub fn plain() -> Self {
-        use crate::policy::retries::{DEFAULT_ATTEMPTS, DEFAULT_MAX_REPLAY_BODY_BYTES, IDEMPOTENT_METHODS};
-        EffectiveRetries {
-            attempts: DEFAULT_ATTEMPTS,
-            conditions: crate::DEFAULT_RETRY_CONDITIONS.to_vec(),
-            http_status_codes: Vec::new(),
-            grpc_codes: Vec::new(),
-            backoff_base: crate::DEFAULT_BACKOFF_BASE,
-            backoff_max: DEFAULT_BACKOFF_MAX,
-            jitter: 1.0,
-            budget_ratio: crate::DEFAULT_BUDGET_RATIO,
-            budget_min_per_second: crate::DEFAULT_BUDGET_MIN_PER_SECOND,
-            budget_window: crate::DEFAULT_BUDGET_WINDOW,
-            retryable_methods: IDEMPOTENT_METHODS.iter().map(|m| (*m).to_owned()).collect(),
-            honor_idempotency_key: true,
-            max_retry_depth: 1,
-            max_replay_body_bytes: DEFAULT_MAX_REPLAY_BODY_BYTES,
-        }
+        let spec = crate::CommunicationPolicySpec {
+            target_ref: crate::TargetRef::service("plain"),
+            retries: Some(crate::Retries::default()),
+            ..Default::default()
+        };
+        let resolved = EffectivePolicy::resolve(&spec).expect("`retries: {}` is a valid policy");
+        resolved.retries.expect("`retries: {}` resolves to retries")
     }
 }
 

@@ -54,6 +54,8 @@ pub fn desired(
     let generation = route.metadata.generation;
     let invalid = gateway::validate(route).err();
     let route_ns = route.namespace_or_default();
+    // The same for every parent: backends belong to the route.
+    let resolved = resolved_refs(route, world);
     let mut out: Vec<RouteParentStatus> = Vec::new();
     for parent in route.spec.parent_refs.iter().filter(|p| p.is_service()) {
         if out.iter().any(|e| e.parent_ref == *parent) {
@@ -77,7 +79,6 @@ pub fn desired(
                 _ => (true, "Accepted", format!("governs calls to Service {key} from injected pods")),
             },
         };
-        let resolved = resolved_refs(route, world);
         let mut conditions = vec![
             condition("Accepted", accepted.0, accepted.1, &accepted.2, generation),
             condition("ResolvedRefs", resolved.0, resolved.1, &resolved.2, generation),
@@ -181,9 +182,7 @@ fn shadowed(route: &HTTPRoute, service: &ObjKey, parent: &ParentReference, world
 }
 
 fn older_than(a: &HTTPRoute, b: &HTTPRoute) -> bool {
-    let created =
-        |r: &HTTPRoute| (r.metadata.creation_timestamp.is_none(), r.metadata.creation_timestamp.clone());
-    (created(a), a.full_name()) < (created(b), b.full_name())
+    breakwater_crds::snapshot::routes::route_order(a, b).is_lt()
 }
 
 /// Writes route status until `shutdown`; see the module docs.

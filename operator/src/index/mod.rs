@@ -480,17 +480,14 @@ fn spawn_route_watch(
             tokio::time::sleep(ROUTE_API_POLL).await;
         }
         tracing::info!("HTTPRoutes can be listed; watching them");
-        let stream = watcher(api, watcher::Config::default()).default_backoff().modify(strip).reflect(writer);
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            let found = watched.triggers(&event, |_| Some(Trigger::All));
+        let on_event = move |event: &WatchEvent<HTTPRoute>| {
+            let found = watched.triggers(event, |_| Some(Trigger::All));
             if !found.is_empty() || matches!(event, Ok(watcher::Event::InitDone)) {
                 route_changes.send_replace(());
             }
-            for t in found {
-                triggers.send(t).await;
-            }
-        }
+            found
+        };
+        drive_watch(api, watcher::Config::default(), writer, triggers, on_event).await;
     })
 }
 
@@ -504,20 +501,32 @@ fn spawn_watch<K>(
     config: watcher::Config,
     writer: reflector::store::Writer<Lenient<K>>,
     triggers: Triggers,
-    mut on_event: impl FnMut(&WatchEvent<K>) -> Vec<Trigger> + Send + 'static,
+    on_event: impl FnMut(&WatchEvent<K>) -> Vec<Trigger> + Send + 'static,
 ) -> JoinHandle<()>
 where
     K: Resource<DynamicType = ()> + Strip + DeserializeOwned + Clone + Debug + Send + Sync + 'static,
 {
-    tokio::spawn(async move {
-        let stream = watcher(api, config).default_backoff().modify(strip).reflect(writer);
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            for t in on_event(&event) {
-                triggers.send(t).await;
-            }
+    tokio::spawn(drive_watch(api, config, writer, triggers, on_event))
+}
+
+/// One watch into its store, sending the triggers `on_event` finds in each event; runs as long
+/// as the watch (which retries failures with backoff itself).
+async fn drive_watch<K>(
+    api: Api<Lenient<K>>,
+    config: watcher::Config,
+    writer: reflector::store::Writer<Lenient<K>>,
+    triggers: Triggers,
+    mut on_event: impl FnMut(&WatchEvent<K>) -> Vec<Trigger> + Send + 'static,
+) where
+    K: Resource<DynamicType = ()> + Strip + DeserializeOwned + Clone + Debug + Send + Sync + 'static,
+{
+    let stream = watcher(api, config).default_backoff().modify(strip).reflect(writer);
+    let mut stream = std::pin::pin!(stream);
+    while let Some(event) = stream.next().await {
+        for t in on_event(&event) {
+            triggers.send(t).await;
         }
-    })
+    }
 }
 
 /// What a watch reports to: its kind's name, the metrics, the readiness.
