@@ -59,6 +59,17 @@ async fn a_circuit_breaker_stops_calls_to_the_dead_pod() -> anyhow::Result<()> {
     // connection (so to whichever pod the Service rules chose for it); the dead pod fails
     // every call that reaches it.
     let dead_url = format!("http://{dead_ip}:8080/");
+    // Ready is not yet answering: the pod's tcpSocket readiness probe reaches its sidecar's
+    // inbound listener (iptables sends it there), which can accept before the app listens. So wait
+    // for the app's own first answer (under a full `make test`, 2 of 5 calls once got 502
+    // `connect-failed` from the dead pod's sidecar).
+    wait::until_ok("the dead pod's app to answer", TIMEOUT, || async {
+        let a = scenario::call(runner, &ns, &caller, &dead_url, Duration::from_secs(2), &[])
+            .await
+            .map_err(|e| e.to_string())?;
+        if a.code == 503 && a.error.is_none() { Ok(()) } else { Err(format!("{a:?}")) }
+    })
+    .await?;
     let before = calls(runner, &ns, &caller, &dead_url, 5).await?;
     // Every call fails, most of them with the pod's own 503. A 502 `connect-failed` seen under
     // a full `make test` was the harness's kube-proxy lagging behind the EndpointSlice (the
