@@ -55,10 +55,10 @@ impl Duration {
     /// Parses the text: it must match [`PATTERN`], be positive, and be at most [`MAX`].
     pub fn parse(&self) -> Result<time::Duration, InvalidDuration> {
         let invalid = || InvalidDuration(self.0.clone());
-        if !matches_pattern(&self.0) {
+        if self.0.len() > MAX_LENGTH || !matches_pattern(&self.0) {
             return Err(invalid());
         }
-        let parsed: kube::core::Duration = self.0.parse().map_err(|_| invalid())?;
+        let parsed = parse_go(&self.0).ok_or_else(invalid)?;
         let d = time::Duration::from(parsed);
         if d.is_zero() || d > MAX {
             return Err(invalid());
@@ -98,10 +98,24 @@ impl JsonSchema for Duration {
         json_schema!({
             "type": "string",
             "pattern": PATTERN,
-            "maxLength": 32,
+            "maxLength": MAX_LENGTH,
             "x-kubernetes-validations": [{ "rule": CEL_RULE, "message": EXPECTED }],
         })
     }
+}
+
+/// The longest duration text accepted (also the schema's `maxLength`).
+const MAX_LENGTH: usize = 32;
+
+/// Go's grammar, by kube's parser, for a number of at most 12 digits before each unit's point:
+/// kube's parser panics on a number whose seconds overflow a `Duration` (found by fuzzing), and
+/// twelve digits of hours are still far inside it. `None` when it does not parse.
+fn parse_go(text: &str) -> Option<kube::core::Duration> {
+    let longest_integer = text.split(|c: char| !c.is_ascii_digit()).map(str::len).max().unwrap_or_default();
+    if longest_integer > 12 {
+        return None;
+    }
+    text.parse().ok()
 }
 
 fn matches_pattern(s: &str) -> bool {
@@ -122,10 +136,12 @@ pub mod go {
         s.serialize_str(&super::format_go(*d))
     }
 
-    /// Parses Go's grammar.
+    /// Parses Go's grammar (numbers of at most 12 digits, see `parse_go`).
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<time::Duration, D::Error> {
         let text = String::deserialize(d)?;
-        let parsed: kube::core::Duration = text.parse().map_err(D::Error::custom)?;
+        let parsed = super::parse_go(&text).ok_or_else(|| {
+            D::Error::custom(format!("not a duration of at most 12 digits per unit: {text:?}"))
+        })?;
         Ok(parsed.into())
     }
 
@@ -195,6 +211,17 @@ mod tests {
         for text in ["", "0s", "0", "-1s", "1", "1d", "1w", "s", "1.s", "25 ms", "25h1m", "1us"] {
             assert!(Duration::new(text).parse().is_err(), "{text:?} should be rejected");
         }
+    }
+
+    /// Found by fuzzing the local file: kube's parser panicked on a number this big.
+    #[test]
+    fn a_number_too_big_for_any_duration_is_refused_not_a_panic() {
+        let huge = format!("{}s", "1".repeat(40));
+        assert!(Duration::new(&huge).parse().is_err());
+        assert!(Duration::new("9999999999999999999h").parse().is_err(), "short enough, still too big");
+        let json = serde_json::json!(huge);
+        let read: Result<time::Duration, _> = go::deserialize(&json);
+        assert!(read.is_err(), "a snapshot's duration too");
     }
 
     #[test]
