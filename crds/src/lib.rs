@@ -39,8 +39,9 @@ pub use self::{
     policy::{
         Backoff, BreakerScope, Bulkhead, BulkheadLimits, CONDITION_ACCEPTED, CONDITION_CONFLICTED,
         CONDITION_READY, CircuitBreaker, CommunicationPolicy, CommunicationPolicySpec,
-        CommunicationPolicyStatus, FailureCondition, FailureRate, GROUP, GrpcCode, Mode, ResolvedTarget,
-        Retries, RetryBudget, RetryCondition, RetryOn, Source, TargetRef, Timeouts, VERSION, reasons,
+        CommunicationPolicyStatus, FailureCondition, FailureRate, GROUP, GrpcCode, Mode, ROUTE_KIND,
+        ResolvedTarget, Retries, RetryBudget, RetryCondition, RetryOn, SERVICE_KIND, Source, TargetRef,
+        Timeouts, VERSION, reasons,
     },
     validate::{FieldError, ValidationErrors, validate},
     warnings::warnings,

@@ -9,7 +9,7 @@ use std::{collections::HashSet, fmt, hash::Hash, time};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::{
-    BulkheadLimits, CommunicationPolicy, CommunicationPolicySpec, Duration,
+    BulkheadLimits, CommunicationPolicy, CommunicationPolicySpec, Duration, ROUTE_KIND, SERVICE_KIND,
     policy::{
         Backoff, CircuitBreaker, Retries, RetryBudget, Source, TargetRef, Timeouts,
         retries::{MAX_ATTEMPTS, MAX_REPLAY_BODY_BYTES},
@@ -119,22 +119,70 @@ pub(crate) fn validate_spec(spec: &CommunicationPolicySpec, path: &str, errors: 
         }
         if let Some(l) = &b.inbound {
             check_limits(l, &format!("{p}.inbound"), errors);
+            if spec.target_ref.is_route() {
+                errors.push(
+                    format!("{p}.inbound"),
+                    "bulkhead.inbound is enforced by the target's own sidecar, which sees no routes: set it on a \
+                     policy targeting the Service",
+                );
+            }
         }
     }
 }
 
 fn check_target(t: &TargetRef, path: &str, errors: &mut ValidationErrors) {
-    if !t.group.is_empty() {
-        errors.push(format!("{path}.group"), format!("must be \"\" (the core API group), got {:?}", t.group));
-    }
-    if t.kind != "Service" {
-        errors.push(format!("{path}.kind"), format!("must be \"Service\", got {:?}", t.kind));
-    }
+    let route = match (t.group.as_str(), t.kind.as_str()) {
+        ("", SERVICE_KIND) => false,
+        (crate::gateway::GROUP, ROUTE_KIND) => true,
+        (group, SERVICE_KIND | ROUTE_KIND) => {
+            errors.push(
+                format!("{path}.group"),
+                format!(
+                    "a target is a Service (group \"\") or an HTTPRoute (group {}), got group {group:?} for kind {}",
+                    crate::gateway::GROUP,
+                    t.kind
+                ),
+            );
+            t.kind == ROUTE_KIND
+        }
+        (_, kind) => {
+            errors
+                .push(format!("{path}.kind"), format!("must be \"Service\" or \"HTTPRoute\", got {kind:?}"));
+            false
+        }
+    };
     match (&t.name, &t.selector) {
         (Some(_), Some(_)) | (None, None) => {
             errors.push(path, "exactly one of targetRef.name and targetRef.selector must be set")
         }
         _ => {}
+    }
+    if route {
+        if let Some(name) = &t.name {
+            check_dns_subdomain(name, &format!("{path}.name"), errors);
+        }
+        if t.selector.is_some() {
+            errors.push(
+                format!("{path}.selector"),
+                "an HTTPRoute is targeted by name; selector selects Services only",
+            );
+        }
+        if t.ports.is_some() {
+            errors.push(
+                format!("{path}.ports"),
+                "ports are for Service targets; an HTTPRoute's parentRefs say which ports it governs",
+            );
+        }
+        if let Some(rule) = &t.section_name {
+            check_dns_subdomain(rule, &format!("{path}.sectionName"), errors);
+        }
+        return;
+    }
+    if t.section_name.is_some() {
+        errors.push(
+            format!("{path}.sectionName"),
+            "sectionName names a rule of an HTTPRoute; a Service target has none",
+        );
     }
     if let Some(name) = &t.name {
         check_dns1035_label(name, &format!("{path}.name"), errors);
@@ -500,6 +548,46 @@ mod tests {
         assert!(errors.has_path("spec.retries.budget.ratio"), "{text:?}");
         assert!(errors.has_path("metadata.name"), "{text:?}");
         assert_eq!(errors.0.len(), 6, "{text:?}");
+    }
+
+    #[test]
+    fn a_route_target_is_named_and_carries_no_service_fields() {
+        let spec = |target: &str, rest: &str| {
+            parse(&format!(
+                "apiVersion: breakwater.dev/v1alpha1\nkind: CommunicationPolicy\nmetadata: {{name: p}}\n\
+                 spec:\n  targetRef: {target}\n  {rest}\n"
+            ))
+        };
+        let good = spec(
+            "{group: gateway.networking.k8s.io, kind: HTTPRoute, name: orders.v2, sectionName: get}",
+            "retries: {}",
+        );
+        assert_eq!(validate(&good), Ok(()));
+        let bad = spec(
+            "{group: gateway.networking.k8s.io, kind: HTTPRoute, name: Orders, ports: [80], sectionName: -x}",
+            "bulkhead: {inbound: {maxConcurrentRequests: 5}}",
+        );
+        let errors = validate(&bad).expect_err("four problems");
+        let paths: Vec<&str> = errors.0.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "spec.targetRef.name",
+                "spec.targetRef.ports",
+                "spec.targetRef.sectionName",
+                "spec.bulkhead.inbound"
+            ]
+        );
+        let wrong_group = spec("{kind: HTTPRoute, name: orders}", "retries: {}");
+        let errors = validate(&wrong_group).expect_err("the core group has no HTTPRoute");
+        assert!(
+            errors.0[0].to_string().starts_with("spec.targetRef.group: a target is a Service"),
+            "{errors}"
+        );
+        let service_section = spec("{name: orders, sectionName: get}", "retries: {}");
+        assert!(validate(&service_section).expect_err("no sections").has_path("spec.targetRef.sectionName"));
+        let service_dots = spec("{name: orders.v2}", "retries: {}");
+        assert!(validate(&service_dots).expect_err("a DNS-1035 label").has_path("spec.targetRef.name"));
     }
 
     #[test]

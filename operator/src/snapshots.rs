@@ -374,8 +374,12 @@ fn affected(
             Trigger::Namespace(ns) => out.extend(pods.keys().filter(|k| &k.namespace == ns).cloned()),
             Trigger::Policy(key, _) => {
                 for world in &worlds {
-                    if let Some(entry) = world.policy(key).filter(|e| !e.targets.is_empty()) {
-                        callers(world, &entry.policy, &mut out);
+                    if let Some(entry) = world.policy(key) {
+                        // A policy on a route concerns its callers wherever the route governs
+                        // their calls; one on Services, only the callers of Services it selects.
+                        if entry.policy.spec.target_ref.is_route() || !entry.targets.is_empty() {
+                            callers(world, &entry.policy, &mut out);
+                        }
                         for target in &entry.targets {
                             out.extend(world.backers_of(target).cloned());
                         }
@@ -433,18 +437,38 @@ fn concerned_policies(
                     .find(|p| ObjKey::of(p.as_ref()).as_ref() == Some(key))
                     .and_then(|p| p.get().cloned());
                 let Some(policy) = current.or_else(|| deleted.clone()) else { continue };
-                let targets: BTreeSet<ObjKey> = world.selected_by(&policy).into_iter().collect();
+                let mut targets: BTreeSet<ObjKey> = world.selected_by(&policy).into_iter().collect();
+                // A policy on a route: the policies on the same route, and those of the Services
+                // it is attached to (their `overriddenBy` names it).
+                let route = policy.spec.target_ref.route_name().map(|(name, _)| name.to_owned());
+                if let Some(name) = &route {
+                    let this = ObjKey::new(&key.namespace, name);
+                    let parents = world
+                        .routes()
+                        .valid()
+                        .iter()
+                        .filter(|r| ObjKey::of(r.as_ref()).as_ref() == Some(&this));
+                    targets.extend(
+                        parents.flat_map(|r| crate::compile::routes::service_parents(r).collect::<Vec<_>>()),
+                    );
+                }
                 let me = key.to_string();
+                let names_me = |t: &breakwater_crds::ResolvedTarget| {
+                    t.governed_by.as_deref() == Some(me.as_str())
+                        || t.overridden_by.iter().any(|o| o.rsplit(": ").next() == Some(me.as_str()))
+                };
                 for p in
                     stored.iter().filter(|p| p.metadata.namespace.as_deref() == Some(key.namespace.as_str()))
                 {
                     if ObjKey::of(p.as_ref()).as_ref() == Some(key) {
                         continue;
                     }
-                    let shares = p
-                        .get()
-                        .is_some_and(|other| world.selected_by(other).iter().any(|t| targets.contains(t)));
-                    if shares || lists(p, &|t| t.governed_by.as_deref() == Some(me.as_str())) {
+                    let shares = p.get().is_some_and(|other| {
+                        world.selected_by(other).iter().any(|t| targets.contains(t))
+                            || (route.is_some()
+                                && other.spec.target_ref.route_name().map(|(n, _)| n) == route.as_deref())
+                    });
+                    if shares || lists(p, &names_me) {
                         out.extend(reference(p));
                     }
                 }
@@ -549,5 +573,30 @@ mod tests {
         assert_eq!(names(gone), ["shop/a", "shop/payments-1"]);
         let all = affected(None, &new, &pods, &HashSet::from([Trigger::All]));
         assert_eq!(all.len(), 4);
+
+        // A policy on a route: its callers (wherever the route governs their calls), and no
+        // Service's backers; the Service policies sharing its parent are concerned too.
+        let on_route = json!({"name": "read", "ns": "shop", "spec": {
+            "targetRef": {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "payments", "sectionName": "read"},
+            "retries": {}, "sources": [{"podSelector": {"matchLabels": {"app": "checkout"}}}]}});
+        let route: Arc<breakwater_crds::gateway::HTTPRoute> = obj(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "payments", "namespace": "shop"},
+            "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "payments"}],
+                     "rules": [{"name": "read", "backendRefs": [{"name": "payments", "port": 80}]}]},
+        }));
+        let new = world(&[checkout.clone(), on_route.clone()]).with_routes(&[route]);
+        let trigger = HashSet::from([Trigger::Policy(ObjKey::new("shop", "read"), None)]);
+        assert_eq!(names(affected(None, &new, &pods, &trigger)), ["shop/a"]);
+        let stored: Vec<Arc<Lenient<CommunicationPolicy>>> = [&checkout, &on_route]
+            .iter()
+            .map(|p| {
+                obj(json!({"apiVersion": "breakwater.dev/v1alpha1", "kind": "CommunicationPolicy",
+                           "metadata": {"name": p["name"], "namespace": p["ns"]}, "spec": p["spec"]}))
+            })
+            .collect();
+        let concerned: Vec<String> =
+            concerned_policies(&new, &stored, &trigger).into_iter().map(|r| r.name).collect();
+        assert_eq!(concerned, ["checkout"], "the Service's policy lists it in overriddenBy");
     }
 }

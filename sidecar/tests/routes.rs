@@ -148,3 +148,85 @@ async fn a_file_with_a_route_the_sidecar_cannot_enforce_is_refused_naming_the_fi
         "{err:#}"
     );
 }
+
+fn on_route(name: &str, rule: Option<&str>, spec: &str) -> String {
+    let section = rule.map_or(String::new(), |r| format!(", sectionName: {r}"));
+    format!(
+        "---\napiVersion: breakwater.dev/v1alpha1\nkind: CommunicationPolicy\n\
+         metadata: {{name: {name}, namespace: shop}}\nspec:\n\
+         \x20 targetRef: {{group: gateway.networking.k8s.io, kind: HTTPRoute, name: orders{section}}}\n{spec}"
+    )
+}
+
+#[tokio::test]
+async fn a_policy_on_a_rule_beats_one_on_the_route_which_beats_the_services() {
+    let up = upstream("orders", 0).await;
+    let rules = "  - name: get-order\n\
+                 \x20   matches: [{path: {type: PathPrefix, value: /orders}, method: GET}]\n\
+                 \x20   backendRefs: [{name: payments, port: 80}]\n\
+                 \x20 - name: export\n\
+                 \x20   matches: [{path: {value: /reports/export}}]\n\
+                 \x20   backendRefs: [{name: payments, port: 80}]\n\
+                 \x20 - name: rest\n\
+                 \x20   backendRefs: [{name: payments, port: 80}]\n";
+    let docs = [
+        route("orders", rules),
+        // The Service's: a 150 ms deadline, no retries. Every rule has a more specific policy.
+        policy("service", "payments", "  timeouts: {request: 150ms}\n"),
+        // The route's: no deadline, one call at a time per rule, no retries.
+        on_route("route", None, "  bulkhead: {outbound: {maxConcurrentRequests: 1}}\n"),
+        // The `get-order` rule's: three tries on 503.
+        on_route(
+            "get-order",
+            Some("get-order"),
+            "  retries: {attempts: 3, retryOn: {httpStatusCodes: [503]}, backoff: {base: 5ms, max: 10ms}}\n",
+        ),
+    ]
+    .concat();
+    let sc = sidecar(&[("payments", up.addr())], &docs).await;
+
+    let got = get(sc.outbound, "http://payments/orders/7?status=503").await;
+    assert_eq!(got.status, 503);
+    assert_eq!(up.stats().requests(), 3, "the rule's policy: three tries");
+    let post = Request::post("http://payments/orders?status=503").body(Full::new(Bytes::from_static(b"{}")));
+    assert_eq!(http1(sc.outbound, post.expect("a request")).await.status, 503);
+    assert_eq!(up.stats().requests(), 4, "the `rest` rule runs the route's policy: no retry");
+
+    // The route's policy, not the Service's: no 150 ms deadline, and one export at a time.
+    let (a, b) = tokio::join!(
+        get(sc.outbound, "http://payments/reports/export?delay=400ms"),
+        get(sc.outbound, "http://payments/reports/export?delay=400ms"),
+    );
+    let mut answers = [
+        (a.status, a.header("breakwater-error").map(str::to_owned)),
+        (b.status, b.header("breakwater-error").map(str::to_owned)),
+    ];
+    answers.sort();
+    assert_eq!(answers, [(200, None), (503, Some("bulkhead-full".to_owned()))]);
+
+    // The admin view names the policy each rule runs.
+    let config = admin(&sc, "/config").await.text();
+    for name in ["shop/get-order", "shop/route"] {
+        assert!(config.contains(name), "{name} not in {config}");
+    }
+}
+
+#[tokio::test]
+async fn a_policy_on_a_route_or_rule_the_file_lacks_is_refused() {
+    let up = upstream("up", 0).await;
+    let rules = "  - name: read\n    backendRefs: [{name: payments, port: 80}]\n";
+    let base = sidecar_yaml(&service("payments", &[up.addr()]), None, "") + &route("orders", rules);
+    let typo = base.clone() + &on_route("typo", Some("raed"), "  timeouts: {request: 1s}\n");
+    let text = refused(&typo).await;
+    assert!(
+        text.contains("CommunicationPolicy shop/typo: spec.targetRef.sectionName: HTTPRoute orders has no rule named raed"),
+        "{text}"
+    );
+    let elsewhere = base.replace("name: orders,", "name: other,")
+        + &on_route("lost", None, "  timeouts: {request: 1s}\n");
+    let text = refused(&elsewhere).await;
+    assert!(
+        text.contains("spec.targetRef.name: no HTTPRoute orders in namespace shop in this file"),
+        "{text}"
+    );
+}

@@ -28,7 +28,7 @@ pub use self::{
         CONDITION_ACCEPTED, CONDITION_CONFLICTED, CONDITION_READY, CommunicationPolicyStatus, ResolvedTarget,
         reasons,
     },
-    target::{Source, TargetRef},
+    target::{ROUTE_KIND, SERVICE_KIND, Source, TargetRef},
     timeouts::Timeouts,
 };
 
@@ -88,9 +88,16 @@ pub const VERSION: &str = "v1alpha1";
 #[x_kube(validation = kube::core::Rule::new(
     "has(self.timeouts) || has(self.retries) || has(self.circuitBreaker) || has(self.bulkhead)"
 ).message("a policy must set at least one of timeouts, retries, circuitBreaker or bulkhead"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "!has(self.targetRef.kind) || self.targetRef.kind != 'HTTPRoute' || !has(self.bulkhead) || !has(self.bulkhead.inbound)"
+).message("bulkhead.inbound is enforced by the target's own sidecar, which sees no routes: set it on a policy targeting the Service")
+ .field_path(".bulkhead.inbound"))]
 #[serde(rename_all = "camelCase")]
 pub struct CommunicationPolicySpec {
-    /// The Service or Services, in this policy's namespace, whose callers this policy governs.
+    /// What this policy governs, in its own namespace: calls to a Service (by name), to the
+    /// Services a label selector matches, or the calls an `HTTPRoute` (or one rule of it)
+    /// matches. Where several apply to a call, the most specific wins: a route rule's policy,
+    /// then the route's, then the Service's.
     pub target_ref: TargetRef,
 
     /// Which callers the policy applies to. A caller matches when it matches any entry. Omit to
@@ -150,8 +157,11 @@ impl CommunicationPolicySpec {
     }
 
     /// Whether the policy selects a Service named `name` with `labels` (in the policy's own
-    /// namespace; the caller checks the namespace).
+    /// namespace; the caller checks the namespace). A policy targeting a route selects none.
     pub fn selects_service(&self, name: &str, labels: &std::collections::BTreeMap<String, String>) -> bool {
+        if self.target_ref.is_route() {
+            return false;
+        }
         match (&self.target_ref.name, &self.target_ref.selector) {
             (Some(n), _) => n == name,
             (None, Some(sel)) => crate::selector::matches(sel, labels),

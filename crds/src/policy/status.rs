@@ -26,7 +26,8 @@ pub mod reasons {
     /// `Ready=True`: every target Service was found and the policy is compiled into the
     /// snapshots of the sidecars it concerns.
     pub const RESOLVED: &str = "Resolved";
-    /// `Ready=False`: no Service matches `targetRef` (yet).
+    /// `Ready=False`: no Service matches `targetRef` (yet), or the HTTPRoute (or its rule)
+    /// it names does not exist or is not accepted.
     pub const NO_MATCHING_TARGETS: &str = "NoMatchingTargets";
     /// `Ready=False`: the policy is not accepted, so nothing enforces it.
     pub const NOT_ACCEPTED: &str = "NotAccepted";
@@ -57,7 +58,8 @@ pub struct CommunicationPolicyStatus {
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 
-    /// The Services this policy resolved to, and whether it is the one in force for each.
+    /// The Services (or the HTTPRoute) this policy resolved to, whether it is the one in force
+    /// for each, and where a more specific policy takes over part of it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<ResolvedTarget>,
 
@@ -75,19 +77,34 @@ pub struct CommunicationPolicyStatus {
     pub effective: Option<EffectivePolicy>,
 }
 
-/// One Service a policy resolved to.
+/// One Service (or HTTPRoute) a policy resolved to.
 #[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ResolvedTarget {
-    /// The Service's name (in the policy's namespace).
+    /// `HTTPRoute` for a route; omitted for a Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+
+    /// The Service's (or route's) name, in the policy's namespace.
     pub name: String,
+
+    /// The route's rule, when the policy names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
 
     /// The Service ports the policy applies to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<i32>,
 
-    /// The policy in force for this Service when it is not this one (precedence: a policy
-    /// naming the Service beats a selector, then the oldest, then the first by name).
+    /// The policy in force for this target when it is not this one (precedence: a policy
+    /// naming the target beats a selector, then the oldest, then the first by name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub governed_by: Option<String>,
+
+    /// The more specific policies that govern part of this target's calls instead of this
+    /// one: those on the HTTPRoutes attached to this Service (`HTTPRoute orders: shop/p`), or
+    /// on rules of this route (`rule get: shop/p`). A rule's policy beats its route's, which
+    /// beats its Service's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overridden_by: Vec<String>,
 }

@@ -252,12 +252,20 @@ impl Snapshot {
         h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
     }
 
-    /// Every policy this snapshot enforces (outbound and inbound), by `namespace/name`, with
-    /// the generation compiled, deduplicated and sorted.
+    /// Every policy this snapshot enforces (outbound, on route rules and inbound), by
+    /// `namespace/name`, with the generation compiled, deduplicated and sorted.
     pub fn policies(&self) -> BTreeMap<String, Option<i64>> {
-        let outbound = self.services.iter().flat_map(|s| s.ports.iter().filter_map(|p| p.policy.as_ref()));
+        let ports = || self.services.iter().flat_map(|s| s.ports.iter());
+        let outbound = ports().filter_map(|p| p.policy.as_ref());
+        let rules =
+            ports().flat_map(|p| p.routes.iter().flat_map(|r| &r.rules)).filter_map(|r| r.policy.as_ref());
         let inbound = self.inbound.iter().filter_map(|p| p.policy.as_ref());
-        outbound.chain(inbound).map(|p| (p.name.clone(), p.generation)).collect()
+        outbound
+            .chain(rules)
+            .chain(inbound)
+            .filter(|p| !p.name.starts_with(routes::ROUTE_ONLY))
+            .map(|p| (p.name.clone(), p.generation))
+            .collect()
     }
 }
 

@@ -1,8 +1,9 @@
 //! HTTP routes for one Service port, as a snapshot carries them: every match of every
 //! `HTTPRoute` attached to the port, already sorted into the Gateway API's precedence order, so
 //! a sidecar takes the first that matches and never re-sorts; each rule with its weighted
-//! backends, header changes and the policy its calls run with (the port's policy with the
-//! rule's own `timeouts` and `retry` laid over it).
+//! backends, header changes and the policy its calls run with: the most specific
+//! `CommunicationPolicy` (one naming the rule, then one naming the route, then the port's),
+//! with the rule's own `timeouts` and `retry` laid over it.
 //!
 //! Which routes attach (GAMMA): a route whose `parentRefs` name the Service (and the port, or
 //! no port). A route in the Service's namespace is a *producer* route and governs every
@@ -54,8 +55,9 @@ pub struct RouteRule {
     /// Response header changes for every backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_headers: Option<HeaderModifier>,
-    /// What its calls run with: the policy in force with the rule's `timeouts` and `retry`
-    /// laid over it. Named for the policy, or for the route when only the route sets anything.
+    /// What its calls run with: the policy in force (the rule's, else the route's, else the
+    /// port's) with the rule's `timeouts` and `retry` laid over it. Named for the policy, or
+    /// for the route ([`ROUTE_ONLY`]) when only the route sets anything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<AppliedPolicy>,
 }
@@ -157,12 +159,19 @@ pub fn attached<'r>(
     all.into_iter().filter(|r| r.namespace_or_default() == namespace).collect()
 }
 
+/// How [`RouteRule::policy`] is named when no `CommunicationPolicy` governs the rule and only
+/// the route's own `timeouts` or `retry` apply: `HTTPRoute namespace/name`.
+pub const ROUTE_ONLY: &str = "HTTPRoute ";
+
 /// Compiles `routes` (attached to one port, see [`attached`]) into the table a sidecar
-/// matches with. `policy` is the port's policy in force; `backend` says why a backend of a
-/// route (`namespace`, `name`, `port`) cannot be used, or `None` when it can.
+/// matches with. `policy` is the port's policy in force; `rule_policy` gives the policy
+/// targeting a route's rule (by its name) or the whole route, for this caller, if any (see
+/// [`super::select::for_rule`]), which replaces the port's for that rule; `backend` says why a
+/// backend of a route (`namespace`, `name`, `port`) cannot be used, or `None` when it can.
 pub fn compile(
     routes: &[&HTTPRoute],
     policy: Option<&AppliedPolicy>,
+    rule_policy: impl Fn(&HTTPRoute, Option<&str>) -> Option<AppliedPolicy>,
     backend: impl Fn(&HTTPRoute, &str, &str, u16) -> Option<String>,
 ) -> HttpRoutes {
     let mut sorted: Vec<&HTTPRoute> = routes.to_vec();
@@ -195,7 +204,11 @@ pub fn compile(
                     .collect(),
                 request_headers: request_headers(&rule.filters),
                 response_headers: response_headers(&rule.filters),
-                policy: overlay(policy, rule, &route.full_name()),
+                policy: overlay(
+                    rule_policy(route, rule.name.as_deref()).as_ref().or(policy),
+                    rule,
+                    &route.full_name(),
+                ),
             });
             let matches =
                 if rule.matches.is_empty() { vec![Default::default()] } else { rule.matches.clone() };
@@ -305,7 +318,7 @@ pub fn overlay(policy: Option<&AppliedPolicy>, rule: &HttpRouteRule, route: &str
         return policy.cloned();
     }
     let mut applied = policy.cloned().unwrap_or_else(|| AppliedPolicy {
-        name: format!("HTTPRoute {route}"),
+        name: format!("{ROUTE_ONLY}{route}"),
         generation: None,
         effective: EffectivePolicy::plain(),
     });

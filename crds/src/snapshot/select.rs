@@ -8,6 +8,10 @@
 //! [`crate::precedence`] order, whose `targetRef.ports` covers it; the others are shadowed
 //! there. Inbound, the caller is unknown, so every policy selecting the Service counts.
 //!
+//! A policy targeting an `HTTPRoute` governs the calls that route matches, and beats the
+//! Service's policies there; one naming a rule (`sectionName`) beats one naming the whole
+//! route, for that rule ([`for_rule`]).
+//!
 //! Callers pass valid policies only: invalid ones are refused before they get here (the strict
 //! loader in local mode, the `Accepted=False` policies in the operator).
 
@@ -43,6 +47,35 @@ pub fn selecting<'p>(
         })
         .collect();
     precedence::sort(&mut found);
+    found
+}
+
+/// The policies targeting rule `rule` (its name, `None` for a rule without one) of the
+/// `HTTPRoute` `namespace/route`, and, when a `caller` is given, whose `sources` select it, the
+/// winner first: those naming the rule in `sectionName` before those naming the whole route,
+/// then in [`crate::precedence`] order.
+pub fn for_rule<'p>(
+    policies: impl IntoIterator<Item = &'p CommunicationPolicy>,
+    namespace: &str,
+    route: &str,
+    rule: Option<&str>,
+    caller: Option<&Identity>,
+) -> Vec<&'p CommunicationPolicy> {
+    let mut found: Vec<&CommunicationPolicy> = policies
+        .into_iter()
+        .filter(|p| p.namespace_or_default() == namespace)
+        .filter(|p| match p.spec.target_ref.route_name() {
+            Some((name, section)) => name == route && section.is_none_or(|s| Some(s) == rule),
+            None => false,
+        })
+        .filter(|p| {
+            caller.is_none_or(|c| p.spec.selects_caller(&c.namespace, &c.namespace_labels, &c.labels))
+        })
+        .collect();
+    found.sort_by(|a, b| {
+        let whole = |p: &CommunicationPolicy| p.spec.target_ref.section_name.is_none();
+        whole(a).cmp(&whole(b)).then_with(|| precedence::compare(a, b))
+    });
     found
 }
 
@@ -178,5 +211,31 @@ mod tests {
         p.metadata.namespace = Some("other".into());
         let labels = BTreeMap::new();
         assert!(selecting([&p], &service(&labels), None).is_empty());
+    }
+
+    #[test]
+    fn a_rule_policy_beats_a_route_policy_which_selects_no_service() {
+        let on_route = |name: &str, rule: Option<&str>, created: i64| {
+            let mut p = policy(name, None, created);
+            p.spec.target_ref = TargetRef::route("payments", rule);
+            p
+        };
+        let route = on_route("route", None, 1);
+        let get = on_route("get", Some("get"), 20);
+        let newer_get = on_route("newer-get", Some("get"), 30);
+        let post = on_route("post", Some("post"), 1);
+        let all = [&newer_get, &route, &post, &get];
+        let names = |rule| -> Vec<String> {
+            for_rule(all, "shop", "payments", rule, None).iter().map(|p| p.full_name()).collect()
+        };
+        assert_eq!(names(Some("get")), ["shop/get", "shop/newer-get", "shop/route"]);
+        assert_eq!(names(Some("post")), ["shop/post", "shop/route"]);
+        assert_eq!(names(None), ["shop/route"], "a rule without a name: only whole-route policies");
+        assert!(for_rule(all, "shop", "orders", Some("get"), None).is_empty(), "another route");
+        assert!(for_rule(all, "other", "payments", Some("get"), None).is_empty(), "another namespace");
+
+        // A route named like a Service never makes its policy select the Service.
+        let labels = BTreeMap::new();
+        assert!(selecting(all, &service(&labels), None).is_empty());
     }
 }

@@ -40,7 +40,9 @@ use std::{
 };
 
 use breakwater_crds::{
-    CommunicationPolicy, precedence,
+    CommunicationPolicy,
+    gateway::HTTPRoute,
+    precedence,
     snapshot::{
         AppliedPolicy, EndpointSnapshot, Identity, InboundPort, PortSnapshot, ServiceSnapshot, Snapshot,
         routes as route_table, select,
@@ -109,6 +111,9 @@ pub struct Backing {
     pub pod_port: u16,
 }
 
+/// A Service, the caller's policies selecting it, its namespace and its policies on routes.
+type BuiltKey = (ObjKey, Vec<usize>, String, Vec<usize>);
+
 /// What compiling remembers between pods and between batches, so that pods which agree share
 /// memory and work:
 ///
@@ -121,8 +126,8 @@ pub struct Backing {
 pub struct Shared {
     world: u64,
     /// Keyed by the Service, the caller's policies selecting it and, for a Service with
-    /// routes, the caller's namespace (consumer routes depend on it).
-    built: HashMap<(ObjKey, Vec<usize>, String), Built>,
+    /// routes, the caller's namespace (consumer routes depend on it) and its policies on routes.
+    built: HashMap<BuiltKey, Built>,
     outbound: HashMap<(String, BTreeMap<String, String>), Arc<Outbound>>,
     interned: HashMap<[u8; 32], Weak<ServiceSnapshot>>,
     /// Interned entries when the dead ones were last swept.
@@ -255,6 +260,8 @@ impl World {
                 };
                 let namespace = p.namespace_or_default().to_owned();
                 let targets: Vec<ObjKey> = match &p.spec.target_ref.name {
+                    // Its calls are found through the routes.
+                    Some(_) if p.spec.target_ref.is_route() => Vec::new(),
                     Some(name) => {
                         let key = ObjKey::new(&namespace, name);
                         entries.contains_key(&key).then_some(key).into_iter().collect()
@@ -432,19 +439,25 @@ impl World {
             .flat_map(|(e, _)| &e.targets)
             .chain(&routed)
             .collect();
+        // The policies on routes (or their rules) this caller's calls run with, wherever the
+        // routes match.
+        let on_routes: Vec<usize> = (0..self.policies.len())
+            .filter(|i| mine[*i] && self.policies[*i].policy.spec.target_ref.is_route())
+            .collect();
         let mut out = Outbound {
             services: Vec::with_capacity(governed.len()),
             hashes: Vec::with_capacity(governed.len()),
         };
         for service in governed.into_iter().filter_map(|k| self.services.get(k)) {
             let policies: Vec<usize> = service.policies.iter().copied().filter(|i| mine[*i]).collect();
-            let caller =
-                if self.routes.has(&service.key) { identity.namespace.clone() } else { String::new() };
-            let key = (service.key.clone(), policies, caller);
+            let routed = self.routes.has(&service.key);
+            let caller = if routed { identity.namespace.clone() } else { String::new() };
+            let on_routes = if routed { on_routes.clone() } else { Vec::new() };
+            let key = (service.key.clone(), policies, caller, on_routes);
             let (built, hash) = match shared.built.get(&key) {
                 Some(b) => b.clone(),
                 None => {
-                    let s = self.service_snapshot(service, &key.1, &key.2);
+                    let s = self.service_snapshot(service, &key.1, &key.2, &key.3);
                     let hash = s.content_hash();
                     let built = (shared.intern(s, hash), hash);
                     shared.built.insert(key, built.clone());
@@ -457,13 +470,15 @@ impl World {
         out
     }
 
-    /// One Service for a caller with `policies` (of the Service's) in `caller_namespace`
-    /// (empty when no route is attached to the Service).
+    /// One Service for a caller with `policies` (of the Service's) in `caller_namespace`, whose
+    /// policies on routes are `on_routes` (both empty when no route is attached to the
+    /// Service).
     fn service_snapshot(
         &self,
         service: &ServiceEntry,
         policies: &[usize],
         caller_namespace: &str,
+        on_routes: &[usize],
     ) -> ServiceSnapshot {
         let sorted = self.sorted(policies);
         let routes = self.routes_for(&service.key, caller_namespace);
@@ -487,10 +502,21 @@ impl World {
                         Some(caller_namespace),
                     );
                     let table = (!attached.is_empty()).then(|| {
-                        route_table::compile(&attached, policy.as_ref(), |route, ns, name, port| {
-                            self.backend_problem(route.namespace_or_default(), ns, name, port)
-                                .map(|p| p.message)
-                        })
+                        let rule_policy = |route: &HTTPRoute, rule: Option<&str>| {
+                            let candidates = on_routes.iter().map(|i| self.policies[*i].policy.as_ref());
+                            let ns = route.namespace_or_default();
+                            let winners = select::for_rule(candidates, ns, &route.name_any(), rule, None);
+                            winners.first().and_then(|p| self.applied(p))
+                        };
+                        route_table::compile(
+                            &attached,
+                            policy.as_ref(),
+                            rule_policy,
+                            |route, ns, name, port| {
+                                self.backend_problem(route.namespace_or_default(), ns, name, port)
+                                    .map(|p| p.message)
+                            },
+                        )
                     });
                     PortSnapshot {
                         port: Some(p.port),

@@ -72,7 +72,7 @@ pub(super) fn slice(
     }))
 }
 
-fn policy(ns: &str, name: &str, created: i64, spec: Value) -> Arc<CommunicationPolicy> {
+pub(super) fn policy(ns: &str, name: &str, created: i64, spec: Value) -> Arc<CommunicationPolicy> {
     obj(json!({
         "apiVersion": "breakwater.dev/v1alpha1",
         "kind": "CommunicationPolicy",

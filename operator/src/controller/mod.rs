@@ -200,11 +200,17 @@ async fn reconcile_inner(object: &Lenient<CommunicationPolicy>, ctx: &Context) -
                 .into_iter()
                 .filter(|s| s.metadata.namespace.as_deref() == Some(key.namespace.as_str()))
                 .collect();
+            let routes: Vec<_> = readable(&ctx.index.routes)
+                .into_iter()
+                .filter(|r| r.metadata.namespace.as_deref() == Some(key.namespace.as_str()))
+                .collect();
             let peers: Vec<&CommunicationPolicy> = peers.iter().map(Arc::as_ref).collect();
             let services: Vec<_> = services.iter().map(Arc::as_ref).collect();
+            let routes: Vec<_> = routes.iter().map(Arc::as_ref).collect();
+            let scope = status::Scope { peers: &peers, services: &services, routes: &routes };
             let delivery = ctx.deliveries.as_ref().and_then(|d| d.delivery(&key, policy.metadata.generation));
             let previous = policy.status.clone();
-            let desired = status::desired(policy, &peers, &services, delivery, previous.as_ref(), &now);
+            let desired = status::desired(policy, &scope, delivery, previous.as_ref(), &now);
             (previous, desired)
         }
         None => {

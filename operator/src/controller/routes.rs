@@ -160,8 +160,8 @@ fn shadowed(route: &HTTPRoute, service: &ObjKey, parent: &ParentReference, world
     if older.is_empty() {
         return None;
     }
-    let theirs = compile(&older, None, |_, _, _, _| None);
-    let mine = compile(&[route], None, |_, _, _, _| None);
+    let theirs = compile(&older, None, |_, _| None, |_, _, _, _| None);
+    let mine = compile(&[route], None, |_, _| None, |_, _, _, _| None);
     let same = |a: &breakwater_crds::snapshot::routes::RouteMatch,
                 b: &breakwater_crds::snapshot::routes::RouteMatch| {
         a.path == b.path && a.method == b.method && a.headers == b.headers && a.query_params == b.query_params

@@ -8,8 +8,14 @@
 //!   `Programmed` from a [`Delivery`] count;
 //! - `Conflicted`: `Overridden` when another policy wins precedence on some target port (the
 //!   message names it and why), else `NoConflict`;
-//! - `targets` (with `governedBy`), `effective` (the policy with defaults) and
-//!   `observedGeneration`.
+//! - `targets` (with `governedBy`, and `overriddenBy`: the policies on routes, or on a route's
+//!   rules, that take over part of the target's calls), `effective` (the policy with defaults)
+//!   and `observedGeneration`.
+//!
+//! A policy targeting an `HTTPRoute` resolves to the route (and its rule, with `sectionName`)
+//! when the route exists, is valid and has that rule; it conflicts with the policies naming
+//! the same route and rule; and one naming the whole route is overridden, rule by rule, by
+//! those naming a rule (rule > route > Service, [`select::for_rule`]).
 //!
 //! Precedence here ignores `sources`: two policies selecting the same Service port conflict
 //! for the callers both select, and the loser is reported even if some callers only it selects
@@ -18,7 +24,9 @@
 
 use breakwater_crds::{
     CONDITION_ACCEPTED, CONDITION_CONFLICTED, CONDITION_READY, CommunicationPolicy,
-    CommunicationPolicyStatus, EffectivePolicy, ResolvedTarget, precedence, reasons,
+    CommunicationPolicyStatus, EffectivePolicy, ROUTE_KIND, ResolvedTarget,
+    gateway::{self, HTTPRoute},
+    precedence, reasons,
     snapshot::select::{self, ServiceRef},
 };
 use k8s_openapi::{
@@ -32,12 +40,30 @@ pub use crate::delivery::Delivery;
 /// Kubernetes caps a condition message at 32768 bytes.
 const MAX_MESSAGE: usize = 32 * 1024;
 
-/// The status `policy` should have; see the module docs. `peers` are the policies of its
-/// namespace (it may be among them), `services` the Services of its namespace.
+/// What a policy's status is computed from: the objects of its namespace.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Scope<'a> {
+    /// The policies (the one whose status it is may be among them).
+    pub peers: &'a [&'a CommunicationPolicy],
+    /// The Services.
+    pub services: &'a [&'a Service],
+    /// The `HTTPRoute`s (none when the Gateway API is not installed).
+    pub routes: &'a [&'a HTTPRoute],
+}
+
+/// What a policy resolved to: its targets, why some that matched cannot be governed, and
+/// the conflicts it loses.
+#[derive(Default)]
+struct Resolution {
+    targets: Vec<ResolvedTarget>,
+    missing: Vec<String>,
+    overridden: Vec<String>,
+}
+
+/// The status `policy` should have; see the module docs.
 pub fn desired(
     policy: &CommunicationPolicy,
-    peers: &[&CommunicationPolicy],
-    services: &[&Service],
+    scope: &Scope<'_>,
     delivery: Option<Delivery>,
     previous: Option<&CommunicationPolicyStatus>,
     now: &Time,
@@ -54,69 +80,25 @@ pub fn desired(
         };
 
     let me = policy.full_name();
-    let valid: Vec<&CommunicationPolicy> = peers
+    let mut candidates: Vec<&CommunicationPolicy> = scope
+        .peers
         .iter()
         .copied()
         .filter(|p| p.full_name() != me && breakwater_crds::validate(p).is_ok())
         .collect();
-    let mut candidates = valid.clone();
     candidates.push(policy);
+    let routes: Vec<&HTTPRoute> =
+        scope.routes.iter().copied().filter(|r| gateway::validate(r).is_ok()).collect();
 
-    let mut targets = Vec::new();
-    let mut missing = Vec::new();
-    let mut overridden = Vec::new();
-    let mut sorted_services: Vec<&Service> = services.to_vec();
-    sorted_services.sort_by_key(|s| s.name_any());
-    for service in sorted_services {
-        let name = service.name_any();
-        let labels = service.labels();
-        if !policy.spec.selects_service(&name, labels) {
-            continue;
-        }
-        let Some(spec) = service.spec.as_ref() else { continue };
-        if spec.type_.as_deref() == Some("ExternalName") {
-            missing.push(format!("Service {name} is of type ExternalName, which has no endpoints to govern"));
-            continue;
-        }
-        let ports: Vec<u16> = spec
-            .ports
-            .iter()
-            .flatten()
-            .filter(|p| p.protocol.as_deref().is_none_or(|p| p == "TCP"))
-            .filter_map(|p| u16::try_from(p.port).ok())
-            .collect();
-        let covered: Vec<u16> =
-            ports.iter().copied().filter(|p| policy.spec.target_ref.applies_to_port(*p)).collect();
-        if covered.is_empty() {
-            missing.push(format!(
-                "Service {name} has none of the ports in spec.targetRef.ports (it has {})",
-                list(ports.iter())
-            ));
-            continue;
-        }
-        let namespace = policy.namespace_or_default();
-        let sorted = select::selecting(
-            candidates.iter().copied(),
-            &ServiceRef { name: &name, namespace, labels },
-            None,
-        );
-        let mut in_force = Vec::new();
-        let mut governed_by = None;
-        for port in &covered {
-            match select::in_force(&sorted, Some(*port)) {
-                Some(winner) if winner.full_name() == me => in_force.push(i32::from(*port)),
-                Some(winner) if governed_by.is_none() => {
-                    overridden.push(format!("{name}: {} wins ({})", winner.full_name(), why(winner, policy)));
-                    governed_by = Some(winner.full_name());
-                }
-                Some(_) | None => {}
-            }
-        }
-        targets.push(ResolvedTarget { name, ports: in_force, governed_by });
-    }
-
+    let Resolution { targets, missing, overridden } = match policy.spec.target_ref.route_name() {
+        Some((route, rule)) => route_target(policy, &candidates, &routes, route, rule),
+        None => service_targets(policy, &candidates, scope.services, &routes),
+    };
     let ready = if targets.is_empty() {
         let looked_for = match (&policy.spec.target_ref.name, &policy.spec.target_ref.selector) {
+            (Some(name), _) if policy.spec.target_ref.is_route() => {
+                format!("no HTTPRoute named {name} in namespace {}", policy.namespace_or_default())
+            }
             (Some(name), _) => {
                 format!("no Service named {name} in namespace {}", policy.namespace_or_default())
             }
@@ -129,7 +111,11 @@ pub fn desired(
         let message = if missing.is_empty() { looked_for } else { missing.join("; ") };
         conditions.make(CONDITION_READY, false, reasons::NO_MATCHING_TARGETS, message)
     } else {
-        let names = list(targets.iter().map(|t| &t.name));
+        let names = list(targets.iter().map(|t| match (&t.kind, &t.section_name) {
+            (Some(kind), Some(rule)) => format!("{kind} {} (rule {rule})", t.name),
+            (Some(kind), None) => format!("{kind} {}", t.name),
+            (None, _) => t.name.clone(),
+        }));
         match &delivery {
             None => conditions.make(
                 CONDITION_READY,
@@ -175,6 +161,171 @@ pub fn desired(
         expected_sidecars: delivery.as_ref().map(|d| d.expected),
         effective: Some(effective),
     }
+}
+
+/// The Services `policy` (targeting Services) resolves to, among `candidates` (the valid
+/// policies of its namespace, itself included), with the route policies overriding it there.
+fn service_targets(
+    policy: &CommunicationPolicy,
+    candidates: &[&CommunicationPolicy],
+    services: &[&Service],
+    routes: &[&HTTPRoute],
+) -> Resolution {
+    let me = policy.full_name();
+    let namespace = policy.namespace_or_default();
+    let mut out = Resolution::default();
+    let mut sorted_services: Vec<&Service> = services.to_vec();
+    sorted_services.sort_by_key(|s| s.name_any());
+    for service in sorted_services {
+        let name = service.name_any();
+        let labels = service.labels();
+        if !policy.spec.selects_service(&name, labels) {
+            continue;
+        }
+        let Some(spec) = service.spec.as_ref() else { continue };
+        if spec.type_.as_deref() == Some("ExternalName") {
+            out.missing
+                .push(format!("Service {name} is of type ExternalName, which has no endpoints to govern"));
+            continue;
+        }
+        let ports: Vec<u16> = spec
+            .ports
+            .iter()
+            .flatten()
+            .filter(|p| p.protocol.as_deref().is_none_or(|p| p == "TCP"))
+            .filter_map(|p| u16::try_from(p.port).ok())
+            .collect();
+        let covered: Vec<u16> =
+            ports.iter().copied().filter(|p| policy.spec.target_ref.applies_to_port(*p)).collect();
+        if covered.is_empty() {
+            out.missing.push(format!(
+                "Service {name} has none of the ports in spec.targetRef.ports (it has {})",
+                list(ports.iter())
+            ));
+            continue;
+        }
+        let sorted = select::selecting(
+            candidates.iter().copied(),
+            &ServiceRef { name: &name, namespace, labels },
+            None,
+        );
+        let mut in_force = Vec::new();
+        let mut governed_by = None;
+        for port in &covered {
+            match select::in_force(&sorted, Some(*port)) {
+                Some(winner) if winner.full_name() == me => in_force.push(i32::from(*port)),
+                Some(winner) if governed_by.is_none() => {
+                    out.overridden.push(format!(
+                        "{name}: {} wins ({})",
+                        winner.full_name(),
+                        why(winner, policy)
+                    ));
+                    governed_by = Some(winner.full_name());
+                }
+                Some(_) | None => {}
+            }
+        }
+        // The route policies of this namespace taking over the calls its routes match.
+        let mut overridden_by = Vec::new();
+        if !in_force.is_empty() {
+            for route in routes.iter().filter(|r| {
+                r.namespace_or_default() == namespace
+                    && r.spec.parent_refs.iter().any(|p| {
+                        p.is_service()
+                            && p.name == name
+                            && p.namespace.as_deref().is_none_or(|n| n == namespace)
+                    })
+            }) {
+                let route_name = route.name_any();
+                for rule in &route.spec.rules {
+                    let winners = select::for_rule(
+                        candidates.iter().copied(),
+                        namespace,
+                        &route_name,
+                        rule.name.as_deref(),
+                        None,
+                    );
+                    let Some(winner) = winners.first() else { continue };
+                    let line = match &winner.spec.target_ref.section_name {
+                        Some(rule) => {
+                            format!("{ROUTE_KIND} {route_name} rule {rule}: {}", winner.full_name())
+                        }
+                        None => format!("{ROUTE_KIND} {route_name}: {}", winner.full_name()),
+                    };
+                    if !overridden_by.contains(&line) {
+                        overridden_by.push(line);
+                    }
+                }
+            }
+        }
+        out.targets.push(ResolvedTarget {
+            name,
+            ports: in_force,
+            governed_by,
+            overridden_by,
+            ..Default::default()
+        });
+    }
+    out
+}
+
+/// The route (rule) `policy` targets, among `routes` (the valid ones of its namespace).
+fn route_target(
+    policy: &CommunicationPolicy,
+    candidates: &[&CommunicationPolicy],
+    routes: &[&HTTPRoute],
+    name: &str,
+    rule: Option<&str>,
+) -> Resolution {
+    let me = policy.full_name();
+    let namespace = policy.namespace_or_default();
+    let mut out = Resolution::default();
+    let Some(route) = routes.iter().find(|r| r.namespace_or_default() == namespace && r.name_any() == name)
+    else {
+        // An invalid route is among the Gateway API's objects but not among `routes`.
+        out.missing.push(format!(
+            "no accepted HTTPRoute named {name} in namespace {namespace} (a route that breaks a rule is never \
+             applied: its status says why)"
+        ));
+        return out;
+    };
+    let names: Vec<&str> = route.spec.rules.iter().filter_map(|r| r.name.as_deref()).collect();
+    if let Some(rule) = rule.filter(|r| !names.contains(r)) {
+        out.missing.push(format!(
+            "HTTPRoute {name} has no rule named {rule} (its named rules: {})",
+            list(names.iter())
+        ));
+        return out;
+    }
+    let mut governed_by = None;
+    let mut overridden_by = Vec::new();
+    let covered = route.spec.rules.iter().map(|r| r.name.as_deref()).filter(|r| rule.is_none() || *r == rule);
+    for r in covered {
+        let winners = select::for_rule(candidates.iter().copied(), namespace, name, r, None);
+        let Some(winner) = winners.first().filter(|w| w.full_name() != me) else { continue };
+        if winner.spec.target_ref.section_name.as_deref() == rule {
+            // As specific as this one: a conflict, lost.
+            if governed_by.is_none() {
+                out.overridden.push(format!(
+                    "HTTPRoute {name}: {} wins ({})",
+                    winner.full_name(),
+                    why(winner, policy)
+                ));
+                governed_by = Some(winner.full_name());
+            }
+        } else if let Some(r) = r {
+            overridden_by.push(format!("rule {r}: {}", winner.full_name()));
+        }
+    }
+    out.targets.push(ResolvedTarget {
+        kind: Some(ROUTE_KIND.to_owned()),
+        name: name.to_owned(),
+        section_name: rule.map(str::to_owned),
+        ports: Vec::new(),
+        governed_by,
+        overridden_by,
+    });
+    out
 }
 
 /// The status of a policy object that could not even be read as a `CommunicationPolicy`

@@ -114,7 +114,8 @@ async fn a_replica_without_the_lease_or_with_nothing_new_writes_nothing() {
     let stored: CommunicationPolicy = serde_json::from_value(policy(None)).expect("a policy");
     let svc: Service = serde_json::from_value(service()).expect("a service");
     let now = Time(Timestamp::now());
-    let current = status::desired(&stored, &[&stored], &[&svc], None, None, &now);
+    let scope = status::Scope { peers: &[&stored], services: &[&svc], routes: &[] };
+    let current = status::desired(&stored, &scope, None, None, &now);
     let (ctx, mut server, _leader) = context(&[policy(Some(&current))], true);
     let action = testing::within(reconcile(object(policy(Some(&current))), ctx)).await.expect("reconciled");
     assert_eq!(action, Action::requeue(RESYNC));

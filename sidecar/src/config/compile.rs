@@ -341,7 +341,7 @@ pub fn compile(text: &str) -> Result<Config, ConfigError> {
         )));
     }
     snapshot.services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    attach_routes(&mut snapshot, &sidecar.services, &http_routes, &mut p);
+    attach_routes(&mut snapshot, &sidecar.services, &http_routes, &policies, &mut p);
 
     let mut inbound_app = None;
     if let Some(i) = &sidecar.inbound {
@@ -430,12 +430,38 @@ fn is_http_route(doc: &load::Document) -> bool {
 /// Compiles the file's `HTTPRoute`s onto the ports of the Services they attach to. A route
 /// whose parent is not in the file is a problem (it would govern nothing); a backend that is
 /// not is reported in the route table (its calls are answered 500), as in a cluster.
+///
+/// A policy targeting a route (or a rule of one) must name one of the file's routes (and
+/// rules): a policy that governs nothing is a mistake a file can catch.
 fn attach_routes(
     snapshot: &mut Snapshot,
     services: &[model::ServiceEntry],
     http_routes: &[(String, HTTPRoute)],
+    policies: &[CommunicationPolicy],
     p: &mut Problems<'_>,
 ) {
+    for policy in policies {
+        let Some((name, rule)) = policy.spec.target_ref.route_name() else { continue };
+        let ns = policy.namespace_or_default();
+        let at = format!("CommunicationPolicy {}", policy.full_name());
+        match http_routes
+            .iter()
+            .find(|(_, r)| r.namespace_or_default() == ns && r.metadata.name.as_deref() == Some(name))
+        {
+            None => p.list.push(format!(
+                "{at}: spec.targetRef.name: no HTTPRoute {name} in namespace {ns} in this file"
+            )),
+            Some((_, route)) => {
+                if let Some(rule) =
+                    rule.filter(|r| !route.spec.rules.iter().any(|x| x.name.as_deref() == Some(*r)))
+                {
+                    p.list.push(format!(
+                        "{at}: spec.targetRef.sectionName: HTTPRoute {name} has no rule named {rule}"
+                    ));
+                }
+            }
+        }
+    }
     for (doc, route) in http_routes {
         for (i, parent) in route.spec.parent_refs.iter().enumerate() {
             let ns = parent.namespace.as_deref().unwrap_or(route.namespace_or_default());
@@ -479,7 +505,14 @@ fn attach_routes(
                 Some(&caller),
             );
             if !found.is_empty() {
-                port.routes = Some(routes::compile(&found, port.policy.as_ref(), backend));
+                let identity = &snapshot.identity;
+                let rule_policy = |route: &HTTPRoute, rule: Option<&str>| {
+                    let name = route.metadata.name.as_deref().unwrap_or_default();
+                    let winners =
+                        select::for_rule(policies, route.namespace_or_default(), name, rule, Some(identity));
+                    winners.first().map(|p| applied(p))
+                };
+                port.routes = Some(routes::compile(&found, port.policy.as_ref(), rule_policy, backend));
             }
         }
     }

@@ -65,7 +65,7 @@ fn matches_follow_the_gateway_api_precedence_across_routes() {
              "backendRefs": [{"name": "orders", "port": 80}]},
         ]}),
     );
-    let table = compile(&[&newer, &older], None, |_, _, _, _| None);
+    let table = compile(&[&newer, &older], None, |_, _| None, |_, _, _, _| None);
     assert_eq!(
         rules_in_order(&table),
         [
@@ -127,9 +127,12 @@ fn a_rule_lays_its_timeouts_and_retry_over_the_policy() {
     base.timeouts.request = Some(Duration::from_secs(5));
     base.retries = Some(EffectiveRetries::plain());
     let policy = AppliedPolicy { name: "shop/orders".into(), generation: Some(3), effective: base };
-    let table = compile(&[&r], Some(&policy), |_, _, name, _| {
-        (name == "gone").then(|| "no Service shop/gone".to_owned())
-    });
+    let table = compile(
+        &[&r],
+        Some(&policy),
+        |_, _| None,
+        |_, _, name, _| (name == "gone").then(|| "no Service shop/gone".to_owned()),
+    );
     let get = table.rules[0].policy.as_ref().expect("a policy").effective.clone();
     assert_eq!(get.timeouts.request, Some(Duration::from_millis(300)));
     assert_eq!(get.timeouts.per_try, Some(Duration::from_millis(100)));
@@ -145,10 +148,69 @@ fn a_rule_lays_its_timeouts_and_retry_over_the_policy() {
     assert!(post.retries.is_none());
     assert_eq!(table.rules[2].policy.as_ref(), Some(&policy), "a plain rule runs the port's policy");
 
-    let alone = compile(&[&r], None, |_, _, _, _| None);
+    let alone = compile(&[&r], None, |_, _| None, |_, _, _, _| None);
     let named = alone.rules[0].policy.as_ref().expect("the route's own settings");
     assert_eq!(named.name, "HTTPRoute shop/r");
     assert!(alone.rules[2].policy.is_none());
+}
+
+#[test]
+fn a_policy_on_a_rule_or_route_replaces_the_ports_and_is_acknowledged() {
+    let r = route(
+        "r",
+        None,
+        json!({"parentRefs": parent(), "rules": [
+            {"name": "get", "timeouts": {"request": "300ms"}, "backendRefs": [{"name": "orders", "port": 80}]},
+            {"name": "post", "backendRefs": [{"name": "orders", "port": 80}]},
+            {"backendRefs": [{"name": "orders", "port": 80}]},
+        ]}),
+    );
+    let applied = |name: &str, seconds: u64| AppliedPolicy {
+        name: name.into(),
+        generation: Some(1),
+        effective: EffectivePolicy {
+            retries: Some(EffectiveRetries::plain()),
+            timeouts: crate::EffectiveTimeouts {
+                request: Some(Duration::from_secs(seconds)),
+                ..EffectivePolicy::plain().timeouts
+            },
+            ..EffectivePolicy::plain()
+        },
+    };
+    let port = applied("shop/service", 5);
+    let table = compile(
+        &[&r],
+        Some(&port),
+        |route, rule| match rule {
+            Some("get") => Some(applied("shop/get", 1)),
+            _ if route.full_name() == "shop/r" => Some(applied("shop/route", 2)),
+            _ => None,
+        },
+        |_, _, _, _| None,
+    );
+    let get = table.rules[0].policy.as_ref().expect("a policy");
+    assert_eq!(get.name, "shop/get", "the rule's policy beats the port's");
+    assert_eq!(
+        get.effective.timeouts.request,
+        Some(Duration::from_millis(300)),
+        "the rule's own timeout on top"
+    );
+    assert!(get.effective.retries.is_some(), "the rest is the rule policy's");
+    assert_eq!(table.rules[1].policy.as_ref().map(|p| p.name.as_str()), Some("shop/route"));
+    assert_eq!(table.rules[2].policy.as_ref().map(|p| p.name.as_str()), Some("shop/route"), "unnamed rule");
+
+    let mut snapshot = crate::snapshot::Snapshot::default();
+    let only_route = compile(&[&r], None, |_, _| None, |_, _, _, _| None);
+    snapshot.services.push(std::sync::Arc::new(crate::snapshot::ServiceSnapshot {
+        ports: vec![
+            crate::snapshot::PortSnapshot { routes: Some(table), ..Default::default() },
+            crate::snapshot::PortSnapshot { routes: Some(only_route), ..Default::default() },
+        ],
+        ..Default::default()
+    }));
+    let acknowledged: Vec<String> = snapshot.policies().into_keys().collect();
+    // `HTTPRoute shop/r` (the route's own settings alone) is no policy to acknowledge.
+    assert_eq!(acknowledged, ["shop/get", "shop/route"]);
 }
 
 #[test]
@@ -192,7 +254,7 @@ fn routes_round_trip_through_the_wire_format() {
             "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x", "value": "1"}]}}],
             "backendRefs": [{"name": "orders", "port": 80}]}]}),
     );
-    let table = compile(&[&r], None, |_, _, _, _| None);
+    let table = compile(&[&r], None, |_, _| None, |_, _, _, _| None);
     let text = serde_json::to_value(&table).expect("serializes");
     assert_eq!(text["matches"][0]["path"], json!({"type": "Exact", "value": "/a"}));
     assert_eq!(serde_json::from_value::<HttpRoutes>(text).expect("reads back"), table);

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::compile::{
     World,
-    tests::{obj, pod, service, slice},
+    tests::{obj, pod, policy, service, slice},
 };
 
 pub(crate) fn route(ns: &str, name: &str, created: i64, spec: Value) -> Arc<HTTPRoute> {
@@ -101,4 +101,57 @@ fn a_consumer_route_governs_its_own_namespace_only_and_an_invalid_route_nothing(
     assert!(billing.services.is_empty(), "not a caller the route governs: {:?}", billing.services);
     assert!(web.services.iter().all(|s| s.ports.iter().all(|p| p.name.is_some())));
     assert!(!web.services.iter().any(|s| s.name == "orders-v2"), "the invalid route brings nothing");
+}
+
+#[test]
+fn policies_on_a_route_and_its_rules_replace_the_services_for_their_callers() {
+    let routes = [route(
+        "shop",
+        "orders",
+        1,
+        json!({
+            "parentRefs": [{"group": "", "kind": "Service", "name": "orders"}],
+            "rules": [
+                {"name": "get", "matches": [{"method": "GET"}], "backendRefs": [{"name": "orders-v1", "port": 80}]},
+                {"name": "post", "backendRefs": [{"name": "orders-v1", "port": 80}]},
+            ],
+        }),
+    )];
+    let target = |rule: Option<&str>| {
+        let mut t = json!({"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "orders"});
+        if let Some(rule) = rule {
+            t["sectionName"] = json!(rule);
+        }
+        t
+    };
+    let policies = [
+        policy("shop", "service", 1, json!({"targetRef": {"name": "orders"}, "timeouts": {"request": "5s"}})),
+        policy(
+            "shop",
+            "whole",
+            2,
+            json!({"targetRef": target(None), "sources": [{"namespace": "web"}], "timeouts": {"request": "2s"}}),
+        ),
+        policy("shop", "get", 3, json!({"targetRef": target(Some("get")), "retries": {}})),
+    ];
+    let w = World::new(&policies, &services(), &[], &[]).with_routes(&routes);
+    let rules = |ns: &str| {
+        let s = w.compile(&pod(ns, "caller", json!({})));
+        let table = s.services[0].ports[0].routes.clone().expect("routes on orders:80");
+        let names: Vec<String> = table
+            .rules
+            .iter()
+            .map(|r| r.policy.as_ref().map(|p| p.name.clone()).unwrap_or_default())
+            .collect();
+        (names, s.policies().into_keys().collect::<Vec<_>>())
+    };
+    let (web, acknowledged) = rules("web");
+    assert_eq!(web, ["shop/get", "shop/whole"], "rule > route for the callers both select");
+    assert_eq!(acknowledged, ["shop/get", "shop/service", "shop/whole"], "each is acknowledged by this pod");
+    let (billing, _) = rules("billing");
+    assert_eq!(
+        billing,
+        ["shop/get", "shop/service"],
+        "whole is for web's callers; the Service's for the rest"
+    );
 }

@@ -50,7 +50,7 @@ fn status_of(
     services: &[Arc<Service>],
 ) -> CommunicationPolicyStatus {
     let services: Vec<&Service> = services.iter().map(Arc::as_ref).collect();
-    desired(p, peers, &services, None, None, &at(100))
+    desired(p, &Scope { peers, services: &services, routes: &[] }, None, None, &at(100))
 }
 
 fn payments() -> Value {
@@ -176,12 +176,14 @@ fn recomputing_changes_nothing_and_transitions_keep_their_time_until_the_status_
     let p = policy("p", 0, payments());
     let first = status_of(&p, &[&p], &[]);
     let services: Vec<&Service> = Vec::new();
-    let again = desired(&p, &[&p], &services, None, Some(&first), &at(500));
+    let again =
+        desired(&p, &Scope { peers: &[&p], services: &services, routes: &[] }, None, Some(&first), &at(500));
     assert_eq!(again, first, "a restarted operator computes the same status: nothing to write");
     assert!(transitions(Some(&first), &again).is_empty());
 
     let svc = service("payments", &[80]);
-    let later = desired(&p, &[&p], &[svc.as_ref()], None, Some(&first), &at(900));
+    let scope = Scope { peers: &[&p], services: &[svc.as_ref()], routes: &[] };
+    let later = desired(&p, &scope, None, Some(&first), &at(900));
     assert_eq!(condition(&later, "Ready").last_transition_time, at(900), "Ready flipped");
     assert_eq!(condition(&later, "Accepted").last_transition_time, at(100), "Accepted did not");
     let changed: Vec<_> = transitions(Some(&first), &later).iter().map(|c| c.reason.clone()).collect();
@@ -193,10 +195,10 @@ fn recomputing_changes_nothing_and_transitions_keep_their_time_until_the_status_
 fn delivery_counts_turn_ready_into_pending_or_programmed() {
     let p = policy("p", 0, payments());
     let svc = service("payments", &[80]);
+    let scope = Scope { peers: &[&p], services: &[svc.as_ref()], routes: &[] };
     let pending = desired(
         &p,
-        &[&p],
-        &[svc.as_ref()],
+        &scope,
         Some(Delivery {
             acknowledged: 3,
             expected: 5,
@@ -215,13 +217,82 @@ fn delivery_counts_turn_ready_into_pending_or_programmed() {
         message.contains("3 of 5") && message.contains("shop/checkout-2 refused it: schema 2"),
         "{message}"
     );
-    let done = desired(
-        &p,
-        &[&p],
-        &[svc.as_ref()],
-        Some(Delivery { acknowledged: 5, expected: 5, refused: vec![] }),
-        None,
-        &at(0),
-    );
+    let done =
+        desired(&p, &scope, Some(Delivery { acknowledged: 5, expected: 5, refused: vec![] }), None, &at(0));
     assert_eq!(reason(&done, "Ready"), ("True".into(), reasons::PROGRAMMED.into()));
+}
+
+fn orders_route(name: &str) -> breakwater_crds::gateway::HTTPRoute {
+    serde_json::from_value(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": name, "namespace": "shop"},
+        "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "payments"}], "rules": [
+            {"name": "get", "matches": [{"method": "GET"}], "backendRefs": [{"name": "payments", "port": 80}]},
+            {"name": "post", "backendRefs": [{"name": "payments", "port": 80}]},
+        ]},
+    }))
+    .expect("a route")
+}
+
+fn on_route(name: &str, created: i64, route: &str, rule: Option<&str>) -> CommunicationPolicy {
+    let mut target = json!({"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": route});
+    if let Some(rule) = rule {
+        target["sectionName"] = json!(rule);
+    }
+    policy(name, created, json!({"targetRef": target, "retries": {}}))
+}
+
+#[test]
+fn precedence_rule_route_service_is_shown_on_each_policy() {
+    let route = orders_route("orders");
+    let service_policy = policy("service", 0, payments());
+    let whole = on_route("whole", 0, "orders", None);
+    let get = on_route("get", 10, "orders", Some("get"));
+    let newer_get = on_route("newer-get", 20, "orders", Some("get"));
+    let peers = [&service_policy, &whole, &get, &newer_get];
+    let svc = service("payments", &[80]);
+    let status = |p: &CommunicationPolicy, routes: &[&breakwater_crds::gateway::HTTPRoute]| {
+        desired(p, &Scope { peers: &peers, services: &[svc.as_ref()], routes }, None, None, &at(100))
+    };
+
+    let s = status(&service_policy, &[&route]);
+    assert_eq!(
+        s.targets[0].overridden_by,
+        ["HTTPRoute orders rule get: shop/get", "HTTPRoute orders: shop/whole"]
+    );
+    assert_eq!(reason(&s, "Conflicted").1, reasons::NO_CONFLICT, "more specific is not a conflict");
+
+    let s = status(&whole, &[&route]);
+    assert_eq!(reason(&s, "Ready"), ("True".into(), reasons::RESOLVED.into()));
+    assert_eq!(condition(&s, "Ready").message, "compiled for callers of HTTPRoute orders");
+    assert_eq!(s.targets[0].kind.as_deref(), Some("HTTPRoute"));
+    assert_eq!(s.targets[0].overridden_by, ["rule get: shop/get"]);
+    assert_eq!(s.targets[0].governed_by, None);
+
+    let s = status(&get, &[&route]);
+    assert_eq!(condition(&s, "Ready").message, "compiled for callers of HTTPRoute orders (rule get)");
+    assert_eq!(reason(&s, "Conflicted").1, reasons::NO_CONFLICT);
+    let s = status(&newer_get, &[&route]);
+    assert_eq!(condition(&s, "Conflicted").message, "HTTPRoute orders: shop/get wins (it is older)");
+    assert_eq!(s.targets[0].governed_by.as_deref(), Some("shop/get"));
+
+    // Missing route, missing rule, an invalid route: nothing to govern, and why.
+    let s = status(&get, &[]);
+    assert_eq!(reason(&s, "Ready"), ("False".into(), reasons::NO_MATCHING_TARGETS.into()));
+    assert!(
+        condition(&s, "Ready").message.starts_with("no accepted HTTPRoute named orders in namespace shop")
+    );
+    let typo = on_route("typo", 0, "orders", Some("gets"));
+    let s = desired(&typo, &Scope { peers: &[&typo], services: &[], routes: &[&route] }, None, None, &at(1));
+    assert_eq!(
+        condition(&s, "Ready").message,
+        "HTTPRoute orders has no rule named gets (its named rules: get, post)"
+    );
+    let mut broken = orders_route("orders");
+    broken.spec.rules[0].backend_refs[0].port = None;
+    let s = status(&whole, &[&broken]);
+    assert_eq!(reason(&s, "Ready").1, reasons::NO_MATCHING_TARGETS, "an invalid route is never applied");
+    let s = status(&service_policy, &[&broken]);
+    assert!(s.targets[0].overridden_by.is_empty());
 }
