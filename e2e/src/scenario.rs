@@ -152,11 +152,26 @@ pub async fn call(
     max_time: Duration,
     headers: &[&str],
 ) -> Result<Answer> {
+    call_method(runner, namespace, pod, "GET", url, max_time, headers).await
+}
+
+/// [`call`] with another `method` (a `POST` carries a small JSON body).
+pub async fn call_method(
+    runner: &PodRunner,
+    namespace: &str,
+    pod: &str,
+    method: &str,
+    url: &str,
+    max_time: Duration,
+    headers: &[&str],
+) -> Result<Answer> {
     let netns = runner
         .netns(namespace, pod)
         .ok_or_else(|| Error::Other(format!("pod {namespace}/{pod} has no network namespace")))?;
+    let body: &[&str] = if method == "POST" { &["--data-binary", "{}"] } else { &[] };
     let out = tokio::process::Command::new("ip")
-        .args(["netns", "exec", &netns, "curl", "-s", "-o", "/dev/null", "-D", "-"])
+        .args(["netns", "exec", &netns, "curl", "-s", "-o", "/dev/null", "-D", "-", "-X", method])
+        .args(body)
         .args(["-w", "\n%{http_code} %{time_total}"])
         .arg("--max-time")
         .arg(format!("{:.3}", max_time.as_secs_f64()))
@@ -179,6 +194,32 @@ pub async fn call(
         error: header("breakwater-error"),
         served_by: header("x-served-by"),
         time: time.trim().parse::<f64>().ok().map_or(max_time, Duration::from_secs_f64),
+    })
+}
+
+/// The `/stats` document of the fault server at `url` (`http://POD_IP:8080/stats`), fetched
+/// from inside pod `namespace/pod`: its own count of the requests it received (`requests`,
+/// this one included), failures and concurrency.
+pub async fn fault_stats(
+    runner: &PodRunner,
+    namespace: &str,
+    pod: &str,
+    url: &str,
+) -> Result<serde_json::Value> {
+    let netns = runner
+        .netns(namespace, pod)
+        .ok_or_else(|| Error::Other(format!("pod {namespace}/{pod} has no network namespace")))?;
+    let out = tokio::process::Command::new("ip")
+        .args(["netns", "exec", &netns, "curl", "-sS", "--max-time", "3", url])
+        .output()
+        .await
+        .map_err(Error::io("running curl in a pod's network namespace"))?;
+    serde_json::from_slice(&out.stdout).map_err(|e| {
+        Error::Other(format!(
+            "{url} from {namespace}/{pod}: not a stats document ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
     })
 }
 

@@ -31,8 +31,8 @@ pub struct PolicyStatus {
     pub namespace: String,
     /// Its name.
     pub name: String,
-    /// The Services it resolved to, `name:port,port`, with `(governed by other)` where another
-    /// policy wins.
+    /// The Services it resolved to, `name:port,port` (or the route, `HTTPRoute/name` and
+    /// `HTTPRoute/name[rule]`), with `(governed by other)` where another policy wins.
     pub targets: Vec<String>,
     /// `Enforce` or `DryRun`.
     pub mode: String,
@@ -266,8 +266,12 @@ fn policy_status(object: DynamicObject) -> PolicyStatus {
                     .iter()
                     .map(|t| {
                         let ports = t.ports.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
-                        let mut s =
-                            if ports.is_empty() { t.name.clone() } else { format!("{}:{ports}", t.name) };
+                        let mut s = match (&t.kind, &t.section_name) {
+                            (Some(kind), Some(rule)) => format!("{kind}/{}[{rule}]", t.name),
+                            (Some(kind), None) => format!("{kind}/{}", t.name),
+                            (None, _) if ports.is_empty() => t.name.clone(),
+                            (None, _) => format!("{}:{ports}", t.name),
+                        };
                         if let Some(other) = &t.governed_by {
                             s.push_str(&format!("(governed by {other})"));
                         }

@@ -3,9 +3,11 @@
 //! one Service for both, and an `HTTPRoute` applied with kubectl that splits calls to `orders`
 //! 90/10 and cuts a slow path at its own deadline. The operator writes the route's status as
 //! the Gateway API defines it; the caller's own calls, counted by the pod that answered, show
-//! the split; a route naming a Service that does not exist is reported, not applied half.
+//! the split; a route naming a Service that does not exist is reported, not applied half; a
+//! `CommunicationPolicy` on one rule retries `GET /orders` and nothing else, on the upstream's
+//! own count.
 
-use breakwater_e2e::scenario::call;
+use breakwater_e2e::scenario::{call, call_method, fault_stats};
 
 use super::*;
 
@@ -32,6 +34,12 @@ metadata: {{name: orders, namespace: {ns}}}
 spec:
   parentRefs: [{{group: "", kind: Service, name: orders, port: 80}}]
   rules:
+    - name: read
+      matches: [{{path: {{type: PathPrefix, value: /orders}}, method: GET}}]
+      backendRefs: [{{name: orders-v2, port: 80}}]
+    - name: create
+      matches: [{{path: {{type: PathPrefix, value: /orders}}, method: POST}}]
+      backendRefs: [{{name: orders-v2, port: 80}}]
     - name: slow
       matches: [{{path: {{type: PathPrefix, value: /reports}}}}]
       timeouts: {{request: 300ms}}
@@ -49,6 +57,25 @@ spec:
   rules:
     - matches: [{{path: {{type: PathPrefix, value: /gone}}}}]
       backendRefs: [{{name: orders-v3, port: 80}}]
+"#
+    )
+}
+
+/// A policy on the `read` rule of route `orders`: three tries on 503, for this namespace's
+/// callers.
+fn read_policy(ns: &str) -> String {
+    format!(
+        r#"apiVersion: breakwater.dev/v1alpha1
+kind: CommunicationPolicy
+metadata: {{name: orders-read, namespace: {ns}}}
+spec:
+  targetRef: {{group: gateway.networking.k8s.io, kind: HTTPRoute, name: orders, sectionName: read}}
+  sources: [{{namespace: {ns}}}]
+  retries:
+    attempts: 3
+    retryOn: {{httpStatusCodes: [503]}}
+    backoff: {{base: 5ms, max: 20ms}}
+    budget: {{ratio: 1.0, minPerSecond: 100}}
 "#
     )
 }
@@ -115,6 +142,49 @@ async fn an_httproute_splits_calls_90_10_and_cuts_a_slow_path() -> anyhow::Resul
     // The broken route's rule answers 500 for its missing backend, and nothing else changed.
     let gone = call(runner, &ns, &caller, &format!("http://{ip}/gone"), Duration::from_secs(2), &[]).await?;
     assert_eq!((gone.code, gone.error.as_deref()), (500, Some("no-backend")));
+
+    // A policy on the `read` rule: GET /orders is tried three times, POST /orders once, on
+    // orders-v2's own count (its `/stats` request counts itself).
+    let applied = story.kubectl.output(["apply", "-f", "-"], Some(&read_policy(&ns))).await?;
+    anyhow::ensure!(applied.success, "kubectl apply of the rule's policy: {}", applied.stderr);
+    let jsonpath = "jsonpath={.status.targets[0].kind}/{.status.targets[0].name}/{.status.targets[0].sectionName} \
+                    {.status.conditions[?(@.type==\"Ready\")].reason}";
+    let programmed = wait::until_ok("the rule's policy to be programmed", TIMEOUT, || async {
+        let out = story
+            .kubectl
+            .run(["get", "cpol", "orders-read", "-n", ns.name(), "-o", jsonpath])
+            .await
+            .map_err(|e| e.to_string())?;
+        if out.ends_with(" Programmed") { Ok(out) } else { Err(out) }
+    })
+    .await?;
+    assert_eq!(programmed, "HTTPRoute/orders/read Programmed");
+    let v2 = ready_pods(&client, &ns, "variant=orders-v2", 1).await?.remove(0);
+    let stats_url = format!("http://{}:8080/stats", v2.status.and_then(|s| s.pod_ip).unwrap_or_default());
+    let requests = || async {
+        let stats = fault_stats(runner, &ns, &caller, &stats_url).await?;
+        stats["requests"].as_u64().ok_or_else(|| anyhow::anyhow!("no request count in {stats}"))
+    };
+    let before = requests().await?;
+    let get =
+        call(runner, &ns, &caller, &format!("http://{ip}/orders/7?status=503"), Duration::from_secs(3), &[])
+            .await?;
+    assert_eq!(get.code, 503, "{get:?}");
+    let after_get = requests().await?;
+    assert_eq!(after_get - before - 1, 3, "GET /orders/7: one try and two retries");
+    let post = call_method(
+        runner,
+        &ns,
+        &caller,
+        "POST",
+        &format!("http://{ip}/orders?status=503"),
+        Duration::from_secs(3),
+        &[],
+    )
+    .await?;
+    assert_eq!(post.code, 503, "{post:?}");
+    let after_post = requests().await?;
+    assert_eq!(after_post - after_get - 1, 1, "POST /orders: the `create` rule has no retries");
 
     // The split, counted by the pods that answered.
     const CALLS: usize = 200;
