@@ -228,13 +228,10 @@ fn service_targets(
         // The route policies of this namespace taking over the calls its routes match.
         let mut overridden_by = Vec::new();
         if !in_force.is_empty() {
+            let this = crate::key::ObjKey::new(namespace, &name);
             for route in routes.iter().filter(|r| {
                 r.namespace_or_default() == namespace
-                    && r.spec.parent_refs.iter().any(|p| {
-                        p.is_service()
-                            && p.name == name
-                            && p.namespace.as_deref().is_none_or(|n| n == namespace)
-                    })
+                    && crate::compile::routes::service_parents(r).any(|parent| parent == this)
             }) {
                 let route_name = route.name_any();
                 for rule in &route.spec.rules {
