@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    CommunicationPolicySpec, ValidationErrors,
+    CommunicationPolicySpec, FaultHeader, ValidationErrors,
     policy::{
         BreakerScope, FailureCondition, GrpcCode, Mode, RetryCondition,
         retries::{DEFAULT_ATTEMPTS, DEFAULT_MAX_REPLAY_BODY_BYTES, IDEMPOTENT_METHODS},
@@ -71,6 +71,53 @@ pub struct EffectivePolicy {
     pub circuit_breaker: Option<EffectiveCircuitBreaker>,
     /// Bulkheads; each side absent when unbounded.
     pub bulkhead: EffectiveBulkhead,
+    /// Faults to inject; absent unless `spec.faults.enabled` is true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub faults: Option<EffectiveFaults>,
+}
+
+/// Effective `faults` (enabled ones only).
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EffectiveFaults {
+    /// Headers a call must all carry to be eligible; empty for every call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<FaultHeader>,
+    /// The delay, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<EffectiveFaultDelay>,
+    /// The abort, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<EffectiveFaultAbort>,
+}
+
+/// Effective `faults.delay`.
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EffectiveFaultDelay {
+    /// How long a delayed call is held.
+    #[serde(with = "crate::duration::go")]
+    #[schemars(with = "String")]
+    pub fixed_delay: Duration,
+    /// Share of eligible calls delayed, in percent.
+    pub percentage: f64,
+}
+
+/// Effective `faults.abort`: exactly one of `httpStatus`, `grpcStatus` and `reset`.
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EffectiveFaultAbort {
+    /// The HTTP status answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    /// The gRPC status answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<GrpcCode>,
+    /// Reset instead of answering.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reset: bool,
+    /// Share of eligible calls aborted, in percent.
+    pub percentage: f64,
 }
 
 /// Effective `timeouts`.
@@ -300,6 +347,20 @@ impl EffectivePolicy {
             })
             .unwrap_or_default();
 
-        Ok(Self { mode: spec.mode, timeouts, retries, circuit_breaker, bulkhead })
+        let faults = spec.faults.as_ref().filter(|f| f.enabled).map(|f| EffectiveFaults {
+            headers: f.match_.as_ref().map(|m| m.headers.clone()).unwrap_or_default(),
+            delay: f.delay.as_ref().map(|delay| EffectiveFaultDelay {
+                fixed_delay: d(&Some(delay.fixed_delay.clone()), Duration::ZERO),
+                percentage: delay.percentage.unwrap_or(100.0),
+            }),
+            abort: f.abort.as_ref().map(|a| EffectiveFaultAbort {
+                http_status: a.http_status,
+                grpc_status: a.grpc_status,
+                reset: a.reset.unwrap_or(false),
+                percentage: a.percentage.unwrap_or(100.0),
+            }),
+        });
+
+        Ok(Self { mode: spec.mode, timeouts, retries, circuit_breaker, bulkhead, faults })
     }
 }

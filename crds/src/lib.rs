@@ -38,8 +38,9 @@ pub use self::{
     effective::*,
     policy::{
         Backoff, BreakerScope, Bulkhead, BulkheadLimits, CONDITION_ACCEPTED, CONDITION_CONFLICTED,
-        CONDITION_READY, CircuitBreaker, CommunicationPolicy, CommunicationPolicySpec,
-        CommunicationPolicyStatus, FailureCondition, FailureRate, GROUP, GrpcCode, Mode, ROUTE_KIND,
+        CONDITION_FAULTS_INJECTED, CONDITION_READY, CircuitBreaker, CommunicationPolicy,
+        CommunicationPolicySpec, CommunicationPolicyStatus, FailureCondition, FailureRate, FaultAbort,
+        FaultDelay, FaultHeader, FaultMatch, Faults, GROUP, GrpcCode, MAX_FAULT_HEADERS, Mode, ROUTE_KIND,
         ResolvedTarget, Retries, RetryBudget, RetryCondition, RetryOn, SERVICE_KIND, Source, TargetRef,
         Timeouts, VERSION, reasons,
     },

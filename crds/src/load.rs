@@ -74,7 +74,18 @@ pub fn from_value_strict<T: DeserializeOwned>(value: &Value) -> Result<T, Valida
         Ok(_) => Err(errors),
         Err(e) => {
             let message = e.inner().to_string();
-            errors.0.push(FieldError { path: normalise_path(&e.path().to_string()), message });
+            let mut path = normalise_path(&e.path().to_string());
+            // serde names a missing field in its message, at the parent's path; the API server
+            // says `spec.faults.enabled: Required value`. Name it the same way.
+            let missing = message.strip_prefix("missing field `").and_then(|m| m.strip_suffix('`'));
+            let message = match missing {
+                Some(field) => {
+                    path = if path.is_empty() { field.to_owned() } else { format!("{path}.{field}") };
+                    "is required".to_owned()
+                }
+                None => message,
+            };
+            errors.0.push(FieldError { path, message });
             Err(errors)
         }
     }

@@ -9,7 +9,8 @@ use std::{collections::HashSet, fmt, hash::Hash, time};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::{
-    BulkheadLimits, CommunicationPolicy, CommunicationPolicySpec, Duration, ROUTE_KIND, SERVICE_KIND,
+    BulkheadLimits, CommunicationPolicy, CommunicationPolicySpec, Duration, Faults, MAX_FAULT_HEADERS,
+    ROUTE_KIND, SERVICE_KIND,
     policy::{
         Backoff, CircuitBreaker, Retries, RetryBudget, Source, TargetRef, Timeouts,
         retries::{MAX_ATTEMPTS, MAX_REPLAY_BODY_BYTES},
@@ -97,8 +98,15 @@ pub(crate) fn validate_spec(spec: &CommunicationPolicySpec, path: &str, errors: 
         && spec.retries.is_none()
         && spec.circuit_breaker.is_none()
         && spec.bulkhead.is_none()
+        && spec.faults.is_none()
     {
-        errors.push(path, "a policy must set at least one of timeouts, retries, circuitBreaker or bulkhead");
+        errors.push(
+            path,
+            "a policy must set at least one of timeouts, retries, circuitBreaker, bulkhead or faults",
+        );
+    }
+    if let Some(f) = &spec.faults {
+        check_faults(f, &format!("{path}.faults"), errors);
     }
     if let Some(t) = &spec.timeouts {
         check_timeouts(t, &format!("{path}.timeouts"), errors);
@@ -392,6 +400,60 @@ fn check_breaker(b: &CircuitBreaker, path: &str, errors: &mut ValidationErrors) 
     }
 }
 
+fn check_faults(f: &Faults, path: &str, errors: &mut ValidationErrors) {
+    if f.delay.is_none() && f.abort.is_none() {
+        errors.push(path, "faults must set delay, abort or both");
+    }
+    if let Some(m) = &f.match_ {
+        let p = format!("{path}.match.headers");
+        if m.headers.is_empty() {
+            errors.push(&p, "must list at least one header (omit match to inject into every call)");
+        }
+        max_items(&m.headers, MAX_FAULT_HEADERS, &p, errors);
+        for (i, h) in m.headers.iter().enumerate() {
+            if !crate::gateway::is_header_name(&h.name) || h.name.len() > 256 {
+                errors
+                    .push(format!("{p}[{i}].name"), format!("{:?} is not a valid HTTP header name", h.name));
+            }
+            if h.value.is_empty() || h.value.len() > 4096 || http_value(&h.value).is_none() {
+                errors
+                    .push(format!("{p}[{i}].value"), "must be 1 to 4096 visible characters, spaces or tabs");
+            }
+        }
+    }
+    if let Some(d) = &f.delay {
+        duration(&Some(d.fixed_delay.clone()), &format!("{path}.delay.fixedDelay"), errors);
+        percent(d.percentage, &format!("{path}.delay.percentage"), errors);
+    }
+    if let Some(a) = &f.abort {
+        let p = format!("{path}.abort");
+        let set = [a.http_status.is_some(), a.grpc_status.is_some(), a.reset.is_some()];
+        if set.iter().filter(|s| **s).count() != 1 {
+            errors.push(&p, "an abort sets exactly one of httpStatus, grpcStatus or reset");
+        }
+        if let Some(status) = a.http_status {
+            range(status, 400, 599, &format!("{p}.httpStatus"), errors);
+        }
+        if a.reset == Some(false) {
+            errors.push(format!("{p}.reset"), "reset must be true when set (omit it for no reset)");
+        }
+        percent(a.percentage, &format!("{p}.percentage"), errors);
+    }
+}
+
+/// What a header value may hold (RFC 9110 field-value, visible ASCII), or `None`.
+fn http_value(v: &str) -> Option<&str> {
+    v.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)).then_some(v)
+}
+
+fn percent(v: Option<f64>, path: &str, errors: &mut ValidationErrors) {
+    if let Some(v) = v
+        && !(0.0..=100.0).contains(&v)
+    {
+        errors.push(path, format!("must be between 0 and 100, got {v}"));
+    }
+}
+
 fn check_limits(l: &BulkheadLimits, path: &str, errors: &mut ValidationErrors) {
     range(l.max_concurrent_requests, 1, 100_000, &format!("{path}.maxConcurrentRequests"), errors);
     if let Some(n) = l.max_queued {
@@ -516,7 +578,7 @@ fn check_dns_subdomain(s: &str, path: &str, errors: &mut ValidationErrors) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{EffectivePolicy, load};
+    use crate::{EffectivePolicy, GrpcCode, load};
 
     fn parse(yaml: &str) -> CommunicationPolicy {
         let docs = load::documents(yaml).expect("valid YAML");
@@ -608,6 +670,58 @@ mod tests {
         // A long openDuration lifts the default maximum with it.
         assert_eq!(b.max_open_duration, time::Duration::from_secs(300));
         assert_eq!(e.bulkhead.outbound, None);
+    }
+
+    #[test]
+    fn faults_name_each_bad_field_and_resolve_only_when_enabled() {
+        let spec = |faults: &str| {
+            parse(&format!(
+                "apiVersion: breakwater.dev/v1alpha1\nkind: CommunicationPolicy\nmetadata: {{name: p}}\n\
+                 spec:\n  targetRef: {{name: payments}}\n  faults: {faults}\n"
+            ))
+        };
+        // A policy may consist of faults alone.
+        let good = spec(
+            "{enabled: true, match: {headers: [{name: x-test, value: 'checkout 1'}]}, \
+             delay: {fixedDelay: 2s}, abort: {grpcStatus: UNAVAILABLE, percentage: 12.5}}",
+        );
+        assert_eq!(validate(&good), Ok(()));
+        let e = EffectivePolicy::resolve(&good.spec).expect("valid").faults.expect("enabled faults resolve");
+        assert_eq!(e.headers[0].name, "x-test");
+        assert_eq!(
+            e.delay.map(|d| (d.fixed_delay, d.percentage)),
+            Some((time::Duration::from_secs(2), 100.0))
+        );
+        let abort = e.abort.expect("an abort");
+        assert_eq!(
+            (abort.grpc_status, abort.percentage, abort.reset),
+            (Some(GrpcCode::Unavailable), 12.5, false)
+        );
+
+        let off = spec("{enabled: false, abort: {httpStatus: 503}}");
+        assert_eq!(validate(&off), Ok(()));
+        assert_eq!(EffectivePolicy::resolve(&off.spec).expect("valid").faults, None, "written down, not on");
+
+        let bad = spec(
+            "{enabled: true, match: {headers: [{name: 'x test', value: ''}]}, delay: {fixedDelay: 2 s, \
+             percentage: 101}, abort: {httpStatus: 200, reset: false}}",
+        );
+        let errors = validate(&bad).expect_err("six problems");
+        let paths: Vec<&str> = errors.0.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "spec.faults.match.headers[0].name",
+                "spec.faults.match.headers[0].value",
+                "spec.faults.delay.fixedDelay",
+                "spec.faults.delay.percentage",
+                "spec.faults.abort",
+                "spec.faults.abort.httpStatus",
+                "spec.faults.abort.reset",
+            ]
+        );
+        let empty = validate(&spec("{enabled: true}")).expect_err("nothing to inject");
+        assert_eq!(empty.to_string(), "spec.faults: faults must set delay, abort or both");
     }
 
     #[test]

@@ -12,6 +12,7 @@
 
 mod breaker;
 mod bulkhead;
+mod faults;
 pub mod retries;
 mod status;
 mod target;
@@ -23,10 +24,11 @@ use serde::{Deserialize, Serialize};
 pub use self::{
     breaker::{BreakerScope, CircuitBreaker, FailureCondition, FailureRate},
     bulkhead::{Bulkhead, BulkheadLimits},
+    faults::{FaultAbort, FaultDelay, FaultHeader, FaultMatch, Faults, MAX_FAULT_HEADERS},
     retries::{Backoff, GrpcCode, Retries, RetryBudget, RetryCondition, RetryOn},
     status::{
-        CONDITION_ACCEPTED, CONDITION_CONFLICTED, CONDITION_READY, CommunicationPolicyStatus, ResolvedTarget,
-        reasons,
+        CONDITION_ACCEPTED, CONDITION_CONFLICTED, CONDITION_FAULTS_INJECTED, CONDITION_READY,
+        CommunicationPolicyStatus, ResolvedTarget, reasons,
     },
     target::{ROUTE_KIND, SERVICE_KIND, Source, TargetRef},
     timeouts::Timeouts,
@@ -39,10 +41,10 @@ pub const VERSION: &str = "v1alpha1";
 
 /// How calls to the target Services must behave: timeouts, retries, circuit breaking and
 /// bulkheads, enforced by the Breakwater sidecars of the callers (and, for `bulkhead.inbound`, of
-/// the target itself). At least one of `timeouts`, `retries`, `circuitBreaker` or `bulkhead` must
-/// be set. When several policies select the same Service, the one naming it in
-/// `targetRef.name` wins over one selecting it by label, then the oldest, then the first by name;
-/// the others report a `Conflicted` condition naming the winner.
+/// the target itself), and faults injected on purpose. At least one of `timeouts`, `retries`,
+/// `circuitBreaker`, `bulkhead` or `faults` must be set. When several policies select the same
+/// Service, the one naming it in `targetRef.name` wins over one selecting it by label, then the
+/// oldest, then the first by name; the others report a `Conflicted` condition naming the winner.
 // The printer columns repeat `type_ = "string"`, which clippy mistakes for a duplicated attribute.
 #[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
@@ -86,8 +88,8 @@ pub const VERSION: &str = "v1alpha1";
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(validation = kube::core::Rule::new(
-    "has(self.timeouts) || has(self.retries) || has(self.circuitBreaker) || has(self.bulkhead)"
-).message("a policy must set at least one of timeouts, retries, circuitBreaker or bulkhead"))]
+    "has(self.timeouts) || has(self.retries) || has(self.circuitBreaker) || has(self.bulkhead) || has(self.faults)"
+).message("a policy must set at least one of timeouts, retries, circuitBreaker, bulkhead or faults"))]
 #[x_kube(validation = kube::core::Rule::new(
     "!has(self.targetRef.kind) || self.targetRef.kind != 'HTTPRoute' || !has(self.bulkhead) || !has(self.bulkhead.inbound)"
 ).message("bulkhead.inbound is enforced by the target's own sidecar, which sees no routes: set it on a policy targeting the Service")
@@ -124,6 +126,13 @@ pub struct CommunicationPolicySpec {
     /// sidecar (inbound). Omit for no bounds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bulkhead: Option<Bulkhead>,
+
+    /// Delays and failures injected on purpose into a share of the calls (optionally only
+    /// those carrying a tester's header), to try out how callers cope. Needs `enabled: true`;
+    /// while on, the policy reports `FaultsInjected=True` and a Warning Event. Not injected in
+    /// `DryRun`, which counts them instead. Omit for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub faults: Option<Faults>,
 
     /// `Enforce` applies the policy. `DryRun` computes and reports every decision (metrics,
     /// trace events, logs) but refuses, cuts and retries nothing, so a policy can be rolled out

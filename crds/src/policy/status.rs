@@ -14,6 +14,9 @@ pub const CONDITION_ACCEPTED: &str = "Accepted";
 pub const CONDITION_READY: &str = "Ready";
 /// Condition type: another policy wins precedence for at least one target; the message names it.
 pub const CONDITION_CONFLICTED: &str = "Conflicted";
+/// Condition type, present only on a policy with `spec.faults`: `True` while its sidecars inject
+/// faults into real calls (a Warning: this policy makes calls fail on purpose).
+pub const CONDITION_FAULTS_INJECTED: &str = "FaultsInjected";
 
 /// Condition reasons, CamelCase as Kubernetes conventions ask. Tests and dashboards match on
 /// them, so they are API: add, never rename.
@@ -41,6 +44,13 @@ pub mod reasons {
     pub const OVERRIDDEN: &str = "Overridden";
     /// `Conflicted=False`: this policy is in force wherever it applies.
     pub const NO_CONFLICT: &str = "NoConflict";
+    /// `FaultsInjected=True`: `spec.faults.enabled` is true and the policy is enforced.
+    pub const FAULTS_ENABLED: &str = "Enabled";
+    /// `FaultsInjected=False`: `spec.faults` is written down with `enabled: false`.
+    pub const FAULTS_DISABLED: &str = "Disabled";
+    /// `FaultsInjected=False`: faults are enabled but the policy is in `DryRun`, which only
+    /// counts the faults it would inject.
+    pub const FAULTS_DRY_RUN: &str = "DryRun";
 }
 
 /// The observed state of a `CommunicationPolicy`, written by the operator.
