@@ -109,6 +109,12 @@ struct ServiceDirectionReason {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceFault {
+    service: String,
+    fault: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceDecision {
     service: String,
     decision: &'static str,
@@ -139,6 +145,7 @@ pub struct Metrics {
     bulkhead_queue_wait: Family<ServiceDirection, Histogram, fn() -> Histogram>,
     timeouts: Family<ServiceKind, Counter>,
     dryrun_decisions: Family<ServiceDecision, Counter>,
+    faults_injected: Family<ServiceFault, Counter>,
     refusals: Family<ServiceDirectionReason, Counter>,
     bulkhead_in_flight: Family<ServiceDirection, Gauge>,
     bulkhead_queued: Family<ServiceDirection, Gauge>,
@@ -187,6 +194,7 @@ impl Metrics {
             bulkhead_queue_wait: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             timeouts: Family::default(),
             dryrun_decisions: Family::default(),
+            faults_injected: Family::default(),
             refusals: Family::default(),
             bulkhead_in_flight: Family::default(),
             bulkhead_queued: Family::default(),
@@ -305,6 +313,11 @@ impl Metrics {
             "dryrun_decisions",
             "Decisions a DryRun policy would have enforced, by decision",
             m.dryrun_decisions.clone(),
+        );
+        registry.register(
+            "faults_injected",
+            "Faults a policy's spec.faults injected into calls on purpose, by fault (delay, abort)",
+            m.faults_injected.clone(),
         );
         registry.register(
             "trace_spans_dropped",
@@ -454,6 +467,10 @@ pub struct Mechanisms {
     pub request_timeout: bool,
     /// A per-try timeout.
     pub per_try_timeout: bool,
+    /// An injected delay.
+    pub fault_delay: bool,
+    /// An injected abort.
+    pub fault_abort: bool,
 }
 
 /// Pre-resolved metric handles for one service and direction.
@@ -506,6 +523,8 @@ impl ServiceMetrics {
                 (m.bulkhead, "bulkhead-full"),
                 (m.request_timeout, "timeout"),
                 (m.per_try_timeout, "per-try-timeout"),
+                (m.fault_delay, "fault-delay"),
+                (m.fault_abort, "fault-abort"),
             ];
             for (_, decision) in decisions.into_iter().filter(|(on, _)| *on) {
                 let _ = all.dryrun_decisions.get_or_create(&ServiceDecision { service: service(), decision });
@@ -545,6 +564,14 @@ impl ServiceMetrics {
             if on {
                 let _ = all.timeouts.get_or_create(&ServiceKind { service: service(), kind });
             }
+        }
+        for (on, fault) in [(m.fault_delay, "delay"), (m.fault_abort, "abort")] {
+            if on {
+                let _ = all.faults_injected.get_or_create(&ServiceFault { service: service(), fault });
+            }
+        }
+        if m.fault_abort {
+            refusal("fault-injected");
         }
     }
 
@@ -605,6 +632,11 @@ impl ServiceMetrics {
     /// Counts a request that failed by its caller's fault (see [`Metrics::client_error`]).
     pub fn client_error(&self, reason: &'static str) {
         self.all.client_error(&self.service, self.direction, reason);
+    }
+
+    /// Counts a fault injected on purpose: `delay` or `abort`.
+    pub fn fault(&self, fault: &'static str) {
+        self.all.faults_injected.get_or_create(&ServiceFault { service: self.service.clone(), fault }).inc();
     }
 
     /// Counts a decision a DryRun policy would have enforced.

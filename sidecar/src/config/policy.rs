@@ -1,14 +1,14 @@
 //! A policy compiled for one target in one direction: the settings its resilience mechanisms
 //! and its request path run with. This is the one place between the policy API
 //! (`breakwater-crds`) and the mechanisms (`breakwater-resilience`), which never see the API's
-//! types. Inbound, only timeouts, the bulkhead and the connection cap apply: retries and
-//! breakers are the callers' business.
+//! types. Inbound, only timeouts, the bulkhead and the connection cap apply: retries,
+//! breakers and faults are the callers' business.
 
 use std::{sync::Arc, time::Duration};
 
 use breakwater_crds::{
-    BreakerScope, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, EffectivePolicy, FailureCondition, Mode,
-    RetryCondition,
+    BreakerScope, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, EffectiveFaults, EffectivePolicy,
+    FailureCondition, Mode, RetryCondition,
 };
 use breakwater_resilience::{
     Enforcement, breaker, bulkhead,
@@ -39,6 +39,63 @@ pub struct Policy {
     pub bulkhead: Option<bulkhead::Limits>,
     /// The connection cap of this direction.
     pub max_connections: Option<u32>,
+    /// Faults to inject (outbound, enabled ones only).
+    pub faults: Option<Faults>,
+}
+
+/// Faults injected into calls before they enter the stack (`spec.faults`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Faults {
+    /// Headers a call must all carry (names lower-case), to be eligible.
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// How long to hold a call, and the share of eligible calls held (0 to 1).
+    pub delay: Option<(Duration, f64)>,
+    /// What to answer instead of the call, and the share of eligible calls aborted (0 to 1).
+    pub abort: Option<(Abort, f64)>,
+}
+
+/// An injected failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Abort {
+    /// An HTTP status (gRPC calls get the gRPC status it maps to).
+    Http(u16),
+    /// A gRPC status code (plain HTTP calls get 500).
+    Grpc(u8),
+    /// No answer: the connection (HTTP/1) or stream (HTTP/2) is reset.
+    Reset,
+}
+
+impl Faults {
+    /// Compiles enabled faults. A header that does not parse (validation refuses those) drops
+    /// the faults whole rather than widening the match to every call.
+    fn compile(f: &EffectiveFaults) -> Option<Self> {
+        let headers = f
+            .headers
+            .iter()
+            .map(|h| {
+                let name = http::HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+                Some((name, http::HeaderValue::from_str(&h.value).ok()?))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        let share = |percent: f64| (percent / 100.0).clamp(0.0, 1.0);
+        Some(Self {
+            headers,
+            delay: f.delay.as_ref().map(|d| (d.fixed_delay, share(d.percentage))),
+            abort: f.abort.as_ref().map(|a| {
+                let abort = match (a.http_status, a.grpc_status) {
+                    (Some(status), _) => Abort::Http(status),
+                    (None, Some(code)) => Abort::Grpc(code.code()),
+                    (None, None) => Abort::Reset,
+                };
+                (abort, share(a.percentage))
+            }),
+        })
+    }
+
+    /// Whether a call with `headers` may be hit.
+    pub fn eligible(&self, headers: &http::HeaderMap) -> bool {
+        self.headers.iter().all(|(name, value)| headers.get_all(name).iter().any(|v| v == value))
+    }
 }
 
 /// Retry settings, and what makes a request safe to send again.
@@ -88,6 +145,7 @@ impl Default for Policy {
             breaker: None,
             bulkhead: None,
             max_connections: None,
+            faults: None,
         }
     }
 }
@@ -160,6 +218,7 @@ impl Policy {
                 max_queue_wait: l.max_queue_wait,
             }),
             max_connections: limits.and_then(|l| l.max_connections),
+            faults: p.faults.as_ref().filter(|_| outbound).and_then(Faults::compile),
         }
     }
 }
@@ -183,11 +242,12 @@ mod tests {
             "retries": {"attempts": 3},
             "circuitBreaker": {"consecutiveFailures": 5, "failOn": ["5xx", "reset"]},
             "bulkhead": {"inbound": {"maxConcurrentRequests": 4, "maxConnections": 8}},
+            "faults": {"enabled": true, "abort": {"httpStatus": 503}},
         }));
         let inbound = Policy::compile(Some(&p), Direction::Inbound);
         assert_eq!(inbound.enforcement, Enforcement::DryRun);
         assert_eq!(inbound.request_timeout, Some(Duration::from_secs(2)));
-        assert!(inbound.retry.is_none() && inbound.breaker.is_none());
+        assert!(inbound.retry.is_none() && inbound.breaker.is_none() && inbound.faults.is_none());
         assert_eq!(inbound.bulkhead.map(|b| b.max_concurrent), Some(4));
         assert_eq!(inbound.max_connections, Some(8));
 
@@ -199,6 +259,31 @@ mod tests {
         );
         assert!(!breaker.fail_on.contains(Condition::Timeout));
         assert!(outbound.bulkhead.is_none(), "no outbound bulkhead was asked for");
+        assert_eq!(outbound.faults.and_then(|f| f.abort), Some((Abort::Http(503), 1.0)));
+    }
+
+    #[test]
+    fn faults_match_every_listed_header_case_insensitively() {
+        let p = effective(serde_json::json!({"faults": {
+            "enabled": true,
+            "match": {"headers": [{"name": "X-Test", "value": "a"}, {"name": "x-team", "value": "b"}]},
+            "delay": {"fixedDelay": "250ms", "percentage": 12.5},
+            "abort": {"reset": true},
+        }}));
+        let faults = Policy::compile(Some(&p), Direction::Outbound).faults.expect("enabled faults");
+        assert_eq!(faults.delay, Some((Duration::from_millis(250), 0.125)));
+        assert_eq!(faults.abort, Some((Abort::Reset, 1.0)));
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            pairs
+                .iter()
+                .map(|(n, v)| (http::HeaderName::from_static(n), http::HeaderValue::from_static(v)))
+                .collect()
+        };
+        assert!(faults.eligible(&headers(&[("x-test", "a"), ("x-team", "b"), ("other", "c")])));
+        assert!(!faults.eligible(&headers(&[("x-test", "a")])), "every header must be there");
+        assert!(!faults.eligible(&headers(&[("x-test", "A"), ("x-team", "b")])), "values compare exactly");
+        let disabled = effective(serde_json::json!({"faults": {"enabled": false, "abort": {"reset": true}}}));
+        assert_eq!(Policy::compile(Some(&disabled), Direction::Outbound).faults, None);
     }
 
     #[test]

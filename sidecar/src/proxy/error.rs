@@ -41,6 +41,8 @@ pub enum Refusal {
     /// An `HTTPRoute` rule took the request but has no backend to send it to (none listed,
     /// every weight 0, or the one chosen does not exist): 500, as the Gateway API asks.
     NoBackend,
+    /// The policy's `spec.faults` aborted the call on purpose; the status is the fault's.
+    FaultInjected,
     /// The request itself is malformed (RFC 9112's Host rules, a broken body): the caller's
     /// fault, never retried, never counted against the upstream.
     BadRequest,
@@ -61,6 +63,7 @@ impl Refusal {
             Self::NoHealthyEndpoints => "no-healthy-endpoints",
             Self::BadRequest => "bad-request",
             Self::NoBackend => "no-backend",
+            Self::FaultInjected => "fault-injected",
         }
     }
 
@@ -69,7 +72,7 @@ impl Refusal {
         match self {
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::BadRequest => StatusCode::BAD_REQUEST,
-            Self::NoBackend => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::NoBackend | Self::FaultInjected => StatusCode::INTERNAL_SERVER_ERROR,
             Self::ConnectFailed | Self::UpstreamProtocol | Self::UpstreamReset => StatusCode::BAD_GATEWAY,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::CircuitOpen | Self::BulkheadFull | Self::Draining | Self::NoHealthyEndpoints => {
@@ -85,7 +88,7 @@ impl Refusal {
         match self {
             Self::Timeout => 4,
             Self::NoRoute => 12,
-            Self::BadRequest | Self::NoBackend => 13,
+            Self::BadRequest | Self::NoBackend | Self::FaultInjected => 13,
             _ => 14,
         }
     }

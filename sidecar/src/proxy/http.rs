@@ -4,7 +4,7 @@
 //! the upstream side uses the same HTTP version as the caller (h2 in, h2 out — which is what
 //! gRPC needs), through per-endpoint pooled clients.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc};
 
 use http::{HeaderValue, Request, Response, Version, header, uri::Authority};
 use hyper::{body::Incoming, service::service_fn};
@@ -19,6 +19,7 @@ use super::{
     error::{Refusal, is_grpc, refused},
     http_route::Routed,
     routes::{Destination, Routes, Routing, Target},
+    stack::ResetStream,
     upstream::{absolute_uri, forward_once},
 };
 use crate::{
@@ -57,15 +58,25 @@ where
         // (HTTP/1.1 runs the handler inside the connection's task, unmoved: no box there).
         let svc = service_fn(move |req| {
             let ctx = ctx.clone();
-            Box::pin(async move { Ok::<_, Infallible>(handle(req, &ctx).await) })
+            Box::pin(async move { answer(handle(req, &ctx).await) })
         });
         serve_with(io, svc, activity, limits, drain).await;
     } else {
         let svc = service_fn(move |req| {
             let ctx = ctx.clone();
-            async move { Ok::<_, Infallible>(handle(req, &ctx).await) }
+            async move { answer(handle(req, &ctx).await) }
         });
         serve_with(io, svc, activity, limits, drain).await;
+    }
+}
+
+/// The response to send, or the service error that makes hyper reset instead: HTTP/1 closes the
+/// connection without an answer, HTTP/2 resets the stream (`INTERNAL_ERROR`). Only an injected
+/// fault asks for that.
+fn answer(resp: Response<ProxyBody>) -> Result<Response<ProxyBody>, ResetStream> {
+    match resp.extensions().get::<ResetStream>() {
+        Some(reset) => Err(*reset),
+        None => Ok(resp),
     }
 }
 
@@ -77,7 +88,7 @@ async fn serve_with<I, S>(
     mut drain: Signal,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>
+    S: hyper::service::Service<Request<Incoming>, Response = Response<ProxyBody>, Error = ResetStream>
         + Clone
         + Send
         + 'static,

@@ -69,6 +69,8 @@ impl Target {
                 bulkhead: settings.bulkhead.is_some() || settings.max_connections.is_some(),
                 request_timeout: settings.request_timeout.is_some(),
                 per_try_timeout: settings.per_try_timeout.is_some(),
+                fault_delay: settings.faults.as_ref().is_some_and(|f| f.delay.is_some()),
+                fault_abort: settings.faults.as_ref().is_some_and(|f| f.abort.is_some()),
             });
         }
         let resilience = Arc::new(Resilience::build(

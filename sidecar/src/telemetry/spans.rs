@@ -1,7 +1,8 @@
 //! The spans the proxy creates, with OpenTelemetry HTTP semantic-convention attributes.
 //!
 //! - a SERVER span per inbound request;
-//! - a CLIENT span per outbound request (the logical call, retries included);
+//! - a CLIENT span per outbound request (the logical call, retries included; `breakwater.fault`
+//!   names the faults injected into it on purpose);
 //! - a child span per attempt (`breakwater.attempt`, the endpoint, the outcome) — the context
 //!   the upstream receives, so the application's own spans nest under the attempt.
 //!
@@ -80,11 +81,18 @@ pub fn client(info: &RequestInfo<'_>, headers: &HeaderMap) -> Span {
         "breakwater.policy" = info.policy,
         "breakwater.mode" = info.mode,
         "breakwater.request_id" = info.request_id,
+        "breakwater.fault" = Empty,
     );
     if !span.is_disabled() {
         let _ = span.set_parent(propagation::extract(headers));
     }
     span
+}
+
+/// Marks the current CLIENT span with the faults injected into its call: `delay`, `abort`,
+/// `reset`, or `delay,abort` (`delay,reset`).
+pub fn record_fault(fault: &str) {
+    tracing::Span::current().record("breakwater.fault", fault);
 }
 
 /// The SERVER span of an inbound call.

@@ -2,10 +2,12 @@
 //! (linkerd2-proxy's "new service per target"), each step a tower layer:
 //!
 //! ```text
-//! deadline ─▶ retry ─▶ service breaker ─▶ bulkhead ─▶ attempt span ─▶ pick endpoint
+//! faults ─▶ deadline ─▶ retry ─▶ service breaker ─▶ bulkhead ─▶ attempt span ─▶ pick endpoint
 //!   ─▶ endpoint breaker ─▶ per-try deadline ─▶ upstream
 //! ```
 //!
+//! Faults (`spec.faults`) come first, outside the tower stack: an injected abort never reaches
+//! the mechanisms below, and an injected delay counts against the call's deadline.
 //! A step the policy does not ask for is not in the stack: without a policy a request goes
 //! through the attempt span, the pick and the upstream only. The whole call's deadline is taken
 //! once, when the request arrives, and travels with it; the per-try deadline sits below the
@@ -18,6 +20,7 @@
 
 mod classify;
 mod endpoint_breaker;
+mod fault;
 mod pick;
 mod request;
 mod span;
@@ -36,13 +39,16 @@ use http::{Request, Response};
 use tokio::time::Instant;
 use tower::{ServiceBuilder, ServiceExt as _, util::Either};
 
-pub use self::request::{IDEMPOTENCY_KEY, RETRY_DEPTH_HEADER};
 use self::{
     endpoint_breaker::{EndpointBreaker, EndpointBreakerLayer},
     pick::{Pick, PickLayer},
     request::{HttpRequest, HttpResponse},
     span::{AttemptSpan, AttemptSpanLayer},
     upstream::Upstream,
+};
+pub use self::{
+    fault::ResetStream,
+    request::{IDEMPOTENCY_KEY, RETRY_DEPTH_HEADER},
 };
 use super::{
     body::{ClientFault, ProxyBody},
@@ -170,6 +176,14 @@ impl Stack {
         arrived: Instant,
     ) -> Response<ProxyBody> {
         let deadline = self.policy.request_timeout.map(|t| arrived + t);
+        if let Some(faults) = &self.policy.faults
+            && faults.eligible(req.headers())
+        {
+            let dry_run = !self.policy.enforcement.enforced();
+            if let Some(resp) = fault::inject(faults, dry_run, &self.metrics, grpc, deadline).await {
+                return resp;
+            }
+        }
         let request = match HttpRequest::read(req, grpc, fault, deadline, self.policy.retry.as_ref()).await {
             Ok(r) => r,
             Err(reason) => {
