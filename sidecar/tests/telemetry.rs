@@ -205,6 +205,26 @@ async fn dry_run_decisions_are_events_while_the_request_succeeds() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_injected_fault_marks_the_client_span_and_no_attempt_is_made() {
+    let otlp = OtlpReceiver::start().await.expect("receiver");
+    let up = fault(Faults::default()).await;
+    let spec = "  faults: {enabled: true, delay: {fixedDelay: 5ms}, abort: {httpStatus: 429}}\n";
+    let sc = start_traced(&config(&[up.addr()], spec), &traced(&otlp.http_endpoint(), "http/protobuf"));
+    let got = get(sc.outbound, "http://payments/").await;
+    assert_eq!((got.status, got.header("breakwater-error")), (429, Some("fault-injected")));
+    let spans = otlp
+        .wait_for(WAIT, |s| s.iter().any(|x| x.has_event("injecting an abort")))
+        .await
+        .unwrap_or_else(|s| panic!("no fault event in {s:#?}"));
+    let client = client_spans(&spans).into_iter().find(|s| s.has_event("injecting an abort")).expect("span");
+    assert_eq!(client.attr("breakwater.fault"), Some("delay,abort"));
+    assert_eq!(client.attr("error.type"), Some("fault-injected"));
+    assert!(client.has_event("injecting a delay"));
+    assert!(children(&spans, client).is_empty(), "an aborted call makes no attempt");
+    assert_eq!(up.stats().requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_collector_never_slows_or_fails_a_request() {
     // One collector that refuses connections, one that accepts and never answers.
     let refused = closed_port().await;
