@@ -19,7 +19,7 @@ mod tests;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use breakwater_crds::{CommunicationPolicy, CommunicationPolicyStatus, reasons};
+use breakwater_crds::{CONDITION_FAULTS_INJECTED, CommunicationPolicy, CommunicationPolicyStatus, reasons};
 use futures_util::{Stream, StreamExt};
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
@@ -266,7 +266,7 @@ async fn publish_events(
         let warning = matches!(
             c.reason.as_str(),
             reasons::INVALID | reasons::NO_MATCHING_TARGETS | reasons::OVERRIDDEN
-        );
+        ) || (c.type_ == CONDITION_FAULTS_INJECTED && c.status == "True");
         let event = Event {
             type_: if warning { EventType::Warning } else { EventType::Normal },
             reason: c.reason.clone(),

@@ -8,6 +8,8 @@
 //!   `Programmed` from a [`Delivery`] count;
 //! - `Conflicted`: `Overridden` when another policy wins precedence on some target port (the
 //!   message names it and why), else `NoConflict`;
+//! - `FaultsInjected`, only with `spec.faults`: `Enabled` (calls fail on purpose, and what
+//!   fails), or `False` with `Disabled` or `DryRun`;
 //! - `targets` (with `governedBy`, and `overriddenBy`: the policies on routes, or on a route's
 //!   rules, that take over part of the target's calls), `effective` (the policy with defaults)
 //!   and `observedGeneration`.
@@ -23,8 +25,8 @@
 //! restarted operator recomputes exactly the status that is there and writes nothing.
 
 use breakwater_crds::{
-    CONDITION_ACCEPTED, CONDITION_CONFLICTED, CONDITION_READY, CommunicationPolicy,
-    CommunicationPolicyStatus, EffectivePolicy, ROUTE_KIND, ResolvedTarget,
+    CONDITION_ACCEPTED, CONDITION_CONFLICTED, CONDITION_FAULTS_INJECTED, CONDITION_READY,
+    CommunicationPolicy, CommunicationPolicyStatus, EffectivePolicy, ROUTE_KIND, ResolvedTarget,
     gateway::{self, HTTPRoute},
     precedence, reasons,
     snapshot::select::{self, ServiceRef},
@@ -149,13 +151,15 @@ pub fn desired(
     } else {
         conditions.make(CONDITION_CONFLICTED, true, reasons::OVERRIDDEN, overridden.join("; "))
     };
+    let mut all = vec![
+        conditions.make(CONDITION_ACCEPTED, true, reasons::VALID, "the policy is valid".into()),
+        ready,
+        conflicted,
+    ];
+    all.extend(faults_condition(policy, &effective, &conditions));
     CommunicationPolicyStatus {
         observed_generation: generation,
-        conditions: vec![
-            conditions.make(CONDITION_ACCEPTED, true, reasons::VALID, "the policy is valid".into()),
-            ready,
-            conflicted,
-        ],
+        conditions: all,
         targets,
         sidecars: delivery.as_ref().map(|d| d.acknowledged),
         expected_sidecars: delivery.as_ref().map(|d| d.expected),
@@ -335,6 +339,47 @@ pub fn unreadable(
 ) -> CommunicationPolicyStatus {
     let conditions = Conditions { previous, generation, now };
     not_accepted(&conditions, format!("the policy cannot be read: {error}"))
+}
+
+/// `FaultsInjected`, on a policy that writes `spec.faults` down: `True` while its sidecars
+/// make calls fail on purpose (the controller also sends a Warning Event then), with what they
+/// inject; `False` when the block is disabled, or only counted in `DryRun`.
+fn faults_condition(
+    policy: &CommunicationPolicy,
+    effective: &EffectivePolicy,
+    conditions: &Conditions<'_>,
+) -> Option<Condition> {
+    policy.spec.faults.as_ref()?;
+    let Some(f) = &effective.faults else {
+        let why = "spec.faults.enabled is false: no fault is injected".into();
+        return Some(conditions.make(CONDITION_FAULTS_INJECTED, false, reasons::FAULTS_DISABLED, why));
+    };
+    let mut what = Vec::new();
+    if let Some(d) = &f.delay {
+        what.push(format!("a {:?} delay for {}% of calls", d.fixed_delay, d.percentage));
+    }
+    if let Some(a) = &f.abort {
+        let kind = match (a.http_status, a.grpc_status) {
+            (Some(status), _) => format!("HTTP {status}"),
+            (None, Some(code)) => {
+                format!("gRPC {}", serde_json::to_value(code).unwrap_or_default().as_str().unwrap_or("?"))
+            }
+            (None, None) => "a reset".to_owned(),
+        };
+        what.push(format!("{kind} for {}% of calls", a.percentage));
+    }
+    let mut message = what.join(" and ");
+    if !f.headers.is_empty() {
+        let headers: Vec<String> = f.headers.iter().map(|h| format!("{}: {}", h.name, h.value)).collect();
+        message.push_str(&format!(" carrying {}", headers.join(", ")));
+    }
+    Some(if effective.mode == breakwater_crds::Mode::DryRun {
+        let message = format!("DryRun counts, and does not inject, {message}");
+        conditions.make(CONDITION_FAULTS_INJECTED, false, reasons::FAULTS_DRY_RUN, message)
+    } else {
+        let message = format!("calls fail on purpose: {message}");
+        conditions.make(CONDITION_FAULTS_INJECTED, true, reasons::FAULTS_ENABLED, message)
+    })
 }
 
 fn not_accepted(conditions: &Conditions<'_>, message: String) -> CommunicationPolicyStatus {

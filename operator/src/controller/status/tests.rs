@@ -82,6 +82,48 @@ fn a_valid_policy_with_its_service_is_accepted_resolved_and_effective() {
 }
 
 #[test]
+fn faults_are_a_condition_only_when_written_down_and_true_only_while_injected() {
+    let svc = [service("payments", &[80])];
+    let plain = policy("p", 0, payments());
+    let s = status_of(&plain, &[&plain], &svc);
+    assert!(s.conditions.iter().all(|c| c.type_ != "FaultsInjected"), "no faults, no condition");
+
+    let faults = |enabled: bool, mode: &str| {
+        policy(
+            "f",
+            0,
+            json!({"targetRef": {"name": "payments"}, "mode": mode, "faults": {
+                "enabled": enabled,
+                "match": {"headers": [{"name": "x-fault-test", "value": "checkout"}]},
+                "delay": {"fixedDelay": "2s", "percentage": 10},
+                "abort": {"grpcStatus": "UNAVAILABLE", "percentage": 50},
+            }}),
+        )
+    };
+    let on = faults(true, "Enforce");
+    let s = status_of(&on, &[&on], &svc);
+    assert_eq!(reason(&s, "FaultsInjected"), ("True".into(), reasons::FAULTS_ENABLED.into()));
+    assert_eq!(
+        condition(&s, "FaultsInjected").message,
+        "calls fail on purpose: a 2s delay for 10% of calls and gRPC UNAVAILABLE for 50% of calls carrying \
+         x-fault-test: checkout"
+    );
+    let on_before = s;
+    let off = faults(false, "Enforce");
+    let s = status_of(&off, &[&off], &svc);
+    assert_eq!(reason(&s, "FaultsInjected"), ("False".into(), reasons::FAULTS_DISABLED.into()));
+    assert_eq!(s.effective.and_then(|e| e.faults), None, "sidecars get no faults");
+    let dry = faults(true, "DryRun");
+    let s = status_of(&dry, &[&dry], &svc);
+    assert_eq!(reason(&s, "FaultsInjected"), ("False".into(), reasons::FAULTS_DRY_RUN.into()));
+
+    // Turning faults on is a transition, which the controller publishes as a Warning Event.
+    let off_status = desired(&off, &Scope { peers: &[&off], ..Default::default() }, None, None, &at(1));
+    let changed = transitions(Some(&off_status), &on_before);
+    assert!(changed.iter().any(|c| c.type_ == "FaultsInjected" && c.status == "True"), "{changed:?}");
+}
+
+#[test]
 fn a_missing_service_is_no_matching_targets_naming_what_was_looked_for() {
     let p = policy("p", 0, payments());
     let s = status_of(&p, &[&p], &[service("reports", &[80])]);
