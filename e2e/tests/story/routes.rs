@@ -5,7 +5,8 @@
 //! the Gateway API defines it; the caller's own calls, counted by the pod that answered, show
 //! the split; a route naming a Service that does not exist is reported, not applied half; a
 //! `CommunicationPolicy` on one rule retries `GET /orders` and nothing else, on the upstream's
-//! own count.
+//! own count; faults on another rule fail half the `POST /orders` a tester tags, before they
+//! leave the caller, and none of the untagged ones.
 
 use breakwater_e2e::scenario::{call, call_method, fault_stats};
 
@@ -76,6 +77,24 @@ spec:
     retryOn: {{httpStatusCodes: [503]}}
     backoff: {{base: 5ms, max: 20ms}}
     budget: {{ratio: 1.0, minPerSecond: 100}}
+"#
+    )
+}
+
+/// Faults on the `create` rule of route `orders`: 503 for half the calls tagged
+/// `x-fault-test: checkout`.
+fn create_faults(ns: &str) -> String {
+    format!(
+        r#"apiVersion: breakwater.dev/v1alpha1
+kind: CommunicationPolicy
+metadata: {{name: orders-faults, namespace: {ns}}}
+spec:
+  targetRef: {{group: gateway.networking.k8s.io, kind: HTTPRoute, name: orders, sectionName: create}}
+  faults:
+    enabled: true
+    match:
+      headers: [{{name: x-fault-test, value: checkout}}]
+    abort: {{httpStatus: 503, percentage: 50}}
 "#
     )
 }
@@ -201,5 +220,65 @@ async fn an_httproute_splits_calls_90_10_and_cuts_a_slow_path() -> anyhow::Resul
     // 10 % of 200 is 20, with a standard deviation of about 4.2: 3.5 of them either way.
     assert_eq!(v1 + v2, CALLS);
     assert!((6..=35).contains(&v2), "orders-v2 took {v2} of {CALLS} calls, expected about 20");
+
+    // Faults on the `create` rule, aimed by a header: reported as a Warning while on.
+    let applied = story.kubectl.output(["apply", "-f", "-"], Some(&create_faults(&ns))).await?;
+    anyhow::ensure!(applied.success, "kubectl apply of the faults: {}", applied.stderr);
+    let jsonpath = "jsonpath={.status.conditions[?(@.type==\"FaultsInjected\")].status} \
+                    {.status.conditions[?(@.type==\"Ready\")].reason}";
+    wait::until_ok("the faults to be programmed", TIMEOUT, || async {
+        let out = story
+            .kubectl
+            .run(["get", "cpol", "orders-faults", "-n", ns.name(), "-o", jsonpath])
+            .await
+            .map_err(|e| e.to_string())?;
+        if out == "True Programmed" { Ok(()) } else { Err(out) }
+    })
+    .await?;
+    let events = "jsonpath={range .items[*]}{.type}/{.reason} {end}";
+    let selector = "involvedObject.name=orders-faults";
+    wait::until_ok("a Warning Event for the faults", TIMEOUT, || async {
+        let out = story
+            .kubectl
+            .run(["get", "events", "-n", ns.name(), "--field-selector", selector, "-o", events])
+            .await
+            .map_err(|e| e.to_string())?;
+        if out.contains("Warning/Enabled") { Ok(()) } else { Err(out) }
+    })
+    .await?;
+    let before = requests().await?;
+    let orders = format!("http://{ip}/orders");
+    const TAGGED: usize = 60;
+    let mut failed = 0;
+    for _ in 0..TAGGED {
+        let a = call_method(
+            runner,
+            &ns,
+            &caller,
+            "POST",
+            &orders,
+            Duration::from_secs(3),
+            &["x-fault-test: checkout"],
+        )
+        .await?;
+        match (a.code, a.error.as_deref()) {
+            (200, None) => {}
+            (503, Some("fault-injected")) => failed += 1,
+            _ => anyhow::bail!("a tagged POST answered {a:?}"),
+        }
+    }
+    // 50 % of 60 is 30, with a standard deviation of about 3.9: 3.9 of them either way.
+    assert!((15..=45).contains(&failed), "{failed} of {TAGGED} tagged calls failed, expected about 30");
+    const UNTAGGED: usize = 20;
+    for _ in 0..UNTAGGED {
+        let a = call_method(runner, &ns, &caller, "POST", &orders, Duration::from_secs(3), &[]).await?;
+        assert_eq!((a.code, a.error.as_deref()), (200, None), "an untagged POST is never hit");
+    }
+    let after = requests().await?;
+    assert_eq!(
+        (after - before - 1) as usize,
+        TAGGED - failed + UNTAGGED,
+        "orders-v2 saw every call but the aborted ones"
+    );
     Ok(())
 }
