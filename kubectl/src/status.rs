@@ -7,7 +7,8 @@
 //! newer API version, a hand-edited object) is shown as unreadable instead of failing the list.
 
 use breakwater_crds::{
-    CONDITION_ACCEPTED, CONDITION_CONFLICTED, CONDITION_READY, CommunicationPolicy, Mode, reasons,
+    CONDITION_ACCEPTED, CONDITION_CONFLICTED, CONDITION_FAULTS_INJECTED, CONDITION_READY,
+    CommunicationPolicy, Mode, reasons,
 };
 use k8s_openapi::{api::core::v1::Namespace, apimachinery::pkg::apis::meta::v1::Condition};
 use kube::{
@@ -36,7 +37,7 @@ pub struct PolicyStatus {
     pub targets: Vec<String>,
     /// `Enforce` or `DryRun`.
     pub mode: String,
-    /// The operator's conditions (`Accepted`, `Ready`, `Conflicted`).
+    /// The operator's conditions (`Accepted`, `Ready`, `Conflicted`, `FaultsInjected`).
     pub conditions: Vec<ConditionView>,
     /// Sidecars that enforce its current generation.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -170,8 +171,9 @@ impl Report for StatusReport {
                     t.detail("the operator has not reported on this generation yet (is it running? kubectl breakwater check)");
                 }
                 for c in &p.conditions {
+                    // Faults on are worth a line (calls fail on purpose); faults off are not.
                     let unwell = match c.type_.as_str() {
-                        CONDITION_CONFLICTED => c.status != "False",
+                        CONDITION_CONFLICTED | CONDITION_FAULTS_INJECTED => c.status != "False",
                         _ => c.status != "True",
                     };
                     if unwell {
@@ -322,5 +324,52 @@ pub(crate) async fn namespaces(cluster: &Cluster, namespace: Option<&str>) -> Re
         None => {
             Ok(api.list(&ListParams::default()).await.map_err(|e| Error::api("listing namespaces", e))?.items)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(name: &str, faults: &str, reason: &str) -> PolicyStatus {
+        let condition = |type_: &str, status: &str, reason: &str, message: &str| ConditionView {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: message.into(),
+        };
+        PolicyStatus {
+            namespace: "shop".into(),
+            name: name.into(),
+            targets: vec!["HTTPRoute/orders[create]".into()],
+            mode: "Enforce".into(),
+            conditions: vec![
+                condition(CONDITION_ACCEPTED, "True", reasons::VALID, "the policy is valid"),
+                condition(CONDITION_READY, "True", reasons::PROGRAMMED, "1 of 1 sidecars"),
+                condition(CONDITION_CONFLICTED, "False", reasons::NO_CONFLICT, "in force"),
+                condition(CONDITION_FAULTS_INJECTED, faults, reason, &format!("{name} faults")),
+            ],
+            sidecars: Some(1),
+            expected_sidecars: Some(1),
+            observed: true,
+            unreadable: None,
+        }
+    }
+
+    #[test]
+    fn faults_on_get_a_line_and_faults_off_do_not() {
+        let report = StatusReport {
+            namespace: Some("shop".into()),
+            policies: vec![
+                policy("on", "True", reasons::FAULTS_ENABLED),
+                policy("off", "False", reasons::FAULTS_DISABLED),
+            ],
+            pods: vec![],
+            snapshots_unknown: None,
+        };
+        let table = report.table();
+        assert!(table.contains("FaultsInjected: on faults"), "{table}");
+        assert!(!table.contains("off faults"), "{table}");
+        assert!(report.healthy(), "faults on is a warning, not a failure");
     }
 }
