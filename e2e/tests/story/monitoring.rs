@@ -1,8 +1,9 @@
 //! What the chart's dashboard and alerts read exists: a caller whose policy turns every mechanism
-//! on (timeouts, retries and their budget, a breaker, a bulkhead) for payments, and a DryRun
-//! policy for inventory; after a few calls, every metric name the PrometheusRule and the Grafana
-//! dashboard use is one that the caller's sidecar or an operator replica exports, read from their
-//! live `/metrics`, and the series the alerts rate start at zero before their first event.
+//! on (timeouts, retries and their budget, a breaker, a bulkhead, faults aimed at no call) for
+//! payments, and a DryRun policy for inventory; after a few calls, every metric name the
+//! PrometheusRule and the Grafana dashboard use is one that the caller's sidecar or an operator
+//! replica exports, read from their live `/metrics`, and the series the alerts rate start at zero
+//! before their first event.
 
 use super::*;
 
@@ -23,6 +24,11 @@ spec:
   circuitBreaker: {{consecutiveFailures: 50, openDuration: 5s, scope: Service}}
   bulkhead:
     outbound: {{maxConcurrentRequests: 7, maxQueued: 3, maxQueueWait: 100ms}}
+  # Aimed at a header no call here carries: the series exist, nothing is injected.
+  faults:
+    enabled: true
+    match: {{headers: [{{name: x-fault-test, value: never-sent}}]}}
+    abort: {{httpStatus: 503, percentage: 50}}
 ---
 apiVersion: breakwater.dev/v1alpha1
 kind: CommunicationPolicy
@@ -98,6 +104,7 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported_live() -> anyhow:
     zero("breakwater_retry_budget_exhausted_total", &[&payments]);
     zero("breakwater_bulkhead_in_flight", &[&payments]);
     zero("breakwater_dryrun_decisions_total", &[&inventory, "decision=\"circuit-open\""]);
+    zero("breakwater_faults_injected_total", &[&payments, "fault=\"abort\""]);
     assert_eq!(metric_sum(&sidecar, "breakwater_bulkhead_max_concurrent", &[&payments]), 7.0);
     assert!(metric_sum(&sidecar, "breakwater_retries_total", &[&payments]) >= 1.0, "{sidecar}");
     assert_eq!(metric_sum(&sidecar, "breakwater_breaker_state", &[&payments]), 0.0, "closed");
