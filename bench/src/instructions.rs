@@ -233,5 +233,34 @@ pub fn markdown(counted: &[Counted], header: &str) -> String {
             ratio(of(Setup::Bw1Hop)),
         );
     }
+    let _ = write!(s, "{}", route_matching(counted));
+    s
+}
+
+/// What 50 routes on a Service cost over one, per protocol, against the goal (at most +10 %);
+/// empty when the route setups were not counted.
+fn route_matching(counted: &[Counted]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    for protocol in Protocol::ALL {
+        let of = |setup: Setup| {
+            counted.iter().find(|o| o.protocol == protocol && o.setup == setup).map(Counted::per_request)
+        };
+        let (Some(one), Some(fifty)) = (of(Setup::Bw1HopRoute1), of(Setup::Bw1HopRoutes50)) else { continue };
+        if s.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n**Route matching** (`bw-1hop-routes50` over `bw-1hop-route1`: 50 HTTPRoutes on the Service, \
+                 every call matching the last in precedence order, against one route; goal: at most +10 %):\n"
+            );
+        }
+        let extra = (fifty / one - 1.0) * 100.0;
+        let verdict = if extra <= 10.0 { "within the goal" } else { "**over the goal**" };
+        let _ = writeln!(
+            s,
+            "- {}: {fifty:.0} against {one:.0} instructions per request, {extra:+.1} % ({verdict}).",
+            protocol.label()
+        );
+    }
     s
 }

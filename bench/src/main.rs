@@ -69,9 +69,10 @@ struct Args {
     /// Connections the load generator uses.
     #[arg(long, default_value_t = 64)]
     connections: u32,
-    /// Setups to run (default: all): direct, haproxy, bw-1hop, bw-1hop-policy, bw-2hop,
-    /// bw-1hop-trace100, bw-1hop-trace1 (tracing every request / 1 % of them, exported over
-    /// OTLP/HTTP to the backend, which discards it).
+    /// Setups to run (default: all but the route ones): direct, haproxy, bw-1hop, bw-1hop-policy,
+    /// bw-2hop, bw-1hop-trace100, bw-1hop-trace1 (tracing every request / 1 % of them, exported
+    /// over OTLP/HTTP to the backend, which discards it), bw-1hop-route1, bw-1hop-routes50 (1 and
+    /// 50 HTTPRoutes on the Service; counted by default with --instructions and --syscalls).
     #[arg(long, value_delimiter = ',')]
     setups: Vec<String>,
     /// Protocols to run (default: both): http1, h2c.
@@ -175,7 +176,9 @@ async fn bench(args: &Args, backend_slot: &mut Option<Proc>) -> anyhow::Result<(
     );
 
     let plan = Plan {
-        setups: if args.setups.is_empty() {
+        setups: if args.setups.is_empty() && (args.instructions || args.syscalls) {
+            Setup::INSTRUCTIONS.to_vec()
+        } else if args.setups.is_empty() {
             Setup::ALL.to_vec()
         } else {
             args.setups.iter().map(|s| Setup::parse(s)).collect::<anyhow::Result<_>>()?

@@ -20,6 +20,8 @@ fn color(setup: Setup) -> RGBColor {
         Setup::Bw2Hop => RGBColor(150, 60, 170),
         Setup::Bw1HopTrace100 => RGBColor(200, 40, 60),
         Setup::Bw1HopTrace1 => RGBColor(230, 150, 160),
+        Setup::Bw1HopRoute1 => RGBColor(20, 170, 190),
+        Setup::Bw1HopRoutes50 => RGBColor(120, 200, 220),
     }
 }
 

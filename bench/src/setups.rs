@@ -10,6 +10,11 @@
 //! | `bw-2hop` | oha → client sidecar outbound → server sidecar inbound → backend (the mesh path) |
 //! | `bw-1hop-trace100` | `bw-1hop` exporting a trace of every request (OTLP/HTTP to the backend, which discards it) |
 //! | `bw-1hop-trace1` | the same, sampling 1% of requests |
+//! | `bw-1hop-route1` | `bw-1hop` with one `HTTPRoute` on the Service, whose one rule takes every call |
+//! | `bw-1hop-routes50` | `bw-1hop` with 50 `HTTPRoute`s on the Service (paths, methods, headers, query parameters, regular expressions); the calls match only the last one in precedence order |
+//!
+//! The two route setups are the instruction count's own (`--instructions` runs them by default;
+//! `make bench` times them only when `--setups` names them): they price route matching.
 //!
 //! The proxies run on the proxy CPU, one event loop each (a sidecar's tokio runtime sizes itself
 //! from its CPU affinity: one worker; HAProxy gets `nbthread 1`), so each proxy has what a
@@ -52,6 +57,12 @@ pub enum Setup {
     /// One sidecar, no policy, tracing 1% of requests.
     #[serde(rename = "bw-1hop-trace1")]
     Bw1HopTrace1,
+    /// One sidecar, one HTTPRoute on the Service.
+    #[serde(rename = "bw-1hop-route1")]
+    Bw1HopRoute1,
+    /// One sidecar, 50 HTTPRoutes on the Service, the calls matching the last one.
+    #[serde(rename = "bw-1hop-routes50")]
+    Bw1HopRoutes50,
 }
 
 impl Setup {
@@ -66,6 +77,20 @@ impl Setup {
         Setup::Bw1HopTrace1,
     ];
 
+    /// The setups `--instructions` counts by default: every one, and route matching with 1 and
+    /// 50 routes.
+    pub const INSTRUCTIONS: [Setup; 9] = [
+        Setup::Direct,
+        Setup::Haproxy,
+        Setup::Bw1Hop,
+        Setup::Bw1HopPolicy,
+        Setup::Bw2Hop,
+        Setup::Bw1HopTrace100,
+        Setup::Bw1HopTrace1,
+        Setup::Bw1HopRoute1,
+        Setup::Bw1HopRoutes50,
+    ];
+
     /// Short name (JSON, plot legend, `--setups`).
     pub fn name(self) -> &'static str {
         match self {
@@ -76,6 +101,8 @@ impl Setup {
             Setup::Bw2Hop => "bw-2hop",
             Setup::Bw1HopTrace100 => "bw-1hop-trace100",
             Setup::Bw1HopTrace1 => "bw-1hop-trace1",
+            Setup::Bw1HopRoute1 => "bw-1hop-route1",
+            Setup::Bw1HopRoutes50 => "bw-1hop-routes50",
         }
     }
 
@@ -87,15 +114,17 @@ impl Setup {
             | Setup::Bw1Hop
             | Setup::Bw1HopPolicy
             | Setup::Bw1HopTrace100
-            | Setup::Bw1HopTrace1 => 1,
+            | Setup::Bw1HopTrace1
+            | Setup::Bw1HopRoute1
+            | Setup::Bw1HopRoutes50 => 1,
             Setup::Bw2Hop => 2,
         }
     }
 
     /// Parses a `--setups` entry.
     pub fn parse(s: &str) -> anyhow::Result<Self> {
-        Self::ALL.into_iter().find(|x| x.name() == s).with_context(|| {
-            let names: Vec<_> = Self::ALL.iter().map(|x| x.name()).collect();
+        Self::INSTRUCTIONS.into_iter().find(|x| x.name() == s).with_context(|| {
+            let names: Vec<_> = Self::INSTRUCTIONS.iter().map(|x| x.name()).collect();
             format!("unknown setup {s:?}: expected one of {}", names.join(", "))
         })
     }
@@ -188,6 +217,13 @@ pub async fn start(env: &Env, setup: Setup, protocol: Protocol, round: usize) ->
                 client_config(l, env.backend, false) + &tracing_section(env.backend, ratio)
             })
             .await?;
+            Running { entry: l.outbound, proxies: vec![p], commands: vec![cmd] }
+        }
+        Setup::Bw1HopRoute1 | Setup::Bw1HopRoutes50 => {
+            let n = if setup == Setup::Bw1HopRoute1 { 1 } else { 50 };
+            let (p, l, cmd) =
+                sidecar(env, &format!("{tag}-client"), |l| client_config(l, env.backend, false) + &routes(n))
+                    .await?;
             Running { entry: l.outbound, proxies: vec![p], commands: vec![cmd] }
         }
         Setup::Bw2Hop => {
@@ -328,6 +364,47 @@ services:
         doc.push_str(FULL_POLICY);
     }
     doc
+}
+
+/// `n` HTTPRoutes on Service `backend`, one rule each. The last, `catch-all`, takes every call
+/// (`PathPrefix /`, the lowest precedence there is); the others are what a real Service's routes
+/// look like, and match none of the bench's `GET /`: path prefixes, exact paths with a method,
+/// a header on `/` (which outranks the catch-all, so it is tried first), prefixes with a query
+/// parameter, and regular expressions. Every call is checked against all of them before it
+/// reaches the catch-all: the worst case for matching.
+pub fn routes(n: usize) -> String {
+    let mut docs = String::new();
+    for i in 0..n {
+        let matches = if i + 1 == n {
+            "[{path: {type: PathPrefix, value: /}}]".to_owned()
+        } else {
+            match i % 5 {
+                0 => format!("[{{path: {{type: PathPrefix, value: /api/v{i}}}}}]"),
+                1 => format!("[{{path: {{type: Exact, value: /orders/{i}}}, method: POST}}]"),
+                2 => format!(
+                    "[{{path: {{type: PathPrefix, value: /}}, headers: [{{name: x-tenant, value: t{i}}}]}}]"
+                ),
+                3 => format!(
+                    "[{{path: {{type: PathPrefix, value: /reports/{i}}}, queryParams: [{{name: format, value: csv}}]}}]"
+                ),
+                _ => format!("[{{path: {{type: RegularExpression, value: \"/v{i}/items/[0-9]+\"}}}}]"),
+            }
+        };
+        let name = if i + 1 == n { "catch-all".to_owned() } else { format!("route-{i}") };
+        docs.push_str(&format!(
+            "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {name}, namespace: bench}}
+spec:
+  parentRefs: [{{group: \"\", kind: Service, name: backend, port: 80}}]
+  rules:
+    - matches: {matches}
+      backendRefs: [{{name: backend, port: 80}}]
+"
+        ));
+    }
+    docs
 }
 
 /// Tracing on, sampling `ratio` of the requests, exported over OTLP/HTTP to `sink` (the backend,
