@@ -177,7 +177,7 @@ async fn bench(args: &Args, backend_slot: &mut Option<Proc>) -> anyhow::Result<(
 
     let plan = Plan {
         setups: if args.setups.is_empty() && (args.instructions || args.syscalls) {
-            Setup::INSTRUCTIONS.to_vec()
+            Setup::every().collect()
         } else if args.setups.is_empty() {
             Setup::ALL.to_vec()
         } else {

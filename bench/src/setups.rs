@@ -66,7 +66,7 @@ pub enum Setup {
 }
 
 impl Setup {
-    /// Every setup, in report order.
+    /// The setups `make bench` times by default, in report order.
     pub const ALL: [Setup; 7] = [
         Setup::Direct,
         Setup::Haproxy,
@@ -77,19 +77,14 @@ impl Setup {
         Setup::Bw1HopTrace1,
     ];
 
-    /// The setups `--instructions` counts by default: every one, and route matching with 1 and
-    /// 50 routes.
-    pub const INSTRUCTIONS: [Setup; 9] = [
-        Setup::Direct,
-        Setup::Haproxy,
-        Setup::Bw1Hop,
-        Setup::Bw1HopPolicy,
-        Setup::Bw2Hop,
-        Setup::Bw1HopTrace100,
-        Setup::Bw1HopTrace1,
-        Setup::Bw1HopRoute1,
-        Setup::Bw1HopRoutes50,
-    ];
+    /// The route-matching setups, which only the counts (`--instructions`, `--syscalls`) run by
+    /// default.
+    pub const ROUTES: [Setup; 2] = [Setup::Bw1HopRoute1, Setup::Bw1HopRoutes50];
+
+    /// Every setup there is: [`Setup::ALL`], then [`Setup::ROUTES`].
+    pub fn every() -> impl Iterator<Item = Setup> {
+        Self::ALL.into_iter().chain(Self::ROUTES)
+    }
 
     /// Short name (JSON, plot legend, `--setups`).
     pub fn name(self) -> &'static str {
@@ -123,8 +118,8 @@ impl Setup {
 
     /// Parses a `--setups` entry.
     pub fn parse(s: &str) -> anyhow::Result<Self> {
-        Self::INSTRUCTIONS.into_iter().find(|x| x.name() == s).with_context(|| {
-            let names: Vec<_> = Self::INSTRUCTIONS.iter().map(|x| x.name()).collect();
+        Self::every().find(|x| x.name() == s).with_context(|| {
+            let names: Vec<_> = Self::every().map(|x| x.name()).collect();
             format!("unknown setup {s:?}: expected one of {}", names.join(", "))
         })
     }
